@@ -1,0 +1,1 @@
+"""Benchmark cases: one package per case (``cases/retinanet``), each exposing ``CASE``."""

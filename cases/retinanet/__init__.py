@@ -1,0 +1,124 @@
+"""RetinaNet R50-FPN on COCO2017: the seed's case (FlagPerf retinanet on the MetaX C500).
+
+Touches devices only through the hook facade (``ctx.facade``), so it runs unchanged on every vendor.
+"""
+
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from core.cases import Case
+from core.config import Config, load_yaml
+from core.errors import UserError
+from core.hookspecs import PRECISIONS
+
+HERE = Path(__file__).resolve().parent
+
+
+class RetinaNetCase(Case):
+    name = "retinanet"
+    title = "RetinaNet R50-FPN, COCO2017 bbox mAP"
+    config_dir = HERE / "configs"
+    fix_hp_keys = {"train.batch_size": "bs", "train.lr": "lr", "train.epochs": "epochs",
+                   "train.lr_steps": "lr_steps", "train.momentum": "momentum",
+                   "train.weight_decay": "wd", "train.warmup_iters": "warmup_iters",
+                   "train.clip_grad_norm": "clip_grad_norm"}
+
+    def overlays(self, config: Config) -> List[Tuple[str, Config]]:
+        if config["data"]["dir"] is None:
+            path = self.config_dir / "embedded.yaml"
+            return [(str(path), load_yaml(path))]
+        return []
+
+    def validate(self, config: Config, precisions: List[str]) -> None:
+        train, data, synthetic = config["train"], config["data"], config["data"]["synthetic"]
+        positive = {"train.batch_size": train["batch_size"], "train.lr": train["lr"],
+                    "train.epochs": train["epochs"], "eval.every": config["eval"]["every"],
+                    "eval.batch_size": config["eval"]["batch_size"],
+                    "model.min_size": config["model"]["min_size"],
+                    "model.max_size": config["model"]["max_size"],
+                    "run.monitor_interval_s": config["run"]["monitor_interval_s"],
+                    "run.timeout_s": config["run"]["timeout_s"],
+                    "data.synthetic.train_images": synthetic["train_images"],
+                    "data.synthetic.val_images": synthetic["val_images"]}
+        for key, value in positive.items():
+            if value <= 0:
+                raise UserError("{} must be positive, not {}".format(key, value),
+                                "set --set {}=<a positive number>".format(key))
+        non_negative = {"data.num_workers": data["num_workers"], "train.max_iters":
+                        train["max_iters"], "train.warmup_iters": train["warmup_iters"],
+                        "train.throughput_skip_iters": train["throughput_skip_iters"],
+                        "train.clip_grad_norm": train["clip_grad_norm"]}
+        for key, value in non_negative.items():
+            if value < 0:
+                raise UserError("{} must not be negative, not {}".format(key, value),
+                                "set --set {}=0 or more".format(key))
+        if not 0.0 <= data["hflip"] <= 1.0 or not 0.0 <= config["target"]["mAP"] <= 1.0:
+            raise UserError("data.hflip and target.mAP must lie between 0 and 1", "fix the value")
+        if synthetic["image_size"] < 32:
+            raise UserError("data.synthetic.image_size must be at least 32", "use 128")
+        if any(not isinstance(s, int) or s < 1 for s in train["lr_steps"]):
+            raise UserError("train.lr_steps must be epoch numbers (positive integers)",
+                            "e.g. --set 'train.lr_steps=[16,22]'")
+        if config["eval"]["backend"] not in ("pycocotools", "faster_coco_eval"):
+            raise UserError("eval.backend must be pycocotools or faster_coco_eval",
+                            "fix the value")
+        precision = train["precision"]
+        if precision not in PRECISIONS:
+            raise UserError("unknown precision '{}'".format(precision),
+                            "use one of {}".format(", ".join(PRECISIONS)))
+        if precision not in precisions:
+            raise UserError("precision {} is not supported by this vendor".format(precision),
+                            "use one of {}".format(", ".join(precisions)))
+
+    def prepare(self, config: Config) -> Dict[str, Any]:
+        from cases.retinanet.data import check_data_dir
+        from cases.retinanet.model import resolve_backbone_weights
+        from cases.retinanet.synthetic import ensure_synthetic_coco
+
+        data = config["data"]
+        if data["dir"] is None:
+            s = data["synthetic"]
+            root = ensure_synthetic_coco(s["train_images"], s["val_images"], s["image_size"],
+                                         s["seed"])
+            note = ("Data: the embedded synthetic COCO-format set ({} train / {} val images of "
+                    "{} px: coloured shapes on noise), not COCO2017; its figures are not "
+                    "comparable with COCO results.").format(
+                        s["train_images"], s["val_images"], s["image_size"])
+            dataset = "synthetic shapes (embedded, COCO format)"
+        else:
+            root = Path(data["dir"])
+            check_data_dir(root)
+            note, dataset = "", "COCO2017"
+        weights = resolve_backbone_weights(config["model"]["backbone_weights"])
+        return {"data_dir": str(root), "synthetic": data["dir"] is None, "dataset": dataset,
+                "dataset_note": note, "backbone_weights_path": str(weights) if weights else None}
+
+    def general_rows(self, config: Config, prepared: Dict[str, Any], hardware_label: str
+                     ) -> List[Tuple[str, str, str]]:
+        return [
+            ("任务类别 task", "目标检测 object detection", ""),
+            ("模型 model", "retinanet (R50-FPN)", "torchvision retinanet_resnet50_fpn"),
+            ("数据集 dataset", prepared.get("dataset", "COCO2017"), ""),
+            ("数据精度 precision", config["train"]["precision"], "fp32/amp/fp16/bf16"),
+            ("单卡批尺寸 bs", str(config["train"]["batch_size"]), "local batch size"),
+            ("超参修改 fix_hp", "see performance table", "vs. the case defaults"),
+            ("硬件设备简称 hardware", hardware_label, ""),
+            ("硬件存储使用 mem", "see performance table", "device-wide peak used/total GiB"),
+            ("端到端时间 e2e_time", "see performance table", "whole run, s"),
+            ("总吞吐量 p_whole", "see performance table", "images / (train + eval time)"),
+            ("训练吞吐量 p_train", "see performance table", "images / train time"),
+            ("计算吞吐量 p_core", "see performance table", "images / fwd+bwd+step time"),
+            ("训练结果 mAP", "see performance table", "COCO bbox AP@[.50:.95]"),
+            ("额外修改项 extra", "none", ""),
+        ]
+
+    def target(self, config: Config) -> Any:
+        return config["target"]["mAP"]
+
+    def run(self, ctx: Any) -> Dict[str, Any]:
+        from cases.retinanet.train import train_and_evaluate
+
+        return train_and_evaluate(ctx)
+
+
+CASE = RetinaNetCase()

@@ -1,0 +1,142 @@
+"""The embedded default dataset: synthetic COCO-format detection data, written once to a cache.
+
+Coloured squares, discs and triangles on noisy backgrounds, as JPEG files plus COCO instances
+JSON, in COCO2017's layout (``train2017/``, ``val2017/``, ``annotations/``), so that it is read
+through exactly the same code path as the real dataset. The generator is deterministic: the same
+parameters give the same files, byte for byte, on the same libjpeg.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CATEGORIES = [
+    {"id": 1, "name": "red square", "supercategory": "shape"},
+    {"id": 2, "name": "green disc", "supercategory": "shape"},
+    {"id": 3, "name": "blue triangle", "supercategory": "shape"},
+]
+CLASS_COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (50, 70, 230)}
+"""Each class has its own hue (jittered per object), so a small model learns it in minutes."""
+GENERATOR_VERSION = 1
+COMPLETE_MARKER = "COMPLETE.json"
+EMPTY_EVERY = 16
+"""Every 16th image holds no object, so the loader's drop-empty rule is exercised."""
+
+
+def default_cache_root() -> Path:
+    """``$CHIPBENCH_CACHE`` or ``~/.cache/chipbench``."""
+    env = os.environ.get("CHIPBENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "chipbench"
+
+
+def dataset_params(train_images: int, val_images: int, image_size: int, seed: int) -> Dict[str, Any]:
+    return {"generator": GENERATOR_VERSION, "train_images": int(train_images),
+            "val_images": int(val_images), "image_size": int(image_size), "seed": int(seed)}
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, category: int, box: Tuple[int, int, int, int],
+                 colour: Tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    if category == 1:
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=colour)
+    elif category == 2:
+        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=colour)
+    else:
+        draw.polygon([((x0 + x1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=colour)
+
+
+def _overlaps(box: Tuple[int, int, int, int], others: List[Tuple[int, int, int, int]]) -> bool:
+    return any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in others)
+
+
+def make_image(rng: np.random.RandomState, size: int, empty: bool
+               ) -> Tuple[Image.Image, List[Dict[str, Any]]]:
+    """One noisy image with 0 (``empty``) or 1-3 non-overlapping shapes and their boxes."""
+    base = rng.randint(70, 170, size=1).repeat(3) + rng.randint(-20, 21, size=3)
+    noise = rng.normal(0, 20, size=(size, size, 3))
+    pixels = np.clip(base[None, None, :] + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    objects: List[Dict[str, Any]] = []
+    boxes: List[Tuple[int, int, int, int]] = []
+    count = 0 if empty else rng.randint(1, 4)
+    for _ in range(count * 10):
+        if len(boxes) == count:
+            break
+        side = int(rng.randint(size // 5, size // 2))
+        x0, y0 = (int(v) for v in rng.randint(0, size - side, size=2))
+        box = (x0, y0, x0 + side, y0 + side)
+        if _overlaps(box, boxes):
+            continue
+        category = int(rng.randint(1, len(CATEGORIES) + 1))
+        jitter = rng.randint(-30, 31, size=3)
+        colour = tuple(int(min(255, max(0, c + j))) for c, j in zip(CLASS_COLOURS[category], jitter))
+        _draw_object(draw, category, box, colour)
+        boxes.append(box)
+        objects.append({"category_id": category, "bbox": [x0, y0, side, side]})
+    return image, objects
+
+
+def _write_split(root: Path, split: str, count: int, size: int, seed: int) -> None:
+    rng = np.random.RandomState(seed)
+    image_dir = root / "{}2017".format(split)
+    image_dir.mkdir(parents=True)
+    images, annotations = [], []
+    for index in range(count):
+        image_id = index + 1
+        image, objects = make_image(rng, size, empty=(index % EMPTY_EVERY == EMPTY_EVERY - 1))
+        file_name = "{:012d}.jpg".format(image_id)
+        image.save(image_dir / file_name, quality=92)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        for obj in objects:
+            w, h = obj["bbox"][2], obj["bbox"][3]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": obj["category_id"], "bbox": obj["bbox"],
+                                "area": float(w * h), "iscrowd": 0})
+    instances = {"info": {"description": "chipbench synthetic shapes (not COCO)"},
+                 "licenses": [], "images": images, "annotations": annotations,
+                 "categories": CATEGORIES}
+    ann_dir = root / "annotations"
+    ann_dir.mkdir(exist_ok=True)
+    with open(ann_dir / "instances_{}2017.json".format(split), "w") as handle:
+        json.dump(instances, handle)
+
+
+def ensure_synthetic_coco(train_images: int = 64, val_images: int = 32, image_size: int = 128,
+                          seed: int = 0, cache_root: Path = None) -> Path:
+    """Return the folder of the synthetic dataset with these parameters, generating it once.
+
+    Written into a temporary folder and renamed into place, so an interrupted generation never
+    leaves a half-written dataset behind and concurrent processes agree on one copy.
+    """
+    params = dataset_params(train_images, val_images, image_size, seed)
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    target = cache_root / "synthetic-coco-{}".format(digest)
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=str(cache_root)))
+    try:
+        _write_split(staging, "train", train_images, image_size, seed)
+        _write_split(staging, "val", val_images, image_size, seed + 1)
+        with open(staging / COMPLETE_MARKER, "w") as handle:
+            json.dump(params, handle)
+        if target.exists():  # a copy left half-written by an older, interrupted version
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).is_file():  # not another process's finished copy
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

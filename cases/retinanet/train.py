@@ -1,0 +1,187 @@
+"""The RetinaNet worker: data, model, optimiser, the epoch loop, evaluation, checkpoints, metrics.
+
+Flat on purpose (torchvision's detection references are the model): every step of the seed's
+recipe is visible here, and every device call goes through ``ctx`` (the vendor's hooks).
+"""
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
+from cases.retinanet.data import CocoDetection, coco_paths, collate
+from cases.retinanet.engine import autocast_factory, make_grad_scaler, train_one_epoch
+from cases.retinanet.evaluate import coco_bbox_map, predict
+from cases.retinanet.model import build_retinanet
+from core.context import RunContext
+from core.metrics import RunMeter, throughput
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_loaders(ctx: RunContext, data_dir: Path):
+    """Training loader (grouped, distributed sampling) and this rank's evaluation shard."""
+    cfg = ctx.config
+    train_set = CocoDetection(*coco_paths(data_dir, "train"), train=True,
+                              hflip=cfg["data"]["hflip"])
+    val_set = CocoDetection(*coco_paths(data_dir, "val"), train=False)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
+                                 shuffle=True, seed=cfg["train"]["seed"])
+    groups = aspect_ratio_groups(train_set.aspect_ratios(), cfg["data"]["aspect_ratio_group_factor"])
+    pin = bool(cfg["data"]["pin_memory"]) and ctx.device.type != "cpu"
+    workers = cfg["data"]["num_workers"]
+    train_loader = DataLoader(train_set, num_workers=workers, pin_memory=pin, collate_fn=collate,
+                              batch_sampler=GroupedBatchSampler(sampler, groups,
+                                                                cfg["train"]["batch_size"]),
+                              persistent_workers=workers > 0)
+    shard = Subset(val_set, list(range(ctx.rank, len(val_set), ctx.world_size)))
+    val_loader = DataLoader(shard, batch_size=cfg["eval"]["batch_size"], shuffle=False,
+                            num_workers=workers, pin_memory=pin, collate_fn=collate)
+    return train_set, val_set, sampler, train_loader, val_loader
+
+
+def evaluate(ctx: RunContext, model: torch.nn.Module, val_set: CocoDetection, val_loader: Any,
+             autocast: Any) -> Dict[str, float]:
+    """Sharded inference, one gather, one COCOeval on rank 0; every rank gets the figures."""
+    results = predict(model, val_loader, ctx.device, autocast)
+    gathered = ctx.all_gather(results)
+    scores: Optional[Dict[str, float]] = None
+    if ctx.is_main:
+        merged = [r for part in gathered for r in part]
+        scores = coco_bbox_map(val_set.coco, merged, val_set.ids, ctx.config["eval"]["backend"])
+    return ctx.broadcast(scores)
+
+
+def save_checkpoint(ctx: RunContext, state: Dict[str, Any]) -> None:
+    """Write ``checkpoints/last.pt`` atomically (rank 0)."""
+    path = ctx.checkpoint_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
+    """The seed's recipe: SGD + warm-up + MultiStepLR, evaluation every epoch, stop at target."""
+    cfg, train_cfg = ctx.config, ctx.config["train"]
+    prepared = ctx.spec["prepared"]
+    seed_everything(train_cfg["seed"] + ctx.rank, train_cfg["deterministic"])
+    train_set, val_set, sampler, train_loader, val_loader = build_loaders(
+        ctx, Path(prepared["data_dir"]))
+    num_classes = max(train_set.coco.getCatIds() or [0]) + 1
+    weights = prepared.get("backbone_weights_path")
+    model = build_retinanet(num_classes, Path(weights) if weights else None,
+                            cfg["model"]["min_size"], cfg["model"]["max_size"],
+                            cfg["model"]["trainable_backbone_layers"]).to(ctx.device)
+    bare_model = model
+    if ctx.distributed:
+        ids = [ctx.device.index] if ctx.device.type != "cpu" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
+                                weight_decay=train_cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train_cfg["lr_steps"],
+                                                     gamma=train_cfg["lr_gamma"])
+    precision = train_cfg["precision"]
+    autocast = autocast_factory(ctx.device, precision)
+    scaler = make_grad_scaler(ctx.device, precision)
+    meter = RunMeter(skip_iters=train_cfg["throughput_skip_iters"])
+    start_epoch = 0
+    if ctx.spec.get("resume") and ctx.checkpoint_path.is_file():
+        state = torch.load(str(ctx.checkpoint_path), map_location="cpu", weights_only=False)
+        bare_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        meter = RunMeter(**state["meter"])
+        ctx.epochs = list(state["epochs"])
+        set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
+        start_epoch = state["epoch"] + 1
+        ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, state["epoch"])
+    ctx.facade.memory_reset_peak(ctx.device)
+    target = cfg["target"]["mAP"]
+    metrics: Dict[str, Any] = dict(ctx.epochs[-1]) if ctx.epochs else {}
+    ctx.log.info("training %s: %d train / %d val images, %d classes, %d iterations per epoch, "
+                 "%s, %d process(es)", "retinanet", len(train_set), len(val_set), num_classes,
+                 len(train_loader), precision, ctx.world_size)
+    for epoch in range(start_epoch, train_cfg["epochs"]):
+        if metrics.get("converged") or (train_cfg["max_iters"] and
+                                        meter.seen_iterations >= train_cfg["max_iters"]):
+            break
+        sampler.set_epoch(epoch)
+        warmup = None
+        if epoch == 0:
+            warmup_iters = min(train_cfg["warmup_iters"], len(train_loader) - 1)
+            if warmup_iters > 0:
+                warmup = torch.optim.lr_scheduler.LinearLR(
+                    optimizer, start_factor=train_cfg["warmup_factor"], total_iters=warmup_iters)
+        stats = train_one_epoch(model, optimizer, train_loader, ctx.device, epoch, meter,
+                                ctx.synchronize, autocast, scaler, train_cfg["clip_grad_norm"],
+                                warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"])
+        scheduler.step()
+        last_epoch = (epoch + 1 == train_cfg["epochs"] or (
+            train_cfg["max_iters"] and meter.seen_iterations >= train_cfg["max_iters"]))
+        scores: Dict[str, float] = {}
+        if (epoch + 1) % cfg["eval"]["every"] == 0 or last_epoch:
+            ctx.synchronize()
+            eval_start = time.perf_counter()
+            scores = evaluate(ctx, model, val_set, val_loader, autocast)
+            ctx.synchronize()
+            meter.eval_seconds += time.perf_counter() - eval_start
+        counters = meter.state()
+        counters["allocator_peak_bytes"] = ctx.facade.memory_peak(ctx.device)
+        counters.update(ctx.monitor.summary() if ctx.monitor is not None else {})
+        reduced = ctx.reduce_counters(counters)
+        metrics = dict(reduced)
+        metrics.update(throughput(reduced))
+        metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
+                        "lr": stats["lr"]})
+        if scores:
+            metrics.update(scores)
+        elif ctx.epochs:
+            metrics.update({k: ctx.epochs[-1][k] for k in ("mAP", "AP50", "AP75")
+                            if k in ctx.epochs[-1]})
+        metrics["converged"] = bool(metrics.get("mAP", 0.0) >= target)
+        if train_cfg["throughput_skip_iters"]:
+            metrics["throughput_note"] = ("the first {} iterations are left out of p_whole, "
+                                          "p_train and p_core".format(
+                                              train_cfg["throughput_skip_iters"]))
+        ctx.log.info("epoch %d done: loss %.4f, mAP %.4f (target %.2f), %.1f img/s train, "
+                     "%.1f img/s core", epoch, stats["loss"], metrics.get("mAP", 0.0), target,
+                     metrics.get("p_train") or 0.0, metrics.get("p_core") or 0.0)
+        ctx.epoch_end(epoch, metrics)
+        states = ctx.all_gather(rng_state())
+        if ctx.is_main and cfg["run"]["checkpoint"]:
+            save_checkpoint(ctx, {"model": bare_model.state_dict(),
+                                  "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(),
+                                  "scaler": scaler.state_dict() if scaler is not None else None,
+                                  "meter": meter.state(), "epochs": ctx.epochs, "epoch": epoch,
+                                  "rng": states})
+    return metrics

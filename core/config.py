@@ -1,0 +1,142 @@
+"""Layered YAML configs: case defaults < hardware/topology file < overlays < ``--set key=value``.
+
+The defaults file is the schema: a key it does not have is an error, and a value must have the
+type of the default (an int where a float is expected is fine; a ``null`` default takes anything).
+No config is ever executed as code: YAML is read with ``yaml.safe_load``.
+"""
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Tuple
+
+import yaml
+
+from core.errors import UserError
+
+Config = Dict[str, Any]
+
+
+def load_yaml(path: Path) -> Config:
+    """Read one YAML mapping; a missing, unreadable or broken file is a one-line error."""
+    path = Path(path)
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise UserError("cannot read config {} ({})".format(path, exc.strerror),
+                        "check the path") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = " at line {}".format(mark.line + 1) if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError("config {} is not valid YAML{}: {}".format(path, where, problem),
+                        "fix the YAML syntax there") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError("config {} must be a mapping of keys, not a {}".format(
+            path, type(data).__name__), "write it as `key: value` lines")
+    return data
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def merge(base: Config, layer: Config, source: str, schema: Config = None, prefix: str = "") -> Config:
+    """Return ``base`` updated by ``layer``; keys and types are checked against ``schema``."""
+    schema = base if schema is None else schema
+    merged = copy.deepcopy(base)
+    for key, value in layer.items():
+        dotted = prefix + str(key)
+        if key not in schema:
+            known = ", ".join(sorted(prefix + str(k) for k in schema))
+            raise UserError("unknown config key '{}' in {}".format(dotted, source),
+                            "known keys here: {}".format(known))
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise UserError("config key '{}' in {} must be a mapping".format(dotted, source),
+                                "give its sub-keys, e.g. {}.{}".format(dotted, next(iter(default), "")))
+            merged[key] = merge(merged.get(key) or {}, value, source, default, dotted + ".")
+            continue
+        if not _type_ok(default, value):
+            raise UserError(
+                "config key '{}' in {} must be {}, not {!r}".format(
+                    dotted, source, _type_name(default), value),
+                "fix the value")
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        merged[key] = value
+    return merged
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    return "a " + type(default).__name__
+
+
+def parse_set(items: Iterable[str]) -> Config:
+    """``["train.lr=0.02", "model.backbone_weights=none"]`` -> nested mapping (values read as YAML)."""
+    layer: Config = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError("--set {!r} is not key=value".format(item),
+                            "write it as --set train.lr=0.02")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = layer
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise UserError("--set {!r} has an empty key".format(item), "write --set train.lr=0.02")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return layer
+
+
+def resolve(defaults: Config, layers: List[Tuple[str, Config]]) -> Config:
+    """Apply ``(source, layer)`` pairs in order over ``defaults``; each is checked against them."""
+    config = copy.deepcopy(defaults)
+    for source, layer in layers:
+        config = merge(config, layer, source, schema=defaults)
+    return config
+
+
+def get(config: Config, dotted: str) -> Any:
+    """``get(config, "train.lr")``."""
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def flatten(config: Config, prefix: str = "") -> Dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
+    flat: Dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix + key + "."))
+        else:
+            flat[prefix + key] = value
+    return flat

@@ -1,0 +1,109 @@
+"""What a case's worker gets: its device, its rank, the config, the run folder, and collectives."""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from core.device import Device
+from core.manager import PluginHost
+from core.metrics import reduce_ranks
+
+PROGRESS_FILE = "progress.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunContext:
+    """One worker's view of a run. ``is_main`` is rank 0, which writes progress and reports."""
+
+    spec: Dict[str, Any]
+    config: Dict[str, Any]
+    run_dir: Path
+    host: PluginHost
+    facade: Device
+    device: Any
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("chipbench"))
+    monitor: Any = None
+    epochs: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def synchronize(self) -> None:
+        """Wait for this rank's device (the vendor's synchronize hook)."""
+        self.facade.synchronize(self.device)
+
+    # -- collectives (no-ops in a single process) ---------------------------------------------------
+
+    def all_gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: List[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def reduce_counters(self, local: Dict[str, Any]) -> Dict[str, Any]:
+        """Counters of all ranks combined by :func:`core.metrics.reduce_ranks`."""
+        return reduce_ranks(self.all_gather(local))
+
+    # -- progress -----------------------------------------------------------------------------------
+
+    def epoch_end(self, epoch: int, metrics: Dict[str, Any]) -> None:
+        """Record an epoch's figures (rank 0): ``progress.json`` and the ``on_epoch_end`` hook."""
+        if self.monitor is not None:
+            self.monitor.sample("epoch_end")
+        if not self.is_main:
+            return
+        self.epochs.append(dict(metrics, epoch=epoch))
+        self.save_progress(final=False)
+        for failure in self.host.notify("on_epoch_end", run=self.run_info(), epoch=epoch,
+                                        metrics=metrics):
+            self.log.warning(failure)
+
+    def save_progress(self, final: bool, metrics: Optional[Dict[str, Any]] = None) -> None:
+        """Write what was measured so far, so that a failure loses nothing already finished."""
+        if not self.is_main:
+            return
+        latest = metrics if metrics is not None else (self.epochs[-1] if self.epochs else {})
+        write_json_atomic(self.run_dir / PROGRESS_FILE,
+                          {"final": final, "epochs": self.epochs, "metrics": latest})
+
+    def run_info(self) -> Dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "case": self.spec["case"],
+                "vendor": self.spec["vendor"], "config": self.config}

@@ -1,0 +1,114 @@
+"""The typed facade over the chosen vendor's device hooks.
+
+Every call checks what the vendor returned; a hook that raises or returns the wrong type becomes a
+one-line :class:`core.errors.PluginError` naming the vendor and the hook.
+"""
+
+from typing import Any, Dict, List, Tuple, Type, Union
+
+from core.errors import PluginError
+from core.hookspecs import PRECISIONS
+from core.manager import PluginHost
+from core.records import HardwareId, MemoryInfo, VendorInfo
+
+
+class Device:
+    """The chosen vendor's devices, one typed method per device hook."""
+
+    def __init__(self, host: PluginHost, info: VendorInfo) -> None:
+        self.host = host
+        self.info = info
+
+    @property
+    def vendor(self) -> str:
+        return self.info.name
+
+    def _call(self, hook: str, expected: Union[Type, Tuple[Type, ...], None], **kwargs: Any) -> Any:
+        caller = getattr(self.host.pm.hook, hook)
+        try:
+            result = caller(**kwargs)
+        except Exception as exc:
+            raise PluginError(
+                "vendor '{}' failed in hook {}: {}: {}".format(
+                    self.vendor, hook, type(exc).__name__, str(exc).strip().splitlines()[0]
+                    if str(exc).strip() else ""),
+                "report it to the plugin's authors, or choose another --vendor "
+                "(rerun with --debug for the traceback)",
+            ) from exc
+        if expected is not None and not isinstance(result, expected):
+            raise PluginError(
+                "vendor '{}' returned {!r} from hook {}, expected {}".format(
+                    self.vendor, result, hook, _type_names(expected)),
+                "report it to the plugin's authors, or choose another --vendor",
+            )
+        return result
+
+    # backend and identity
+    def init_backend(self, local_rank: int = 0) -> "torch.device":  # noqa: F821
+        """Prepare and return the device of ``local_rank`` (sets it current, applies switches)."""
+        import torch
+
+        return self._call("device_init_backend", torch.device, local_rank=local_rank)
+
+    def count(self) -> int:
+        """How many devices this process sees."""
+        return self._call("device_count", int)
+
+    def name(self, index: int = 0) -> str:
+        """Marketing name of visible device ``index``."""
+        return self._call("device_name", str, index=index)
+
+    def hardware_id(self) -> HardwareId:
+        """Table label and config tag of the hardware."""
+        return self._call("hardware_id", HardwareId)
+
+    # synchronisation and memory
+    def synchronize(self, device: "torch.device") -> None:  # noqa: F821
+        """Wait for all work queued on ``device``."""
+        self._call("device_synchronize", None, device=device)
+
+    def memory_query(self, device: "torch.device") -> MemoryInfo:  # noqa: F821
+        """Device-wide used/total memory of ``device``."""
+        return self._call("device_memory_query", MemoryInfo, device=device)
+
+    def memory_peak(self, device: "torch.device") -> int:  # noqa: F821
+        """This process's allocator peak on ``device`` in bytes."""
+        return self._call("device_memory_peak", int, device=device)
+
+    def memory_reset_peak(self, device: "torch.device") -> None:  # noqa: F821
+        """Reset the allocator peak."""
+        self._call("device_memory_reset_peak", None, device=device)
+
+    # collectives, capabilities, environment, monitoring
+    def collective_backend(self) -> str:
+        """Backend name for ``torch.distributed.init_process_group``."""
+        return self._call("collective_backend", str)
+
+    def visible_devices_env(self) -> str:
+        """Name of the env var that restricts visible devices ('' when none)."""
+        return self._call("visible_devices_env", str)
+
+    def supported_precisions(self) -> List[str]:
+        """Precisions this vendor trains in, in the order of :data:`core.hookspecs.PRECISIONS`."""
+        result = self._call("supported_precisions", (list, tuple))
+        unknown = [p for p in result if p not in PRECISIONS]
+        if unknown:
+            raise PluginError(
+                "vendor '{}' reports unknown precisions {}".format(self.vendor, unknown),
+                "supported_precisions may only name {}".format(", ".join(PRECISIONS)),
+            )
+        return [p for p in PRECISIONS if p in result]
+
+    def environment_report(self) -> Dict[str, Any]:
+        """Hardware and software facts (the seed's environment section)."""
+        return self._call("environment_report", dict)
+
+    def sample(self, device: "torch.device") -> Dict[str, float]:  # noqa: F821
+        """One monitoring sample (util, power, temperature) of ``device``."""
+        return self._call("device_sample", dict, device=device)
+
+
+def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__

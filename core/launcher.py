@@ -1,0 +1,103 @@
+"""Start the workers of a run: in place for one process, through torchrun for more.
+
+chipbench never launches ranks itself: ``torch.distributed.run`` (torchrun) starts, watches and
+stops them. A static cluster (``--nnodes M --node-rank R --master-addr H --master-port P``, like
+the seed's) or c10d rendezvous (``--rdzv-endpoint HOST:PORT``) are both passed through.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from core.errors import UserError
+
+
+@dataclass
+class Topology:
+    """How many processes on how many nodes, and how they meet."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    rdzv_endpoint: Optional[str] = None
+    rdzv_id: str = "chipbench"
+    join_timeout_s: int = 600
+
+    def __post_init__(self) -> None:
+        for name in ("nproc_per_node", "nnodes"):
+            if int(getattr(self, name)) < 1:
+                raise UserError("--{} must be at least 1".format(name.replace("_", "-")),
+                                "give a positive number")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise UserError("--node-rank {} is outside 0..{}".format(self.node_rank,
+                                                                     self.nnodes - 1),
+                            "number the nodes from 0 to --nnodes minus 1")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def label(self) -> str:
+        """``1x8``: nodes x processes per node, as in the seed's table and config names."""
+        return "{}x{}".format(self.nnodes, self.nproc_per_node)
+
+    def as_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def torchrun_command(topology: Topology, run_dir: Path) -> List[str]:
+    """The torchrun command line that starts this node's workers of the run in ``run_dir``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run",
+           "--nnodes", str(topology.nnodes),
+           "--nproc-per-node", str(topology.nproc_per_node),
+           "--max-restarts", "0",
+           "--monitor-interval", "1"]
+    if topology.rdzv_endpoint:
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", topology.rdzv_endpoint,
+                "--rdzv-id", topology.rdzv_id,
+                "--rdzv-conf", "join_timeout={}".format(topology.join_timeout_s)]
+    else:
+        cmd += ["--node-rank", str(topology.node_rank),
+                "--master-addr", topology.master_addr,
+                "--master-port", str(topology.master_port)]
+    return cmd + ["-m", "core.worker", str(run_dir)]
+
+
+def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str],
+                   timeout_s: Optional[float] = None) -> int:
+    """Run torchrun for this node and return its exit code (it stops every worker on failure).
+
+    Ctrl-C is passed on to torchrun, which stops the workers; the interrupt is then re-raised.
+    """
+    cmd = torchrun_command(topology, run_dir)
+    full_env = dict(os.environ)
+    full_env.update(env)
+    with open(Path(run_dir) / "logs" / "torchrun-node{}.log".format(topology.node_rank),
+              "ab") as log:
+        proc = subprocess.Popen(cmd, env=full_env, stdout=sys.stderr, stderr=log,
+                                start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            _stop(proc)
+            raise
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGINT torchrun (it stops its workers), then SIGKILL the whole group if it lingers."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=grace_s)
+    except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()

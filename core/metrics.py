@@ -1,0 +1,98 @@
+"""The seed's throughput and memory figures, with FlagPerf's defects fixed (design §5).
+
+Per rank, a :class:`RunMeter` counts the images actually processed and three times: training
+(without evaluation), evaluation, and *core* (forward + backward + optimizer step only, each
+interval opened and closed by the vendor's synchronize hook). Over ranks, images are summed and
+times taken from the slowest rank:
+
+- ``p_whole = images / (train + eval seconds)``
+- ``p_train = images / train seconds``
+- ``p_core  = images / core seconds``
+"""
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+SUMMED = ("images", "iterations")
+MAXED = ("train_seconds", "eval_seconds", "core_seconds", "whole_seconds",
+         "mem_used_peak_bytes", "mem_total_bytes", "allocator_peak_bytes")
+
+
+@dataclass
+class RunMeter:
+    """Counters of one rank. Iterations before ``skip_iters`` are run but not counted."""
+
+    skip_iters: int = 0
+    iterations: int = 0
+    seen_iterations: int = 0
+    images: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    core_seconds: float = 0.0
+
+    def counting(self) -> bool:
+        """Whether the current iteration counts towards throughput."""
+        return self.seen_iterations >= self.skip_iters
+
+    def add_iteration(self, images: int, core_seconds: float) -> None:
+        """Record one training iteration of ``images`` images."""
+        if self.counting():
+            self.iterations += 1
+            self.images += images
+            self.core_seconds += core_seconds
+        self.seen_iterations += 1
+
+    def state(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@contextmanager
+def timed(sync: Callable[[], None], sink: Callable[[float], None]) -> Iterator[None]:
+    """Time a block between two synchronize calls and hand the seconds to ``sink``."""
+    sync()
+    start = time.perf_counter()
+    yield
+    sync()
+    sink(time.perf_counter() - start)
+
+
+def reduce_ranks(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Combine the counters of every rank: counts summed, times and memory from the maximum."""
+    reduced: Dict[str, Any] = {}
+    for key in SUMMED:
+        reduced[key] = sum(int(r.get(key, 0)) for r in per_rank)
+    for key in MAXED:
+        values = [r[key] for r in per_rank if r.get(key) is not None]
+        reduced[key] = max(values) if values else None
+    if reduced["whole_seconds"] is None:
+        reduced["whole_seconds"] = max(
+            (r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in per_rank),
+            default=0.0)
+    reduced["ranks"] = len(per_rank)
+    reduced["mem_source"] = per_rank[0].get("mem_source", "") if per_rank else ""
+    return reduced
+
+
+def _rate(images: int, seconds: Optional[float]) -> Optional[float]:
+    return images / seconds if seconds else None
+
+
+def throughput(reduced: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """``p_whole``, ``p_train`` and ``p_core`` in images per second from reduced counters."""
+    images = reduced["images"]
+    return {"p_whole": _rate(images, reduced.get("whole_seconds")),
+            "p_train": _rate(images, reduced.get("train_seconds")),
+            "p_core": _rate(images, reduced.get("core_seconds"))}
+
+
+def gib(value: Optional[float]) -> Optional[float]:
+    return None if value is None else value / 2**30
+
+
+def mem_text(used_bytes: Optional[float], total_bytes: Optional[float]) -> str:
+    """The seed's ``mem`` cell: ``37.5/64.0`` (GiB)."""
+    if used_bytes is None or total_bytes is None:
+        return "/"
+    return "{:.1f}/{:.1f}".format(gib(used_bytes), gib(total_bytes))

@@ -1,0 +1,106 @@
+"""Render a run's ``report.md``: the seed's two tables and its hardware/software section.
+
+A built-in observer plugin: it renders on ``on_run_end`` from the result that the runner has
+already written to ``result.json`` (blocking the plugin drops the Markdown, never the data).
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from core.hookspecs import hookimpl
+from core.metrics import mem_text
+
+PERF_COLUMNS = ("config", "precision", "fix_hp", "e2e_time", "p_whole", "p_train", "p_core",
+                "mAP", "mem")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or value == "":
+        return "/"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "{:.{}f}".format(value, digits)
+    return str(value)
+
+
+def perf_row(result: Dict[str, Any]) -> Dict[str, str]:
+    """The seed's performance row of one result, as strings."""
+    metrics = result.get("metrics", {})
+    return {
+        "config": result.get("row_label", "/"),
+        "precision": result.get("precision", "/"),
+        "fix_hp": result.get("fix_hp") or "/",
+        "e2e_time": _fmt(metrics.get("e2e_time"), 1),
+        "p_whole": _fmt(metrics.get("p_whole")),
+        "p_train": _fmt(metrics.get("p_train")),
+        "p_core": _fmt(metrics.get("p_core")),
+        "mAP": _fmt(metrics.get("mAP"), 4),
+        "mem": mem_text(metrics.get("mem_used_peak_bytes"), metrics.get("mem_total_bytes")),
+    }
+
+
+def markdown_table(rows: List[Dict[str, str]], columns=PERF_COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(row.get(c, "/") for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def text_table(rows: List[Dict[str, str]], columns=PERF_COLUMNS) -> str:
+    """The performance table aligned for a terminal."""
+    widths = [max(len(c), *(len(r.get(c, "/")) for r in rows)) for c in columns]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    for row in rows:
+        out.append("  ".join(row.get(c, "/").ljust(w) for c, w in zip(columns, widths)))
+    return "\n".join(out)
+
+
+def render(result: Dict[str, Any]) -> str:
+    """The whole ``report.md`` of one result."""
+    general = result.get("general", {})
+    metrics = result.get("metrics", {})
+    env = result.get("environment", {})
+    lines = ["# {} on {}".format(result.get("case", "?"), result.get("row_label", "?")), ""]
+    status = result.get("status", "?")
+    lines.append("Status: **{}**{}".format(
+        status, " ({})".format(result["error"]) if result.get("error") else ""))
+    if result.get("dataset_note"):
+        lines += ["", "> " + result["dataset_note"]]
+    lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
+    for name, value, note in general.get("rows", []):
+        lines.append("| {} | {} | {} |".format(name, value, note))
+    lines += ["", "## Performance indicators", "", markdown_table([perf_row(result)]), ""]
+    lines += ["- converged: {} (target mAP {}, reached {})".format(
+        _fmt(metrics.get("converged")), _fmt(result.get("target")), _fmt(metrics.get("mAP"), 4)),
+        "- images trained (all ranks): {}; epochs: {}; iterations: {}".format(
+            _fmt(metrics.get("images")), _fmt(metrics.get("epochs")), _fmt(metrics.get("iterations"))),
+        "- allocator peak: {} GiB; memory source: {}".format(
+            _fmt(metrics.get("allocator_peak_gib")), _fmt(metrics.get("mem_source"))),
+        "- times (slowest rank): train {} s, evaluation {} s, core {} s".format(
+            _fmt(metrics.get("train_seconds"), 1), _fmt(metrics.get("eval_seconds"), 1),
+            _fmt(metrics.get("core_seconds"), 1))]
+    if metrics.get("throughput_note"):
+        lines.append("- " + metrics["throughput_note"])
+    lines += ["", "## Hardware and software", ""]
+    for key in sorted(env):
+        value = env[key]
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        lines.append("- {}: {}".format(key, value))
+    lines += ["", "Per-epoch figures, the resolved config and versions are in result.json.", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, result: Dict[str, Any]) -> Optional[Path]:
+    """Write ``report.md`` into ``run_dir``."""
+    path = Path(run_dir) / "report.md"
+    path.write_text(render(result), encoding="utf-8")
+    return path
+
+
+@hookimpl
+def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
+    """Render ``report.md`` next to ``result.json``."""
+    write_report(Path(run["run_dir"]), result)

@@ -1,0 +1,252 @@
+"""``core run``: choose the vendor and config, prepare the case, start the workers, write results.
+
+The run folder holds ``spec.json`` (what the workers run), ``result.json`` (written at the start
+with status ``running`` and rewritten at the end, whatever happened), ``report.md``,
+``progress.json`` (per-epoch figures as they come), ``logs/``, ``monitor/`` and ``checkpoints/``.
+"""
+
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from core import __version__
+from core.cases import Case, load_case
+from core.config import Config, flatten, load_yaml, parse_set, resolve
+from core.context import PROGRESS_FILE, write_json_atomic
+from core.errors import ChipbenchError, RunFailed, UserError
+from core.launcher import Topology, launch_workers
+from core.manager import build_host
+from core.metrics import gib, mem_text, throughput
+from core.records import HardwareId
+from core.selection import ENV_VENDOR, select_device
+from core.worker import SPEC_FILE, run_worker
+
+RESULT_FILE = "result.json"
+ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def hardware_config_path(case: Case, explicit: Optional[str], hardware: HardwareId,
+                         topology: Topology) -> Optional[Path]:
+    """The hardware/topology config: ``--config`` (name or path), else ``<tag>x<N>x<M>.yaml``."""
+    if explicit:
+        candidates = [Path(explicit), case.config_dir / explicit,
+                      case.config_dir / (explicit + ".yaml")]
+        for path in candidates:
+            if path.is_file():
+                return path
+        names = sorted(p.stem for p in case.config_dir.glob("*.yaml")
+                       if p.stem not in ("defaults", "embedded"))
+        raise UserError("config '{}' not found".format(explicit),
+                        "give a YAML path or one of: {}".format(", ".join(names)))
+    auto = case.config_dir / "{}x{}.yaml".format(hardware.config_tag, topology.label)
+    return auto if auto.is_file() else None
+
+
+def resolve_run_config(case: Case, explicit_config: Optional[str], hardware: HardwareId,
+                       topology: Topology, sets: List[str], flags: Config
+                       ) -> Tuple[Config, List[str]]:
+    """Case defaults < hardware file < case overlays < ``--set`` < command-line flags."""
+    defaults = load_yaml(case.config_dir / "defaults.yaml")
+    base: List[Tuple[str, Config]] = []
+    hw_path = hardware_config_path(case, explicit_config, hardware, topology)
+    if hw_path is not None:
+        base.append((str(hw_path), load_yaml(hw_path)))
+    tail = [("--set", parse_set(sets)), ("command-line flags", flags)]
+    provisional = resolve(defaults, base + tail)
+    layers = base + case.overlays(provisional) + tail
+    return resolve(defaults, layers), [source for source, _ in layers]
+
+
+def fix_hp(case: Case, config: Config) -> str:
+    """Hyper-parameters that differ from the case defaults: ``"bs=24, lr=0.04"``."""
+    defaults = flatten(load_yaml(case.config_dir / "defaults.yaml"))
+    current = flatten(config)
+    parts = ["{}={}".format(short, current[key]) for key, short in case.fix_hp_keys.items()
+             if current.get(key) != defaults.get(key)]
+    return ", ".join(parts)
+
+
+def row_labels(hardware: HardwareId, topology: Topology) -> Tuple[str, str]:
+    """The seed's row names: ("MXC500 1 node x 8 cards (1x8)", "MXC500 单机8卡（1x8）")."""
+    n, m = topology.nnodes, topology.nproc_per_node
+    english = "{} {} node{} x {} card{} ({})".format(
+        hardware.label, n, "s" if n > 1 else "", m, "s" if m > 1 else "", topology.label)
+    chinese = "{} {}{}卡（{}）".format(hardware.label, ZH_NODES.get(n, "{}机".format(n)), m,
+                                      topology.label)
+    return english, chinese
+
+
+# --------------------------------------------------------------------------------------------------
+# run folder
+# --------------------------------------------------------------------------------------------------
+
+
+def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
+    """Create the run folder; never reuse one that already holds a run."""
+    if output:
+        run_dir = Path(output)
+        if (run_dir / RESULT_FILE).exists() or (run_dir / SPEC_FILE).exists():
+            raise UserError("run folder {} already holds a run".format(run_dir),
+                            "choose another --output, or continue it with --resume {}".format(
+                                run_dir))
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / "{}-{}-{}".format(case, vendor, stamp)
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = Path("runs") / "{}-{}-{}-{}".format(case, vendor, stamp, suffix)
+    for sub in ("logs", "monitor", "checkpoints"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def versions() -> Dict[str, str]:
+    from importlib import metadata
+
+    found = {"chipbench": __version__, "python": platform.python_version()}
+    for dist in ("torch", "torchvision", "pluggy", "pycocotools"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def worker_errors(run_dir: Path) -> List[str]:
+    """One-line errors that failed workers left behind, rank order."""
+    folder = Path(run_dir) / "errors"
+    if not folder.is_dir():
+        return []
+    files = sorted(folder.glob("rank*.txt"), key=lambda p: int(p.stem[4:] or 0))
+    return [p.read_text().strip() for p in files if p.read_text().strip()]
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------
+
+
+class Run:
+    """One ``core run`` on this node, from vendor selection to the final ``result.json``."""
+
+    def __init__(self, case_arg: str, vendor: Optional[str], topology: Topology,
+                 config_name: Optional[str] = None, sets: Optional[List[str]] = None,
+                 data_dir: Optional[str] = None, precision: Optional[str] = None,
+                 output: Optional[str] = None, announce: Callable[[str], None] = print) -> None:
+        self.started = time.time()
+        self.announce = announce
+        self.topology = topology
+        self.host = build_host()
+        self.facade = select_device(self.host, vendor, announce=announce)
+        self.case = load_case(case_arg)
+        self.hardware = self.facade.hardware_id()
+        flags: Config = {}
+        if data_dir:
+            flags["data"] = {"dir": str(Path(data_dir).expanduser())}
+        if precision:
+            flags["train"] = {"precision": precision}
+        self.config, self.sources = resolve_run_config(
+            self.case, config_name, self.hardware, topology, sets or [], flags)
+        self.case.validate(self.config, self.facade.supported_precisions())
+        self.run_dir = make_run_dir(output, self.case.name, self.facade.vendor)
+        self.result: Dict[str, Any] = {}
+
+    def execute(self) -> Dict[str, Any]:
+        """Prepare, run the workers and write the result; errors are recorded, then re-raised."""
+        environment = self.facade.environment_report()
+        english, chinese = row_labels(self.hardware, self.topology)
+        self.result = {
+            "status": "running", "error": None, "case": self.case.name,
+            "vendor": self.facade.vendor, "hardware": {"label": self.hardware.label,
+                                                       "config_tag": self.hardware.config_tag},
+            "topology": self.topology.as_dict(), "row_label": english, "row_label_zh": chinese,
+            "precision": self.case.precision(self.config), "fix_hp": fix_hp(self.case, self.config),
+            "target": self.case.target(self.config), "config": self.config,
+            "config_sources": self.sources, "environment": environment, "versions": versions(),
+            "command": " ".join(shlex.quote(a) for a in sys.argv),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
+        }
+        self._write()
+        try:
+            prepared = self.case.prepare(self.config)
+            self.result["general"] = {"rows": self.case.general_rows(
+                self.config, prepared, self.hardware.label)}
+            self.result["dataset_note"] = prepared.get("dataset_note", "")
+            spec = {"case": self.case.name, "vendor": self.facade.vendor, "config": self.config,
+                    "topology": self.topology.as_dict(), "prepared": prepared,
+                    "hardware": self.result["hardware"]}
+            write_json_atomic(self.run_dir / SPEC_FILE, spec)
+            self._write()
+            for failure in self.host.notify("on_run_start", run=self._run_info()):
+                self.announce("warning: " + failure)
+            self._run_workers()
+            self.result["status"] = "finished"
+        except KeyboardInterrupt:
+            self.result.update(status="interrupted", error="interrupted (Ctrl-C)")
+            raise
+        except ChipbenchError as exc:
+            self.result.update(status="failed", error=exc.one_line())
+            raise
+        except BaseException as exc:
+            self.result.update(status="failed", error="{}: {}".format(type(exc).__name__, exc))
+            raise
+        finally:
+            self._finish()
+        return self.result
+
+    def _run_workers(self) -> None:
+        if self.topology.world_size == 1:
+            run_worker(self.run_dir, self.host, self.facade)
+            return
+        env = {ENV_VENDOR: self.facade.vendor}
+        code = launch_workers(self.topology, self.run_dir, env)
+        if code != 0:
+            errors = worker_errors(self.run_dir)
+            first = errors[0] if errors else "torchrun exited with code {}".format(code)
+            user_error = errors and all(not e.startswith("rank ") for e in errors)
+            error_type = UserError if user_error else RunFailed
+            raise error_type(first, "see {}/logs for every rank's log".format(self.run_dir))
+
+    def _finish(self) -> None:
+        progress = _read_json(self.run_dir / PROGRESS_FILE)
+        metrics = dict(progress.get("metrics") or {})
+        metrics.update(throughput(metrics) if "images" in metrics else {})
+        metrics["e2e_time"] = time.time() - self.started
+        if metrics.get("mem_used_peak_bytes") is not None:
+            metrics["mem"] = mem_text(metrics["mem_used_peak_bytes"], metrics["mem_total_bytes"])
+            metrics["mem_used_peak_gib"] = gib(metrics["mem_used_peak_bytes"])
+            metrics["mem_total_gib"] = gib(metrics["mem_total_bytes"])
+        if metrics.get("allocator_peak_bytes") is not None:
+            metrics["allocator_peak_gib"] = gib(metrics["allocator_peak_bytes"])
+        self.result["metrics"] = metrics
+        self.result["epochs"] = progress.get("epochs", [])
+        self.result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._write()
+        for failure in self.host.notify("on_run_end", run=self._run_info(), result=self.result):
+            self.announce("warning: " + failure)
+
+    def _write(self) -> None:
+        write_json_atomic(self.run_dir / RESULT_FILE, self.result)
+
+    def _run_info(self) -> Dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "case": self.case.name,
+                "vendor": self.facade.vendor, "config": self.config}
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}

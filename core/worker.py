@@ -1,0 +1,117 @@
+"""One worker process of a run: ``python -m core.worker RUN_DIR`` (torchrun starts it per rank).
+
+Reads the run's ``spec.json``, selects the same vendor, initialises its device for the local rank
+and the process group with the vendor's collective backend, then runs the case. A worker that
+fails writes its one-line error to ``errors/rank<N>.txt`` so the launcher can report it.
+"""
+
+import datetime
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from core.context import RunContext
+from core.errors import ChipbenchError, RunFailed
+
+SPEC_FILE = "spec.json"
+
+
+def setup_logging(run_dir: Path, rank: int, to_console: bool) -> logging.Logger:
+    """Log this rank to ``logs/rank<N>.log`` (and the console for rank 0)."""
+    log = logging.getLogger("chipbench")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(run_dir / "logs" / "rank{}.log".format(rank))
+    file_handler.setFormatter(logging.Formatter("%(asctime)s rank{} %(message)s".format(rank)))
+    log.addHandler(file_handler)
+    if to_console:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(console)
+    return log
+
+
+def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str, Any]:
+    """Run the case of ``run_dir`` on this process's rank and return its final metrics."""
+    import json
+
+    from core.cases import load_case
+    from core.monitor import DeviceMonitor
+
+    run_dir = Path(run_dir)
+    with open(run_dir / SPEC_FILE) as handle:
+        spec = json.load(handle)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    log = setup_logging(run_dir, rank, to_console=(rank == 0))
+    if facade is None:
+        from core.manager import build_host
+        from core.selection import select_device
+
+        host = build_host()
+        facade = select_device(host, spec["vendor"])
+    device = facade.init_backend(local_rank)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group(
+            backend=facade.collective_backend(),
+            timeout=datetime.timedelta(seconds=float(spec["config"]["run"]["timeout_s"])))
+    monitor = DeviceMonitor(facade, device, run_dir / "monitor" / "rank{}.jsonl".format(rank),
+                            interval_s=spec["config"]["run"]["monitor_interval_s"]).start()
+    ctx = RunContext(spec=spec, config=spec["config"], run_dir=run_dir, host=host, facade=facade,
+                     device=device, rank=rank, local_rank=local_rank, world_size=world_size,
+                     log=log, monitor=monitor)
+    try:
+        metrics = load_case(spec["case"]).run(ctx)
+        ctx.save_progress(final=True, metrics=metrics)
+        return metrics
+    finally:
+        monitor.stop()
+        if world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def record_error(run_dir: Path, rank: int, message: str) -> None:
+    """Leave this rank's one-line error where the launcher looks for it."""
+    try:
+        errors = Path(run_dir) / "errors"
+        errors.mkdir(parents=True, exist_ok=True)
+        (errors / "rank{}.txt".format(rank)).write_text(message + "\n")
+    except OSError:
+        pass
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of a torchrun worker."""
+    argv = sys.argv[1:] if argv is None else argv
+    run_dir = Path(argv[0])
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        run_worker(run_dir)
+    except ChipbenchError as exc:
+        record_error(run_dir, rank, exc.one_line())
+        logging.getLogger("chipbench").error("error: %s", exc.one_line())
+        return exc.exit_code
+    except BaseException as exc:  # noqa: B902 - every failure must reach the launcher
+        text = "{}: {}".format(type(exc).__name__, str(exc).strip().splitlines()[0]
+                               if str(exc).strip() else "")
+        record_error(run_dir, rank, "rank {} failed: {}".format(rank, text))
+        logging.getLogger("chipbench").error("rank %d failed:\n%s", rank, traceback.format_exc())
+        return RunFailed.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Built-in vendor plugins: one short module per vendor, all of the same shape.
+
+Third-party vendors register the same hooks through the entry-point group ``chipbench.vendors``.
+"""
+
+BUILTIN_VENDORS = ("plugins.cpu", "plugins.cuda", "plugins.metax")

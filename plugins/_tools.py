@@ -1,0 +1,72 @@
+"""Small helpers the built-in vendor modules share (tool calls, versions, visible devices)."""
+
+import os
+import platform
+import shutil
+import subprocess
+from typing import Any, Dict, List, Optional, Sequence
+
+
+def run_tool(argv: Sequence[str], timeout: float = 10.0) -> Optional[str]:
+    """Run a management tool without a shell and with a timeout; its stdout, or None on failure."""
+    exe = shutil.which(argv[0])
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe] + list(argv[1:]), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode("utf-8", "replace")
+
+
+def installed_torch_version() -> str:
+    """The installed torch's version string ("2.0.0+mc2.18.0.8") without importing torch."""
+    from importlib import metadata
+
+    for dist in ("torch", "pytorch"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
+def visible_index(local_index: int, env_names: Sequence[str]) -> int:
+    """Map a torch device index to the physical index that management tools use.
+
+    The first of ``env_names`` that is set wins ("2,3" makes torch device 1 physical device 3);
+    entries that are not integers (UUIDs) leave the index as it is.
+    """
+    for name in env_names:
+        value = os.environ.get(name)
+        if value is None or not value.strip():
+            continue
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if local_index < len(parts) and parts[local_index].isdigit():
+            return int(parts[local_index])
+        return local_index
+    return local_index
+
+
+def software_report() -> Dict[str, Any]:
+    """Framework and OS facts every vendor's environment report carries."""
+    from importlib import metadata
+
+    report: Dict[str, Any] = {
+        "os": "{} {}".format(platform.system(), platform.release()),
+        "python": platform.python_version(),
+        "framework": "torch " + (installed_torch_version() or "not installed"),
+    }
+    try:
+        report["torchvision"] = metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        pass
+    return report
+
+
+def cuda_like_precisions(bf16_supported: bool) -> List[str]:
+    """fp32/amp/fp16 always on CUDA-compatible stacks; bf16 when the device supports it."""
+    return ["fp32", "amp", "fp16"] + (["bf16"] if bf16_supported else [])

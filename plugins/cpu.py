@@ -1,0 +1,113 @@
+"""The CPU vendor: always available, lowest priority, gloo collectives, psutil memory."""
+
+import os
+from typing import Any, Dict, List
+
+import psutil
+
+from core.hookspecs import hookimpl
+from core.records import HardwareId, MemoryInfo, VendorInfo
+from plugins._tools import software_report
+
+
+@hookimpl
+def vendor_detect() -> VendorInfo:
+    return VendorInfo(name="cpu", device_type="cpu", priority=0, available=True,
+                      reason="always available (slow: for tests and the embedded default)")
+
+
+@hookimpl
+def device_init_backend(local_rank: int) -> "torch.device":  # noqa: F821
+    import torch
+
+    return torch.device("cpu")
+
+
+@hookimpl
+def device_count() -> int:
+    return 1
+
+
+@hookimpl
+def device_name(index: int) -> str:
+    import platform
+
+    return platform.processor() or platform.machine() or "CPU"
+
+
+@hookimpl
+def hardware_id() -> HardwareId:
+    return HardwareId(label="CPU", config_tag="CPU")
+
+
+@hookimpl
+def device_synchronize(device: "torch.device") -> None:  # noqa: F821
+    return None
+
+
+@hookimpl
+def device_memory_query(device: "torch.device") -> MemoryInfo:  # noqa: F821
+    rss = psutil.Process().memory_info().rss
+    return MemoryInfo(used_bytes=rss, total_bytes=psutil.virtual_memory().total,
+                      source="psutil (process RSS / machine total)")
+
+
+@hookimpl
+def device_memory_peak(device: "torch.device") -> int:  # noqa: F821
+    info = psutil.Process().memory_info()
+    return int(getattr(info, "peak_wset", 0) or _linux_peak_rss() or info.rss)
+
+
+@hookimpl
+def device_memory_reset_peak(device: "torch.device") -> None:  # noqa: F821
+    # Linux keeps the peak RSS (VmHWM) per process; writing 5 to clear_refs resets it.
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+    return None
+
+
+@hookimpl
+def collective_backend() -> str:
+    return "gloo"
+
+
+@hookimpl
+def visible_devices_env() -> str:
+    return ""
+
+
+@hookimpl
+def supported_precisions() -> List[str]:
+    return ["fp32", "bf16"]
+
+
+@hookimpl
+def environment_report() -> Dict[str, Any]:
+    report = software_report()
+    report.update({
+        "device_model": device_name(0),
+        "device_count": 1,
+        "cpu_cores": os.cpu_count(),
+        "device_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    })
+    return report
+
+
+@hookimpl
+def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
+    return {"util_percent": psutil.cpu_percent(interval=None),
+            "memory_used_bytes": float(psutil.Process().memory_info().rss)}
+
+
+def _linux_peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

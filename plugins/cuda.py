@@ -1,0 +1,175 @@
+"""The NVIDIA CUDA vendor: torch.cuda devices, NCCL, memory from cudaMemGetInfo, nvidia-smi samples.
+
+Declines when the installed torch is a MetaX build (which also answers ``torch.cuda``) or ROCm's.
+"""
+
+import re
+from typing import Any, Dict, List
+
+from core.hookspecs import hookimpl
+from core.records import HardwareId, MemoryInfo, VendorInfo
+from plugins._tools import (
+    cuda_like_precisions,
+    installed_torch_version,
+    run_tool,
+    software_report,
+    visible_index,
+)
+
+NAME = "cuda"
+PRIORITY = 50
+SMI = "nvidia-smi"
+NON_NVIDIA_BUILD = re.compile(r"\+(mc|metax|rocm)", re.IGNORECASE)
+SAMPLE_FIELDS = ("utilization.gpu", "power.draw", "temperature.gpu", "memory.used")
+
+
+@hookimpl
+def vendor_detect() -> VendorInfo:
+    version = installed_torch_version()
+    if not version:
+        return VendorInfo(NAME, "cuda", PRIORITY, False, "torch is not installed")
+    if NON_NVIDIA_BUILD.search(version):
+        return VendorInfo(NAME, "cuda", PRIORITY, False,
+                          "torch {} is not an NVIDIA build".format(version))
+    import torch
+
+    if getattr(torch.version, "hip", None):
+        return VendorInfo(NAME, "cuda", PRIORITY, False, "torch {} is a ROCm build".format(version))
+    if torch.version.cuda is None:
+        return VendorInfo(NAME, "cuda", PRIORITY, False,
+                          "torch {} was built without CUDA".format(version))
+    count = torch.cuda.device_count()
+    if count == 0:
+        return VendorInfo(NAME, "cuda", PRIORITY, False,
+                          "no NVIDIA GPU visible (torch {}, CUDA {})".format(
+                              version, torch.version.cuda))
+    return VendorInfo(NAME, "cuda", PRIORITY, True,
+                      "{} NVIDIA GPU(s), torch {}".format(count, version))
+
+
+@hookimpl
+def device_init_backend(local_rank: int) -> "torch.device":  # noqa: F821
+    import torch
+
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+@hookimpl
+def device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@hookimpl
+def device_name(index: int) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(index)
+
+
+@hookimpl
+def hardware_id() -> HardwareId:
+    name = device_name(0)
+    match = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
+    tag = match.group(1) if match else name.replace("NVIDIA", "").strip().split(" ")[0]
+    return HardwareId(label=tag, config_tag=tag)
+
+
+@hookimpl
+def device_synchronize(device: "torch.device") -> None:  # noqa: F821
+    import torch
+
+    torch.cuda.synchronize(device)
+
+
+@hookimpl
+def device_memory_query(device: "torch.device") -> MemoryInfo:  # noqa: F821
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    return MemoryInfo(used_bytes=int(total - free), total_bytes=int(total),
+                      source="cudaMemGetInfo")
+
+
+@hookimpl
+def device_memory_peak(device: "torch.device") -> int:  # noqa: F821
+    import torch
+
+    return int(torch.cuda.max_memory_reserved(device))
+
+
+@hookimpl
+def device_memory_reset_peak(device: "torch.device") -> None:  # noqa: F821
+    import torch
+
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+@hookimpl
+def collective_backend() -> str:
+    return "nccl"
+
+
+@hookimpl
+def visible_devices_env() -> str:
+    return "CUDA_VISIBLE_DEVICES"
+
+
+@hookimpl
+def supported_precisions() -> List[str]:
+    import torch
+
+    return cuda_like_precisions(bool(torch.cuda.is_bf16_supported()))
+
+
+@hookimpl
+def environment_report() -> Dict[str, Any]:
+    import torch
+
+    report = software_report()
+    report["runtime_version"] = "CUDA {}".format(torch.version.cuda)
+    if torch.backends.cudnn.is_available():
+        report["cudnn_version"] = torch.backends.cudnn.version()
+    rows = _smi_query(["name", "memory.total", "driver_version"])
+    if rows:
+        report.update({
+            "device_model": rows[0][0],
+            "device_count": len(rows),
+            "device_memory_gib": round(float(rows[0][1]) / 1024, 1),
+            "driver_version": rows[0][2],
+        })
+    elif torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report.update({"device_model": props.name, "device_count": torch.cuda.device_count(),
+                       "device_memory_gib": round(props.total_memory / 2**30, 1)})
+    return report
+
+
+@hookimpl
+def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
+    index = visible_index(device.index or 0, ["CUDA_VISIBLE_DEVICES"])
+    rows = _smi_query(list(SAMPLE_FIELDS), index=index)
+    if not rows:
+        return {}
+    sample = {}
+    for key, value in zip(("util_percent", "power_w", "temperature_c", "memory_used_mib"),
+                          rows[0]):
+        try:
+            sample[key] = float(value)
+        except ValueError:
+            continue
+    if "memory_used_mib" in sample:
+        sample["memory_used_bytes"] = sample.pop("memory_used_mib") * 2**20
+    return sample
+
+
+def _smi_query(fields: List[str], index: int = -1) -> List[List[str]]:
+    argv = [SMI, "--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits"]
+    if index >= 0:
+        argv += ["-i", str(index)]
+    out = run_tool(argv, timeout=10.0)
+    if not out:
+        return []
+    return [[c.strip() for c in line.split(",")] for line in out.strip().splitlines() if line]

@@ -1,0 +1,172 @@
+"""Plugin loading: built-ins, broken plugins of every kind, strict/block/trace switches."""
+
+import types
+
+import pytest
+
+import plugins.cpu as cpu_plugin
+from core.errors import PluginError, UserError
+from core.hookspecs import hookimpl
+from core.manager import build_host
+from core.records import VendorInfo
+from core.selection import select_device
+
+
+def vendor_module(name, priority=5, available=True, **overrides):
+    """A throwaway vendor: the CPU plugin's hooks under another name, some replaced."""
+    module = types.ModuleType("vendor_" + name)
+    for hook in ("device_init_backend", "device_count", "device_name", "hardware_id",
+                 "device_synchronize", "device_memory_query", "device_memory_peak",
+                 "device_memory_reset_peak", "collective_backend", "visible_devices_env",
+                 "supported_precisions", "environment_report", "device_sample"):
+        setattr(module, hook, getattr(cpu_plugin, hook))
+
+    @hookimpl
+    def vendor_detect():
+        return VendorInfo(name, "cpu", priority, available, "test vendor " + name)
+
+    module.vendor_detect = vendor_detect
+    for hook, fn in overrides.items():
+        setattr(module, hook, hookimpl(fn))
+    return module
+
+
+def test_builtins_are_listed_with_origin():
+    host = build_host(load_entry_points=False)
+    names = [v.name for v in host.vendors()]
+    assert names == ["metax", "cuda", "cpu"]  # priority order
+    assert all(host.record(n).origin == "built-in" for n in names)
+    assert host.record("cpu").info.available
+
+
+def test_import_error_is_recorded_and_others_keep_working():
+    host = build_host(load_entry_points=False)
+    record = host.add_module("plugins.does_not_exist")
+    assert record.broken and "import failed" in record.error and "does_not_exist" in record.error
+    assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]
+
+
+def test_hook_with_arguments_the_spec_lacks_is_rejected():
+    def device_count(extra_argument):
+        return 1
+
+    host = build_host(load_entry_points=False)
+    record = host.add(vendor_module("bad", device_count=device_count), "bad", "test")
+    assert record.broken and "cannot register" in record.error
+    assert host.record("cpu").info.available
+
+
+def test_unknown_hook_and_missing_hooks_are_rejected():
+    def device_frobnicate():
+        return 1
+
+    host = build_host(load_entry_points=False)
+    assert "unknown hooks: device_frobnicate" in host.add(
+        vendor_module("odd", device_frobnicate=device_frobnicate), "odd", "test").error
+    partial = vendor_module("partial")
+    del partial.device_sample
+    assert "lacks hooks: device_sample" in host.add(partial, "partial", "test").error
+
+
+def test_vendor_detect_raising_or_wrong_type_is_broken():
+    def boom():
+        raise RuntimeError("driver exploded")
+
+    host = build_host(load_entry_points=False)
+    record = host.add(vendor_module("boom", vendor_detect=boom), "boom", "test")
+    assert record.broken and "driver exploded" in record.error
+    record = host.add(vendor_module("liar", vendor_detect=lambda: "yes"), "liar", "test")
+    assert record.broken and "not a VendorInfo" in record.error
+    assert host.vendors()[-1].name == "cpu"
+
+
+def test_duplicate_vendor_name_is_refused():
+    host = build_host(load_entry_points=False)
+    record = host.add(vendor_module("cpu"), "cpu-again", "test")
+    assert record.broken and "already taken" in record.error
+
+
+def test_strict_mode_makes_failures_fatal(monkeypatch):
+    monkeypatch.setenv("CHIPBENCH_STRICT_PLUGINS", "1")
+    host = build_host(load_entry_points=False)
+    with pytest.raises(PluginError) as err:
+        host.add_module("plugins.does_not_exist")
+    assert "does_not_exist" in err.value.one_line()
+
+
+def test_block_list_skips_plugins(monkeypatch):
+    monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "cuda, metax")
+    host = build_host(load_entry_points=False)
+    assert [v.name for v in host.vendors()] == ["cpu"]
+
+
+def test_trace_writes_hook_calls(monkeypatch, capsys):
+    monkeypatch.setenv("CHIPBENCH_TRACE_HOOKS", "1")
+    host = build_host(load_entry_points=False)
+    select_device(host, "cpu").count()
+    assert "device_count" in capsys.readouterr().err
+
+
+def test_device_hook_raising_or_returning_wrong_type_is_plugin_error():
+    def device_count():
+        raise OSError("bus error")
+
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("flaky", priority=500, device_count=device_count,
+                           device_name=lambda index: 7), "flaky", "test")
+    facade = select_device(host, "flaky")
+    with pytest.raises(PluginError) as err:
+        facade.count()
+    assert "flaky" in err.value.one_line() and "device_count" in err.value.one_line()
+    with pytest.raises(PluginError) as err:
+        facade.name(0)
+    assert "expected str" in err.value.one_line()
+
+
+def test_only_chosen_vendor_answers_device_hooks():
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("other", priority=1, device_count=lambda: 99), "other", "test")
+    assert select_device(host, "cpu").count() == 1
+    assert host.record("other") is not None and "other" not in host._vendor_plugins
+
+
+def test_observer_failure_is_reported_not_raised():
+    observer = types.ModuleType("observer")
+
+    @hookimpl
+    def on_epoch_end(run, epoch, metrics):
+        raise ValueError("observer bug")
+
+    observer.on_epoch_end = on_epoch_end
+    host = build_host(load_entry_points=False)
+    host.add(observer, "observer", "test")
+    failures = host.notify("on_epoch_end", run={}, epoch=0, metrics={})
+    assert failures and "observer bug" in failures[0]
+
+
+def test_selection_errors():
+    host = build_host(load_entry_points=False)
+    with pytest.raises(UserError) as err:
+        select_device(host, "nope")
+    assert "unknown vendor 'nope'" in err.value.one_line() and "available: cpu" in err.value.one_line()
+    with pytest.raises(UserError) as err:
+        select_device(host, "metax")
+    assert "not a MetaX build" in err.value.one_line() and "cpu" in err.value.one_line()
+    host.add_module("plugins.does_not_exist")
+    with pytest.raises(UserError) as err:
+        select_device(host, "does_not_exist")
+    assert "broken" in err.value.one_line()
+
+
+def test_auto_selection_takes_priority_and_announces_cpu(monkeypatch):
+    host = build_host(load_entry_points=False)
+    lines = []
+    assert select_device(host, None, announce=lines.append).vendor == "cpu"
+    assert "running on the CPU" in lines[0]
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("fast", priority=70), "fast", "test")
+    assert select_device(host, None, announce=lines.append).vendor == "fast"
+    monkeypatch.setenv("CHIPBENCH_VENDOR", "cpu")
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("fast", priority=70), "fast", "test")
+    assert select_device(host, None).vendor == "cpu"

@@ -1,0 +1,133 @@
+"""Every registered vendor's hooks return the documented types (on the vendors available here,
+plus MetaX and CUDA simulated)."""
+
+
+import pytest
+import torch
+
+from core.device import Device
+from core.hookspecs import DEVICE_HOOKS, PRECISIONS
+from core.manager import build_host
+from core.records import HardwareId, MemoryInfo, VendorInfo
+from core.selection import select_device
+
+
+def check_contract(facade: Device, with_device_calls: bool = True) -> None:
+    assert isinstance(facade.info, VendorInfo)
+    assert facade.count() >= 1
+    assert isinstance(facade.name(0), str) and facade.name(0)
+    assert isinstance(facade.hardware_id(), HardwareId)
+    assert facade.collective_backend() in ("gloo", "nccl", "mpi", "ucc", "xccl", "hccl")
+    assert isinstance(facade.visible_devices_env(), str)
+    precisions = facade.supported_precisions()
+    assert "fp32" in precisions and set(precisions) <= set(PRECISIONS)
+    report = facade.environment_report()
+    assert isinstance(report, dict) and "framework" in report
+    if not with_device_calls:
+        return
+    device = facade.init_backend(0)
+    assert isinstance(device, torch.device)
+    assert facade.synchronize(device) is None
+    memory = facade.memory_query(device)
+    assert isinstance(memory, MemoryInfo) and 0 < memory.used_bytes <= memory.total_bytes
+    facade.memory_reset_peak(device)
+    assert isinstance(facade.memory_peak(device), int)
+    sample = facade.sample(device)
+    assert isinstance(sample, dict) and all(isinstance(v, float) for v in sample.values())
+
+
+def test_every_vendor_implements_every_device_hook():
+    host = build_host()
+    for info in host.vendors():
+        plugin = host._vendor_plugins[info.name]
+        implemented = {c.name for c in host.pm.get_hookcallers(plugin)}
+        assert set(DEVICE_HOOKS) <= implemented, info.name
+
+
+def test_available_vendors_honour_the_contract():
+    for info in build_host().vendors():
+        if info.available:
+            check_contract(select_device(build_host(), info.name))
+
+
+def test_cpu_details():
+    facade = select_device(build_host(load_entry_points=False), "cpu")
+    assert facade.collective_backend() == "gloo"
+    assert facade.visible_devices_env() == ""
+    assert facade.hardware_id() == HardwareId("CPU", "CPU")
+    assert facade.init_backend(3) == torch.device("cpu")
+
+
+def test_metax_simulated_contract(metax_machine, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    host = build_host(load_entry_points=False)
+    facade = select_device(host, None)  # auto: MetaX outranks CPU (and CUDA)
+    assert facade.vendor == "metax"
+    check_contract(facade)
+    device = facade.init_backend(1)
+    assert device == torch.device("cuda", 1)
+    memory = facade.memory_query(device)
+    assert memory.used_bytes == 37120 * 2**20 and memory.total_bytes == 65536 * 2**20
+    assert memory.source == "mx-smi"
+
+
+def test_cuda_simulated_contract(tmp_path, monkeypatch):
+    import plugins.cuda
+    from tests.conftest import write_tool
+
+    csv = tmp_path / "smi.csv"
+    csv.write_text("NVIDIA A100-SXM4-80GB, 81920, 535.104.05\n")
+    bin_dir = tmp_path / "bin"
+    write_tool(bin_dir, "nvidia-smi", script="#!/bin/sh\ncase \"$*\" in *utilization*) "
+               "echo '87, 301.5, 64, 40000';; *) cat '{}';; esac\n".format(csv))
+    monkeypatch.setenv("PATH", "{}:{}".format(bin_dir, __import__("os").environ["PATH"]))
+    monkeypatch.setattr(plugins.cuda, "installed_torch_version", lambda: "2.1.0+cu121")
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 2**30)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    host = build_host(load_entry_points=False)
+    facade = select_device(host, None)
+    assert facade.vendor == "cuda"
+    check_contract(facade)
+    assert facade.hardware_id() == HardwareId("A100", "A100")
+    assert facade.supported_precisions() == ["fp32", "amp", "fp16", "bf16"]
+    report = facade.environment_report()
+    assert report["device_model"] == "NVIDIA A100-SXM4-80GB" and report["driver_version"] == "535.104.05"
+    sample = facade.sample(torch.device("cuda", 0))
+    assert sample["util_percent"] == 87.0 and sample["power_w"] == 301.5
+    assert facade.memory_query(torch.device("cuda", 0)).used_bytes == 20 * 2**30
+
+
+def test_cuda_declines_metax_build(metax_machine, monkeypatch):
+    import plugins.cuda
+
+    monkeypatch.setattr(plugins.cuda, "installed_torch_version", lambda: "2.0.0+mc2.18.0.8")
+    info = plugins.cuda.vendor_detect()
+    assert not info.available and "not an NVIDIA build" in info.reason
+
+
+@pytest.mark.cuda
+def test_real_cuda_contract():
+    if not torch.cuda.is_available():
+        pytest.skip("no NVIDIA GPU here")
+    facade = select_device(build_host(), "cuda")
+    check_contract(facade)
+
+
+@pytest.mark.metax
+def test_real_metax_contract():
+    host = build_host()
+    if not host.record("metax").info.available:
+        pytest.skip("no MetaX GPU here: " + host.record("metax").info.reason)
+    check_contract(select_device(host, "metax"))
