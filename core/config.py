@@ -105,6 +105,7 @@ def parse_set(items: Iterable[str]) -> Config:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        value = _number_or_same(value)
         node = layer
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
@@ -113,6 +114,16 @@ def parse_set(items: Iterable[str]) -> Config:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return layer
+
+
+def _number_or_same(value: Any) -> Any:
+    """YAML 1.1 reads ``1e8`` as a string; on the command line it means a number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            return value
+    return value
 
 
 def resolve(defaults: Config, layers: List[Tuple[str, Config]]) -> Config:

@@ -100,8 +100,13 @@ class Device:
         return [p for p in PRECISIONS if p in result]
 
     def environment_report(self) -> Dict[str, Any]:
-        """Hardware and software facts (the seed's environment section)."""
-        return self._call("environment_report", dict)
+        """Hardware and software facts (the seed's environment section); the software versions
+        are chipbench's own reading, the rest is the vendor's."""
+        from core.environment import software_report
+
+        report = software_report()
+        report.update(self._call("environment_report", dict))
+        return report
 
     def sample(self, device: "torch.device") -> Dict[str, float]:  # noqa: F821
         """One monitoring sample (util, power, temperature) of ``device``."""

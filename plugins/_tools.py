@@ -1,10 +1,11 @@
 """Small helpers the built-in vendor modules share (tool calls, versions, visible devices)."""
 
 import os
-import platform
 import shutil
 import subprocess
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
+
+from core.environment import installed_torch_version  # noqa: F401 (re-exported for plugins)
 
 
 def run_tool(argv: Sequence[str], timeout: float = 10.0) -> Optional[str]:
@@ -22,18 +23,6 @@ def run_tool(argv: Sequence[str], timeout: float = 10.0) -> Optional[str]:
     return done.stdout.decode("utf-8", "replace")
 
 
-def installed_torch_version() -> str:
-    """The installed torch's version string ("2.0.0+mc2.18.0.8") without importing torch."""
-    from importlib import metadata
-
-    for dist in ("torch", "pytorch"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return ""
-
-
 def visible_index(local_index: int, env_names: Sequence[str]) -> int:
     """Map a torch device index to the physical index that management tools use.
 
@@ -49,22 +38,6 @@ def visible_index(local_index: int, env_names: Sequence[str]) -> int:
             return int(parts[local_index])
         return local_index
     return local_index
-
-
-def software_report() -> Dict[str, Any]:
-    """Framework and OS facts every vendor's environment report carries."""
-    from importlib import metadata
-
-    report: Dict[str, Any] = {
-        "os": "{} {}".format(platform.system(), platform.release()),
-        "python": platform.python_version(),
-        "framework": "torch " + (installed_torch_version() or "not installed"),
-    }
-    try:
-        report["torchvision"] = metadata.version("torchvision")
-    except metadata.PackageNotFoundError:
-        pass
-    return report
 
 
 def cuda_like_precisions(bf16_supported: bool) -> List[str]:

@@ -7,7 +7,6 @@ import psutil
 
 from core.hookspecs import hookimpl
 from core.records import HardwareId, MemoryInfo, VendorInfo
-from plugins._tools import software_report
 
 
 @hookimpl
@@ -86,7 +85,7 @@ def supported_precisions() -> List[str]:
 
 @hookimpl
 def environment_report() -> Dict[str, Any]:
-    report = software_report()
+    report: Dict[str, Any] = {}
     report.update({
         "device_model": device_name(0),
         "device_count": 1,

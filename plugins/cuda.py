@@ -12,7 +12,6 @@ from plugins._tools import (
     cuda_like_precisions,
     installed_torch_version,
     run_tool,
-    software_report,
     visible_index,
 )
 
@@ -128,7 +127,7 @@ def supported_precisions() -> List[str]:
 def environment_report() -> Dict[str, Any]:
     import torch
 
-    report = software_report()
+    report: Dict[str, Any] = {}
     report["runtime_version"] = "CUDA {}".format(torch.version.cuda)
     if torch.backends.cudnn.is_available():
         report["cudnn_version"] = torch.backends.cudnn.version()

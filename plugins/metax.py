@@ -18,7 +18,6 @@ from plugins._tools import (
     cuda_like_precisions,
     installed_torch_version,
     run_tool,
-    software_report,
     visible_index,
 )
 
@@ -272,7 +271,7 @@ def supported_precisions() -> List[str]:
 
 @hookimpl
 def environment_report() -> Dict[str, Any]:
-    report = software_report()
+    report: Dict[str, Any] = {}
     table = read_mx_smi() or {}
     devices = read_pymxsml() or table.get("devices") or []
     for key in ("driver_version", "bios_version", "mx_smi_version"):

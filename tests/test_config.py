@@ -35,6 +35,8 @@ def test_null_default_takes_any_value():
 
 
 def test_parse_set_reads_yaml_values():
+    assert parse_set(["train.lr=1e8"]) == {"train": {"lr": 1e8}}
+    assert parse_set(["data.dir=/a.b"]) == {"data": {"dir": "/a.b"}}
     layer = parse_set(["train.lr=0.02", "train.steps=[1, 2]", "data.dir=/x", "train.amp=true"])
     assert layer == {"train": {"lr": 0.02, "steps": [1, 2], "amp": True}, "data": {"dir": "/x"}}
     with pytest.raises(UserError):

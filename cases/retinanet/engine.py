@@ -82,7 +82,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
             raise UserError(
                 "training loss became {} in epoch {} (iteration {}): {}".format(
                     loss_value, epoch, meter.seen_iterations,
-                    ", ".join("{}={:.4g}".format(k, float(v)) for k, v in loss_dict.items())),
+                    ", ".join("{}={:.4g}".format(k, float(v.detach())) for k, v in loss_dict.items())),
                 "lower train.lr, enable train.clip_grad_norm, or train in fp32")
         loss_sum += loss_value
         steps += 1

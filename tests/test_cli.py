@@ -1,0 +1,121 @@
+"""The ``core`` command: help without torch, vendor errors, bad inputs (exit 2, one line)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_core(*args, env=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "core"] + list(args), cwd=str(ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=full_env, timeout=300)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom core.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         cwd=str(ROOT), check=True).stdout
+    assert "usage: core" in out and out.strip().endswith("False")
+
+
+def test_metax_run_here_fails_cleanly():
+    proc = run_core("run", "cases/retinanet", "--vendor", "metax")
+    assert_one_line_error(proc, "vendor 'metax' is not available", "not a MetaX build", "cpu")
+
+
+def test_unknown_vendor_and_unknown_case():
+    assert_one_line_error(run_core("run", "cases/retinanet", "--vendor", "nosuchchip"),
+                          "unknown vendor 'nosuchchip'", "available: cpu")
+    assert_one_line_error(run_core("run", "cases/nosuchcase", "--vendor", "cpu"),
+                          "unknown case", "retinanet")
+
+
+def test_debug_shows_traceback():
+    proc = run_core("--debug", "run", "retinanet", "--vendor", "nosuchchip")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    proc = run_core("run", "retinanet", "--vendor", "nosuchchip", "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--set", "train.batch_size=-4"], ["train.batch_size must be positive"]),
+    (["--set", "train.learning_rate=0.1"], ["unknown config key 'train.learning_rate'"]),
+    (["--set", "train.batch_size=many"], ["must be an integer"]),
+    (["--precision", "fp16"], ["precision fp16 is not supported", "fp32, bf16"]),
+    (["--precision", "fp8"], ["unknown precision 'fp8'"]),
+    (["--config", "NoSuchHardware"], ["config 'NoSuchHardware' not found", "C500x1x8"]),
+    (["--set", "model.backbone_weights=file:///nowhere/resnet50-0676ba61.pth"],
+     ["does not exist"]),
+    (["--nproc-per-node", "0"], ["--nproc-per-node must be at least 1"]),
+])
+def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys, args, fragments):
+    code = main(["run", "retinanet", "--vendor", "cpu", "--output", str(tmp_path / "run")] + args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in error_lines[0]
+
+
+def test_broken_yaml_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_size: [1\n")
+    assert main(["run", "retinanet", "--vendor", "cpu", "--config", str(bad)]) == 2
+    assert "not valid YAML at line" in capsys.readouterr().err
+
+
+def test_missing_data_dir_keeps_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "retinanet", "--vendor", "cpu", "--output", str(out),
+                 "--data-dir", str(tmp_path / "no-coco")])
+    assert code == 2
+    assert "data dir" in capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and "does not exist" in result["error"]
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text('{"precious": true}')
+    assert main(["run", "retinanet", "--vendor", "cpu", "--output", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == {"precious": True}
+
+
+def test_vendors_lists_builtins_with_reasons(capsys):
+    assert main(["vendors"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu" in out and "<- auto" in out
+    assert "not a MetaX build" in out and "cuda" in out
+
+
+def test_info_and_doctor_on_cpu(capsys):
+    assert main(["info", "--vendor", "cpu"]) == 0
+    assert "collective_backend: gloo" in capsys.readouterr().out
+    assert main(["doctor", "--vendor", "cpu", "--alloc-mib", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS collective all_reduce x1" in out and " 0 failed" in out
+    assert "FAIL" not in out

@@ -1,0 +1,22 @@
+"""Real training on the embedded synthetic set reaches the case's target (no mocks)."""
+
+import json
+
+import pytest
+
+from core.cli import main
+
+
+@pytest.mark.slow
+def test_embedded_default_converges(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "cases/retinanet", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "converged: true" in stdout
+    result = json.loads((out / "result.json").read_text())
+    metrics = result["metrics"]
+    assert result["status"] == "finished" and metrics["converged"] is True
+    assert metrics["mAP"] >= 0.35 == result["target"]
+    assert metrics["epochs"] < result["config"]["train"]["epochs"]  # stopped at the target
+    print("convergence: mAP {:.4f} after {} epochs, e2e {:.0f} s, p_train {:.2f} img/s".format(
+        metrics["mAP"], metrics["epochs"], metrics["e2e_time"], metrics["p_train"]))

@@ -1,0 +1,65 @@
+"""Third-party vendors through real entry points: an installed example package, and a
+dist-info folder written by the test (a real importlib.metadata distribution)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from core.manager import build_host, iter_entry_points
+
+
+def write_distribution(site, name, entry_points, modules):
+    """A minimal installed distribution on ``site``: METADATA, entry_points.txt and modules."""
+    info = site / "{}-1.0.dist-info".format(name.replace("-", "_"))
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: {}\nVersion: 1.0\n".format(name))
+    (info / "entry_points.txt").write_text("[chipbench.vendors]\n" + "".join(
+        "{} = {}\n".format(k, v) for k, v in entry_points.items()))
+    for module, source in modules.items():
+        (site / (module + ".py")).write_text(textwrap.dedent(source))
+
+
+def test_dist_info_plugins_good_and_broken(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    good = """
+        import plugins.cpu as base
+        from core.hookspecs import hookimpl
+        from core.records import VendorInfo
+        for _name in ("device_init_backend", "device_count", "device_name", "hardware_id",
+                      "device_synchronize", "device_memory_query", "device_memory_peak",
+                      "device_memory_reset_peak", "collective_backend", "visible_devices_env",
+                      "supported_precisions", "environment_report", "device_sample"):
+            globals()[_name] = getattr(base, _name)
+
+        @hookimpl
+        def vendor_detect():
+            return VendorInfo("acme", "cpu", 7, True, "acme test chip")
+    """
+    write_distribution(site, "acme-chipbench", {"acme": "acme_vendor"}, {"acme_vendor": good})
+    write_distribution(site, "broken-chipbench", {"broken": "broken_vendor"},
+                       {"broken_vendor": "import no_such_module_anywhere\n"})
+    monkeypatch.syspath_prepend(str(site))
+    found = {ep.name: dist for ep, dist in iter_entry_points()}
+    assert found["acme"] == "acme-chipbench 1.0" and "broken" in found
+    host = build_host()
+    acme = host.record("acme")
+    assert acme.info.available and acme.origin == "entry point 'acme' from acme-chipbench 1.0"
+    broken = host.record("broken")
+    assert broken.broken and "no_such_module_anywhere" in broken.error
+    assert "broken-chipbench" in broken.origin
+    assert [v.name for v in host.vendors() if v.available][0] == "acme"  # 7 beats the CPU
+
+
+def test_installed_example_package_is_discovered():
+    host = build_host()
+    record = host.record("fakechip")
+    if record is None:
+        pytest.skip("examples/fakechip is not installed (tox installs it)")
+    assert record.origin == "entry point 'fakechip' from chipbench-fakechip 0.1.0"
+    assert record.info.available and record.info.priority < 0
+    out = subprocess.run([sys.executable, "-m", "core", "vendors"], stdout=subprocess.PIPE,
+                         text=True, check=True).stdout
+    line = [row for row in out.splitlines() if row.startswith("fakechip")][0]
+    assert "chipbench-fakechip 0.1.0" in line and "<- auto" not in line

@@ -1,0 +1,104 @@
+"""Backbone weights (file://, hash check, none, unreachable) and COCO evaluation."""
+
+import hashlib
+
+import pytest
+import torch
+from torchvision.models import resnet50
+
+from cases.retinanet.evaluate import coco_bbox_map, detections_to_coco
+from cases.retinanet.model import build_retinanet, resolve_backbone_weights, sha256_prefix_ok
+from core.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A ResNet-50 state dict written by the test, named with its own SHA-256 prefix."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(1)
+    raw = folder / "raw.pth"
+    torch.save(resnet50(weights=None).state_dict(), str(raw))
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()[:8]
+    named = folder / "resnet50-{}.pth".format(digest)
+    raw.rename(named)
+    return named
+
+
+def test_file_url_with_matching_hash_loads_into_frozen_backbone(weights_file):
+    path = resolve_backbone_weights("file://" + str(weights_file))
+    assert path == weights_file and sha256_prefix_ok(path) is True
+    model = build_retinanet(4, path, 128, 128)
+    expected = torch.load(str(weights_file), weights_only=True)["layer1.0.conv1.weight"]
+    assert torch.equal(model.backbone.body.layer1[0].conv1.weight, expected)
+    frozen = type(model.backbone.body.bn1).__name__
+    assert frozen == "FrozenBatchNorm2d"
+    assert not model.backbone.body.layer1[0].conv1.weight.requires_grad  # 3 trainable stages
+
+
+def test_mismatching_hash_is_refused(weights_file, tmp_path):
+    wrong = tmp_path / "resnet50-0676ba61.pth"
+    wrong.write_bytes(weights_file.read_bytes())
+    with pytest.raises(UserError) as err:
+        resolve_backbone_weights("file://" + str(wrong))
+    assert "SHA-256" in err.value.one_line()
+
+
+def test_none_and_missing_and_unreachable(monkeypatch, tmp_path):
+    assert resolve_backbone_weights("none") is None
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_backbone_weights("file:///no/such/resnet50-0676ba61.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError) as err:
+        resolve_backbone_weights("imagenet")
+    line = err.value.one_line()
+    assert "cannot fetch backbone weights" in line and "file://" in line and "none" in line
+
+
+def test_weights_that_are_not_a_state_dict(tmp_path):
+    bad = tmp_path / "resnet50.pth"
+    torch.save({"something": torch.zeros(1)}, str(bad))
+    with pytest.raises(UserError, match="cannot be loaded"):
+        build_retinanet(4, bad, 128, 128)
+
+
+def test_random_init_uses_trainable_batch_norm():
+    model = build_retinanet(4, None, 128, 128)
+    assert isinstance(model.backbone.body.bn1, torch.nn.BatchNorm2d)
+    assert all(p.requires_grad for p in model.backbone.body.parameters())
+
+
+def _gt():
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "width": 100, "height": 100},
+                               {"id": 2, "width": 100, "height": 100}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                                     "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+                                    {"id": 2, "image_id": 2, "category_id": 2,
+                                     "bbox": [50, 40, 20, 40], "area": 800, "iscrowd": 0}],
+                    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    coco.createIndex()
+    return coco
+
+
+def test_empty_detections_give_zero_not_a_crash():
+    assert coco_bbox_map(_gt(), [], [1, 2])["mAP"] == 0.0
+
+
+def test_perfect_and_wrong_detections():
+    outputs = [{"boxes": torch.tensor([[10.0, 10, 40, 40]]), "scores": torch.tensor([0.9]),
+                "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[50.0, 40, 70, 80]]), "scores": torch.tensor([0.8]),
+                "labels": torch.tensor([2])}]
+    results = detections_to_coco(outputs, [1, 2])
+    assert results[0]["bbox"] == [10.0, 10.0, 30.0, 30.0]
+    assert coco_bbox_map(_gt(), results, [1, 2])["mAP"] == pytest.approx(1.0)
+    for r in results:
+        r["category_id"] = 3 - r["category_id"]
+    assert coco_bbox_map(_gt(), results, [1, 2])["mAP"] == 0.0

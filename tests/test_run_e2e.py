@@ -1,0 +1,85 @@
+"""A quick real run through the CLI (a few iterations) and what its folder holds."""
+
+import json
+
+import pytest
+
+from core.cli import main
+
+QUICK = ["--set", "train.max_iters=3", "--set", "data.synthetic.val_images=8",
+         "--set", "run.monitor_interval_s=0.2"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "run"
+    code = main(["run", "cases/retinanet", "--vendor", "cpu", "--output", str(out)] + QUICK)
+    assert code == 0
+    return out
+
+
+def test_result_json(quick_run):
+    result = json.loads((quick_run / "result.json").read_text())
+    assert result["status"] == "finished" and result["error"] is None
+    assert result["case"] == "retinanet" and result["vendor"] == "cpu"
+    assert result["row_label"] == "CPU 1 node x 1 card (1x1)"
+    assert result["row_label_zh"] == "CPU 单机1卡（1x1）"
+    assert result["precision"] == "fp32" and "bs=4" in result["fix_hp"]
+    metrics = result["metrics"]
+    assert metrics["images"] == 12 and metrics["iterations"] == 3  # 3 batches of 4
+    for key in ("p_whole", "p_train", "p_core"):
+        assert metrics[key] > 0
+    assert metrics["p_whole"] < metrics["p_train"] <= metrics["p_core"] * 1.05
+    assert metrics["e2e_time"] > metrics["train_seconds"] + metrics["eval_seconds"]
+    assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["converged"] is False
+    assert 0 < metrics["mem_used_peak_bytes"] <= metrics["mem_total_bytes"]
+    assert metrics["mem"].count("/") == 1 and metrics["allocator_peak_bytes"] > 0
+    assert len(result["epochs"]) == 1 and result["epochs"][0]["epoch"] == 0
+    assert result["config"]["model"]["backbone_weights"] == "none"
+    assert any(s.endswith("embedded.yaml") for s in result["config_sources"])
+    assert any(s.endswith("CPUx1x1.yaml") for s in result["config_sources"])
+    assert result["environment"]["framework"].startswith("torch ")
+    assert result["versions"]["chipbench"] and "synthetic" in result["dataset_note"]
+
+
+def test_report_md_has_seed_tables(quick_run):
+    report = (quick_run / "report.md").read_text()
+    assert "## General indicators" in report and "## Performance indicators" in report
+    assert "| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | mAP | mem |" in report
+    assert "CPU 1 node x 1 card (1x1)" in report and "任务类别" in report
+    assert "## Hardware and software" in report and "not COCO2017" in report
+
+
+def test_run_folder_contents(quick_run):
+    assert (quick_run / "checkpoints" / "last.pt").is_file()
+    assert (quick_run / "logs" / "rank0.log").read_text().count("epoch 0 done") == 1
+    samples = [json.loads(line) for line in
+               (quick_run / "monitor" / "rank0.jsonl").read_text().splitlines()]
+    assert len(samples) >= 2 and all("mem_used_bytes" in s for s in samples)
+    spec = json.loads((quick_run / "spec.json").read_text())
+    assert spec["vendor"] == "cpu" and spec["prepared"]["synthetic"] is True
+
+
+def test_example_plugin_runs_the_case(tmp_path):
+    from core.manager import build_host
+
+    if build_host().record("fakechip") is None:
+        pytest.skip("examples/fakechip is not installed (tox installs it)")
+    out = tmp_path / "fake"
+    assert main(["run", "retinanet", "--vendor", "fakechip", "--output", str(out)] + QUICK) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["vendor"] == "fakechip" and result["row_label"].startswith("FAKEF1 ")
+    assert result["metrics"]["mem"].endswith("/16.0")
+    assert result["environment"]["device_model"] == "FakeChip F1"
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_data(tmp_path, capsys):
+    out = tmp_path / "diverge"
+    code = main(["run", "retinanet", "--vendor", "cpu", "--output", str(out),
+                 "--set", "train.lr=1e8", "--set", "train.clip_grad_norm=0",
+                 "--set", "train.warmup_iters=0", "--set", "train.max_iters=12"] + QUICK[2:])
+    err = capsys.readouterr().err
+    assert code == 2 and "training loss became" in err and "Traceback" not in err
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and "training loss became" in result["error"]
+    assert (out / "logs" / "rank0.log").is_file()
