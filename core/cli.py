@@ -11,7 +11,7 @@ import traceback
 from typing import List, Optional
 
 from core import __version__
-from core.errors import EXIT_USER_ERROR, ChipbenchError
+from core.errors import EXIT_USER_ERROR, ChipbenchError, UserError
 
 
 def _print_err(line: str) -> None:
@@ -114,9 +114,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
                         node_rank=args.node_rank, master_addr=args.master_addr,
                         master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint)
-    run = Run(args.case, args.vendor, topology, config_name=args.config, sets=args.set,
-              data_dir=args.data_dir, precision=args.precision, output=args.output,
-              announce=_print_err)
+    if args.resume:
+        run = Run.resume(args.resume, args.vendor, announce=_print_err)
+        topology = run.topology
+    elif args.case:
+        run = Run(args.case, args.vendor, topology, config_name=args.config, sets=args.set,
+                  data_dir=args.data_dir, precision=args.precision, output=args.output,
+                  announce=_print_err)
+    else:
+        raise UserError("core run needs a case (e.g. cases/retinanet) or --resume RUN_DIR",
+                        "see core run --help")
     _print_err("run folder: {}".format(run.run_dir))
     result = run.execute()
     if topology.node_rank == 0:
@@ -160,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
 
     run = sub.add_parser("run", parents=[common], help="run a benchmark case (e.g. cases/retinanet)")
-    run.add_argument("case", help="case name or folder: retinanet, cases/retinanet")
+    run.add_argument("case", nargs="?", help="case name or folder: retinanet, cases/retinanet")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue that run folder from its last epoch checkpoint")
     run.add_argument("--vendor", help="vendor name (default: $CHIPBENCH_VENDOR, else auto)")
     run.add_argument("--config", help="hardware config name (C500x1x8) or YAML path "
                                       "(default: chosen from vendor and topology)")

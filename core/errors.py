@@ -12,9 +12,16 @@ class ChipbenchError(Exception):
     exit_code = EXIT_USER_ERROR
 
     def __init__(self, problem: str, fix: Optional[str] = None) -> None:
+        if fix is None and "Original Traceback" in problem:
+            # re-raised by torch's DataLoader from a worker process: keep the original line
+            last = [line for line in problem.strip().splitlines() if line.strip()][-1]
+            problem = last.split(": ", 1)[1] if ": " in last else last
         super().__init__(problem)
         self.problem = problem
         self.fix = fix
+
+    def __str__(self) -> str:
+        return self.one_line()
 
     def one_line(self) -> str:
         """The problem and its fix as one line, as the CLI prints it."""

@@ -7,6 +7,7 @@ with status ``running`` and rewritten at the end, whatever happened), ``report.m
 
 import json
 import platform
+import re
 import shlex
 import sys
 import time
@@ -122,6 +123,27 @@ def versions() -> Dict[str, str]:
     return found
 
 
+def torchrun_root_cause(log_file: Path) -> str:
+    """The "Root Cause" of torchrun's failure summary as one line, or '' when there is none."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return ""
+    if "Root Cause" not in text:
+        return ""
+    section = text.rsplit("Root Cause", 1)[1]
+    fields = {}
+    for key in ("rank", "exitcode", "traceback"):
+        match = re.search(r"^\s*{}\s*:\s*(.+)$".format(key), section, re.MULTILINE)
+        if match:
+            fields[key] = match.group(1).strip()
+    if not fields:
+        return ""
+    return "rank {} died (exit code {}{})".format(
+        fields.get("rank", "?").split(" ")[0], fields.get("exitcode", "?").split(" ")[0],
+        ": " + fields["traceback"] if fields.get("traceback", "").startswith("Signal") else "")
+
+
 def worker_errors(run_dir: Path) -> List[str]:
     """One-line errors that failed workers left behind, rank order."""
     folder = Path(run_dir) / "errors"
@@ -160,6 +182,36 @@ class Run:
         self.case.validate(self.config, self.facade.supported_precisions())
         self.run_dir = make_run_dir(output, self.case.name, self.facade.vendor)
         self.result: Dict[str, Any] = {}
+        self.previous: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def resume(cls, run_dir: str, vendor: Optional[str] = None,
+               announce: Callable[[str], None] = print) -> "Run":
+        """A run that continues ``run_dir`` from its last epoch checkpoint, same config."""
+        self = cls.__new__(cls)
+        self.started = time.time()
+        self.announce = announce
+        self.run_dir = Path(run_dir)
+        spec = _read_json(self.run_dir / SPEC_FILE)
+        if not spec:
+            raise UserError("{} holds no run to resume (no spec.json)".format(run_dir),
+                            "give the folder of an earlier `core run`")
+        if not (self.run_dir / "checkpoints" / "last.pt").is_file():
+            raise UserError("{} has no checkpoint to resume from".format(run_dir),
+                            "a run writes checkpoints/last.pt after each epoch; start a new run")
+        if vendor and vendor != spec["vendor"]:
+            raise UserError("{} was run on vendor '{}', not '{}'".format(
+                run_dir, spec["vendor"], vendor), "resume it without --vendor, or start a new run")
+        self.topology = Topology(**spec["topology"])
+        self.host = build_host()
+        self.facade = select_device(self.host, spec["vendor"], announce=announce)
+        self.case = load_case(spec["case"])
+        self.hardware = self.facade.hardware_id()
+        self.config = spec["config"]
+        self.previous = _read_json(self.run_dir / RESULT_FILE)
+        self.sources = self.previous.get("config_sources", [])
+        self.result = {}
+        return self
 
     def execute(self) -> Dict[str, Any]:
         """Prepare, run the workers and write the result; errors are recorded, then re-raised."""
@@ -177,6 +229,8 @@ class Run:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
         }
+        if self.previous is not None:
+            self.result["resumed"] = int(self.previous.get("resumed", 0)) + 1
         self._write()
         try:
             prepared = self.case.prepare(self.config)
@@ -185,7 +239,7 @@ class Run:
             self.result["dataset_note"] = prepared.get("dataset_note", "")
             spec = {"case": self.case.name, "vendor": self.facade.vendor, "config": self.config,
                     "topology": self.topology.as_dict(), "prepared": prepared,
-                    "hardware": self.result["hardware"]}
+                    "hardware": self.result["hardware"], "resume": self.previous is not None}
             write_json_atomic(self.run_dir / SPEC_FILE, spec)
             self._write()
             for failure in self.host.notify("on_run_start", run=self._run_info()):
@@ -213,7 +267,9 @@ class Run:
         code = launch_workers(self.topology, self.run_dir, env)
         if code != 0:
             errors = worker_errors(self.run_dir)
-            first = errors[0] if errors else "torchrun exited with code {}".format(code)
+            log_file = self.run_dir / "logs" / "torchrun-node{}.log".format(self.topology.node_rank)
+            cause = torchrun_root_cause(log_file)
+            first = errors[0] if errors else cause or "torchrun exited with code {}".format(code)
             user_error = errors and all(not e.startswith("rank ") for e in errors)
             error_type = UserError if user_error else RunFailed
             raise error_type(first, "see {}/logs for every rank's log".format(self.run_dir))
@@ -222,7 +278,8 @@ class Run:
         progress = _read_json(self.run_dir / PROGRESS_FILE)
         metrics = dict(progress.get("metrics") or {})
         metrics.update(throughput(metrics) if "images" in metrics else {})
-        metrics["e2e_time"] = time.time() - self.started
+        earlier = ((self.previous or {}).get("metrics") or {}).get("e2e_time") or 0.0
+        metrics["e2e_time"] = time.time() - self.started + earlier  # resumed runs add up
         if metrics.get("mem_used_peak_bytes") is not None:
             metrics["mem"] = mem_text(metrics["mem_used_peak_bytes"], metrics["mem_total_bytes"])
             metrics["mem_used_peak_gib"] = gib(metrics["mem_used_peak_bytes"])

@@ -52,6 +52,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     log = setup_logging(run_dir, rank, to_console=(rank == 0))
+    log.info("worker pid %d: rank %d of %d, local rank %d", os.getpid(), rank, world_size,
+             local_rank)
     if facade is None:
         from core.manager import build_host
         from core.selection import select_device

@@ -119,3 +119,41 @@ def test_info_and_doctor_on_cpu(capsys):
     out = capsys.readouterr().out
     assert "PASS collective all_reduce x1" in out and " 0 failed" in out
     assert "FAIL" not in out
+
+
+def coco_with_bad_file(root, corrupt_json=False):
+    from tests.test_synthetic_and_data import tiny_coco
+
+    images = [{"id": i, "file_name": "{}.jpg".format(i), "width": 64, "height": 64}
+              for i in range(1, 5)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 30, 30],
+                    "iscrowd": 0, "area": 900} for i in range(1, 5)]
+    tiny_coco(root, images, annotations)
+    if corrupt_json:
+        (root / "annotations" / "instances_val2017.json").write_text("{broken")
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_in_dataloader_worker_is_one_line(tmp_path, capsys, workers):
+    root = coco_with_bad_file(tmp_path / "coco")
+    for image in (root / "train2017").iterdir():
+        image.write_bytes(b"\x00garbage")
+    out = tmp_path / "run"
+    code = main(["run", "retinanet", "--vendor", "cpu", "--data-dir", str(root), "--output",
+                 str(out), "--set", "model.backbone_weights=none", "--set", "train.batch_size=2",
+                 "--set", "data.num_workers={}".format(workers)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = [x for x in err.splitlines() if x.startswith("error: ")][0]
+    assert "is unreadable" in line and "re-download it" in line and "Traceback" not in err
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and "is unreadable" in result["error"]
+
+
+def test_broken_annotation_json_via_cli(tmp_path, capsys):
+    root = coco_with_bad_file(tmp_path / "coco", corrupt_json=True)
+    code = main(["run", "retinanet", "--vendor", "cpu", "--data-dir", str(root), "--output",
+                 str(tmp_path / "run"), "--set", "model.backbone_weights=none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "instances_val2017.json is not valid JSON" in err

@@ -34,7 +34,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_loaders(ctx: RunContext, data_dir: Path):
-    """Training loader (grouped, distributed sampling) and this rank's evaluation shard."""
+    """Training loader (grouped, distributed sampling) and this rank's evaluation shard.
+
+    Workers are started anew each epoch (not persistent): their seeds then come from the main
+    process's RNG, which checkpoints restore, so a resumed run sees the same flips.
+    """
     cfg = ctx.config
     train_set = CocoDetection(*coco_paths(data_dir, "train"), train=True,
                               hflip=cfg["data"]["hflip"])
@@ -46,8 +50,7 @@ def build_loaders(ctx: RunContext, data_dir: Path):
     workers = cfg["data"]["num_workers"]
     train_loader = DataLoader(train_set, num_workers=workers, pin_memory=pin, collate_fn=collate,
                               batch_sampler=GroupedBatchSampler(sampler, groups,
-                                                                cfg["train"]["batch_size"]),
-                              persistent_workers=workers > 0)
+                                                                cfg["train"]["batch_size"]))
     shard = Subset(val_set, list(range(ctx.rank, len(val_set), ctx.world_size)))
     val_loader = DataLoader(shard, batch_size=cfg["eval"]["batch_size"], shuffle=False,
                             num_workers=workers, pin_memory=pin, collate_fn=collate)

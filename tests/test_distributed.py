@@ -1,0 +1,170 @@
+"""Runs through torchrun on this machine: gloo on loopback, CPU only.
+
+Two workers on one node, two "nodes" on 127.0.0.1, a killed worker, and resume.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--vendor", "cpu", "--set", "data.synthetic.val_images=8",
+         "--set", "run.monitor_interval_s=0.5", "--set", "run.checkpoint=false"]
+
+
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def core_process(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "core", "run", "retinanet"] + list(args),
+                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.mark.distributed
+def test_two_workers_on_one_node(tmp_path):
+    out = tmp_path / "run"
+    code, stdout, stderr = finish(core_process(
+        "--nproc-per-node", "2", "--master-port", str(free_port()), "--output", str(out),
+        "--set", "train.max_iters=3", *QUICK))
+    assert code == 0, stderr
+    result = json.loads((out / "result.json").read_text())
+    metrics = result["metrics"]
+    assert result["status"] == "finished" and metrics["ranks"] == 2
+    assert metrics["iterations"] == 6 and metrics["images"] == 24  # summed over both ranks
+    assert metrics["p_train"] == pytest.approx(24 / metrics["train_seconds"])
+    assert result["row_label"] == "CPU 1 node x 2 cards (1x2)"
+    assert result["row_label_zh"] == "CPU 单机2卡（1x2）"
+    assert any(s.endswith("CPUx1x2.yaml") for s in result["config_sources"])
+    logs = {p.name for p in (out / "logs").iterdir()}
+    assert {"rank0.log", "rank1.log"} <= logs
+    assert "rank 1 of 2" in (out / "logs" / "rank1.log").read_text()
+    assert (out / "monitor" / "rank1.jsonl").is_file()
+    assert "CPU 1 node x 2 cards (1x2)" in stdout
+
+
+@pytest.mark.distributed
+def test_two_nodes_on_loopback(tmp_path):
+    port = str(free_port())
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+              "--master-port", port, "--set", "train.max_iters=2", *QUICK]
+    node0 = core_process("--node-rank", "0", "--output", str(tmp_path / "n0"), *common)
+    node1 = core_process("--node-rank", "1", "--output", str(tmp_path / "n1"), *common)
+    code1, _, err1 = finish(node1)
+    code0, _, err0 = finish(node0)
+    assert code0 == 0 and code1 == 0, err0 + err1
+    result = json.loads((tmp_path / "n0" / "result.json").read_text())
+    assert result["metrics"]["ranks"] == 2 and result["metrics"]["images"] == 16
+    assert result["row_label"] == "CPU 2 nodes x 1 card (2x1)"
+    assert result["row_label_zh"] == "CPU 两机1卡（2x1）"
+    assert (tmp_path / "n1" / "logs" / "rank1.log").is_file()
+
+
+@pytest.mark.distributed
+def test_killed_worker_stops_the_run_quickly(tmp_path):
+    out = tmp_path / "run"
+    proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
+                        "--output", str(out), "--set", "train.max_iters=400",
+                        "--set", "run.log_every=1", *QUICK)
+    log = out / "logs" / "rank1.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and "epoch 0 [2/" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.5)
+    pid = int(log.read_text().split("worker pid ")[1].split(":")[0])
+    killed = time.time()
+    os.kill(pid, signal.SIGKILL)
+    code, _, stderr = finish(proc, timeout=120)
+    stopped = time.time() - killed
+    print("stopped {:.1f} s after the kill".format(stopped))
+    assert stopped < 30 and code not in (0, 2)
+    assert "error: rank 1 died (exit code -9" in stderr and "Traceback" not in stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"]
+    assert (out / "logs" / "rank0.log").is_file() and (out / "logs" / "rank1.log").is_file()
+    assert (out / "monitor" / "rank0.jsonl").is_file()
+
+
+INTERRUPTER = """
+    import os
+    from core.hookspecs import hookimpl
+
+    @hookimpl
+    def on_epoch_end(run, epoch, metrics):
+        if os.environ.get("CHIPBENCH_TEST_INTERRUPT_AT") == str(epoch):
+            raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    info = site / "interrupter-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: interrupter\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[chipbench.vendors]\ninterrupter = interrupter\n")
+    (site / "interrupter.py").write_text(textwrap.dedent(INTERRUPTER))
+    monkeypatch.syspath_prepend(str(site))
+    args = ["run", "retinanet", "--vendor", "cpu", "--set", "train.epochs=3",
+            "--set", "data.synthetic.train_images=24", "--set", "data.synthetic.val_images=8",
+            "--set", "data.num_workers=0", "--set", "train.deterministic=true",
+            "--set", "target.mAP=1.0", "--set", "train.lr_steps=[2]"]
+    assert main(args + ["--output", str(tmp_path / "whole")]) == 0
+    monkeypatch.setenv("CHIPBENCH_TEST_INTERRUPT_AT", "1")
+    assert main(args + ["--output", str(tmp_path / "cut")]) == 130
+    cut = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert cut["status"] == "interrupted" and len(cut["epochs"]) == 2
+    monkeypatch.delenv("CHIPBENCH_TEST_INTERRUPT_AT")
+    assert main(["run", "--resume", str(tmp_path / "cut")]) == 0
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    resumed = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert resumed["status"] == "finished" and resumed["resumed"] == 1
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
+    assert resumed["metrics"]["mAP"] == pytest.approx(whole["metrics"]["mAP"], abs=1e-6)
+    assert resumed["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], rel=1e-5)
+    assert resumed["metrics"]["images"] == whole["metrics"]["images"]
+
+
+def test_torchrun_root_cause_is_one_line(tmp_path):
+    from core.runner import torchrun_root_cause
+
+    log = tmp_path / "torchrun.log"
+    log.write_text(textwrap.dedent("""\
+        Failures:
+        [1]:
+          rank      : 0 (local_rank: 0)
+          exitcode  : -15 (pid: 7152)  (SIGTERM)
+          traceback : Signal 15 (SIGTERM) received by PID 7152
+        ------------------------------------------------------
+        Root Cause (first observed failure):
+        [0]:
+          time      : 2026-11-29_11:03:47
+          rank      : 1 (local_rank: 1)
+          exitcode  : -9 (pid: 7153)  (SIGKILL)
+          error_file: <N/A>
+          traceback : Signal 9 (SIGKILL) received by PID 7153
+        """))
+    assert torchrun_root_cause(log) == (
+        "rank 1 died (exit code -9: Signal 9 (SIGKILL) received by PID 7153)")
+    assert torchrun_root_cause(tmp_path / "missing.log") == ""
