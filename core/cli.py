@@ -113,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
                         node_rank=args.node_rank, master_addr=args.master_addr,
-                        master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint)
+                        master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
+                        join_timeout_s=args.join_timeout)
     if args.resume:
         run = Run.resume(args.resume, args.vendor, announce=_print_err)
         topology = run.topology
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--master-addr", default="127.0.0.1", help="rank-0 node address")
     run.add_argument("--master-port", type=int, default=29500, help="rank-0 node port")
     run.add_argument("--rdzv-endpoint", help="c10d rendezvous HOST:PORT instead of a master")
+    run.add_argument("--join-timeout", type=int, default=600, metavar="SECONDS",
+                     help="how long the nodes wait for each other to join (default 600)")
     run.set_defaults(func=cmd_run)
     return parser
 

@@ -66,7 +66,8 @@ def torchrun_command(topology: Topology, run_dir: Path) -> List[str]:
     else:
         cmd += ["--node-rank", str(topology.node_rank),
                 "--master-addr", topology.master_addr,
-                "--master-port", str(topology.master_port)]
+                "--master-port", str(topology.master_port),
+                "--rdzv-conf", "timeout={}".format(topology.join_timeout_s)]
     return cmd + ["-m", "core.worker", str(run_dir)]
 
 

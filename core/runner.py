@@ -124,13 +124,19 @@ def versions() -> Dict[str, str]:
 
 
 def torchrun_root_cause(log_file: Path) -> str:
-    """The "Root Cause" of torchrun's failure summary as one line, or '' when there is none."""
+    """Why torchrun failed, as one line: the "Root Cause" of its failure summary, else the last
+    exception line of its log (a rendezvous timeout, say), else ''."""
     try:
         text = log_file.read_text(errors="replace")
     except OSError:
         return ""
     if "Root Cause" not in text:
-        return ""
+        errors = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Timeout)): (.+)$", text,
+                            re.MULTILINE)
+        if not errors:
+            return ""
+        kind, message = errors[-1]
+        return "torchrun failed: {}: {}".format(kind, message.strip())
     section = text.rsplit("Root Cause", 1)[1]
     fields = {}
     for key in ("rank", "exitcode", "traceback"):

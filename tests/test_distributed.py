@@ -168,3 +168,19 @@ def test_torchrun_root_cause_is_one_line(tmp_path):
     assert torchrun_root_cause(log) == (
         "rank 1 died (exit code -9: Signal 9 (SIGKILL) received by PID 7153)")
     assert torchrun_root_cause(tmp_path / "missing.log") == ""
+
+
+@pytest.mark.distributed
+def test_node_that_never_joins_fails_after_join_timeout(tmp_path):
+    out = tmp_path / "lonely"
+    started = time.time()
+    proc = core_process("--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()),
+                        "--join-timeout", "5", "--output", str(out), *QUICK)
+    code, _, stderr = finish(proc, timeout=120)
+    waited = time.time() - started
+    print("gave up {:.1f} s after start (join timeout 5 s)".format(waited))
+    assert code != 0 and waited < 60
+    line = [x for x in stderr.splitlines() if x.startswith("error: ")][0]
+    assert "torchrun failed" in line or "died" in line
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"] == line[len("error: "):]
