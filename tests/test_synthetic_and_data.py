@@ -148,3 +148,30 @@ def test_grouped_batches_cover_every_index_once():
     assert len(batches) == len(GroupedBatchSampler(sampler, groups, 3)) == 4
     full = [b for b in batches if len(b) == 3]
     assert all(len({groups[i] for i in b}) == 1 for b in full[:-1])
+
+
+@pytest.mark.parametrize("hflip", [0.0, 1.0])
+def test_transforms_v2_path_matches_own_converter(tmp_path, small_set, hflip):
+    from cases.retinanet.data import transforms_v2_api
+
+    if transforms_v2_api() is None:
+        pytest.skip("this torchvision (0.15) has no v2 wrapper with target_keys: converter only")
+    images = [{"id": 7, "file_name": "a.jpg", "width": 40, "height": 30}]
+    annotations = [
+        {"id": 1, "image_id": 7, "category_id": 18, "bbox": [5, 5, 10, 8], "iscrowd": 0, "area": 80},
+        {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 40, 30], "iscrowd": 1, "area": 1},
+        {"id": 3, "image_id": 7, "category_id": 1, "bbox": [35, 20, 20, 20], "iscrowd": 0, "area": 1},
+        {"id": 4, "image_id": 7, "category_id": 1, "bbox": [3, 3, 0.5, 9], "iscrowd": 0, "area": 1},
+    ]
+    roots = [tiny_coco(tmp_path / "coco", images, annotations), small_set]
+    for root in roots:
+        for split, train in (("train", True), ("val", False)):
+            own = CocoDetection(*coco_paths(root, split), train=train, hflip=hflip, use_v2=False)
+            v2 = CocoDetection(*coco_paths(root, split), train=train, hflip=hflip, use_v2=True)
+            assert own.ids == v2.ids
+            for index in range(min(len(own), 5)):
+                (image_a, target_a), (image_b, target_b) = own[index], v2[index]
+                assert torch.allclose(image_a, image_b, atol=1e-6)
+                assert torch.equal(target_a["boxes"], target_b["boxes"])
+                assert torch.equal(target_a["labels"], target_b["labels"])
+                assert int(target_a["image_id"]) == int(target_b["image_id"])
