@@ -294,6 +294,11 @@ class Run:
             metrics["allocator_peak_gib"] = gib(metrics["allocator_peak_bytes"])
         self.result["metrics"] = metrics
         self.result["epochs"] = progress.get("epochs", [])
+        if self.topology.node_rank > 0:
+            self.result["note"] = ("node {} of {}: the figures of the run are in the run folder "
+                                   "of node 0 (rank 0); this folder holds this node's logs and "
+                                   "monitor samples").format(self.topology.node_rank,
+                                                            self.topology.nnodes)
         self.result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._write()
         for failure in self.host.notify("on_run_end", run=self._run_info(), result=self.result):

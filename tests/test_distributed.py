@@ -65,10 +65,13 @@ def test_two_workers_on_one_node(tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_nodes_on_loopback(tmp_path):
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_two_nodes_on_loopback(tmp_path, rendezvous):
     port = str(free_port())
-    common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-              "--master-port", port, "--set", "train.max_iters=2", *QUICK]
+    meet = (["--master-addr", "127.0.0.1", "--master-port", port] if rendezvous == "static"
+            else ["--rdzv-endpoint", "127.0.0.1:" + port])
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--set", "train.max_iters=2", *meet,
+              *QUICK]
     node0 = core_process("--node-rank", "0", "--output", str(tmp_path / "n0"), *common)
     node1 = core_process("--node-rank", "1", "--output", str(tmp_path / "n1"), *common)
     code1, _, err1 = finish(node1)
@@ -104,6 +107,31 @@ def test_killed_worker_stops_the_run_quickly(tmp_path):
     assert result["status"] == "failed" and result["error"]
     assert (out / "logs" / "rank0.log").is_file() and (out / "logs" / "rank1.log").is_file()
     assert (out / "monitor" / "rank0.jsonl").is_file()
+
+
+@pytest.mark.distributed
+def test_ctrl_c_stops_every_worker_and_records_it(tmp_path):
+    out = tmp_path / "run"
+    proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
+                        "--output", str(out), "--set", "train.max_iters=400",
+                        "--set", "run.log_every=1", *QUICK)
+    log = out / "logs" / "rank1.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and "epoch 0 [2/" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.5)
+    pids = [int(p.read_text().split("worker pid ")[1].split(":")[0])
+            for p in (out / "logs").glob("rank*.log")]
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    code, _, stderr = finish(proc, timeout=120)
+    assert time.time() - sent < 30 and code == 130, stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "interrupted"
+    time.sleep(1)
+    for pid in pids:  # no worker left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 INTERRUPTER = """

@@ -91,14 +91,19 @@ def test_empty_detections_give_zero_not_a_crash():
     assert coco_bbox_map(_gt(), [], [1, 2])["mAP"] == 0.0
 
 
-def test_perfect_and_wrong_detections():
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_perfect_and_wrong_detections(backend):
+    if backend == "faster_coco_eval":
+        pytest.importorskip("faster_coco_eval")
     outputs = [{"boxes": torch.tensor([[10.0, 10, 40, 40]]), "scores": torch.tensor([0.9]),
                 "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[50.0, 40, 70, 80]]), "scores": torch.tensor([0.8]),
                 "labels": torch.tensor([2])}]
     results = detections_to_coco(outputs, [1, 2])
     assert results[0]["bbox"] == [10.0, 10.0, 30.0, 30.0]
-    assert coco_bbox_map(_gt(), results, [1, 2])["mAP"] == pytest.approx(1.0)
+    assert coco_bbox_map(_gt(), results, [1, 2], backend)["mAP"] == pytest.approx(1.0)
+    half = [dict(results[0], bbox=[10.0, 10.0, 30.0, 15.0])] + results[1:]  # IoU 0.5 on image 1
+    assert 0.3 < coco_bbox_map(_gt(), half, [1, 2], backend)["mAP"] < 0.8
     for r in results:
         r["category_id"] = 3 - r["category_id"]
-    assert coco_bbox_map(_gt(), results, [1, 2])["mAP"] == 0.0
+    assert coco_bbox_map(_gt(), results, [1, 2], backend)["mAP"] == 0.0

@@ -83,3 +83,19 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_data(tmp_path, capsys)
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "failed" and "training loss became" in result["error"]
     assert (out / "logs" / "rank0.log").is_file()
+
+
+def test_bf16_on_cpu(tmp_path):
+    out = tmp_path / "bf16"
+    assert main(["run", "retinanet", "--vendor", "cpu", "--precision", "bf16", "--output",
+                 str(out)] + QUICK) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["precision"] == "bf16" and result["config"]["train"]["precision"] == "bf16"
+    assert result["metrics"]["images"] == 12
+
+
+def test_progress_bar_line():
+    from cases.retinanet.engine import progress_bar
+
+    line = progress_bar(3, 8, 16, 0.81234, 11.24)
+    assert line == "epoch 3 [##########..........] 8/16 loss 0.8123 11.2 img/s"

@@ -6,6 +6,7 @@ recipe is visible here, and every device call goes through ``ctx`` (the vendor's
 
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -146,7 +147,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
                     optimizer, start_factor=train_cfg["warmup_factor"], total_iters=warmup_iters)
         stats = train_one_epoch(model, optimizer, train_loader, ctx.device, epoch, meter,
                                 ctx.synchronize, autocast, scaler, train_cfg["clip_grad_norm"],
-                                warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"])
+                                warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"],
+                                bar=ctx.is_main and sys.stderr.isatty())
         scheduler.step()
         last_epoch = (epoch + 1 == train_cfg["epochs"] or (
             train_cfg["max_iters"] and meter.seen_iterations >= train_cfg["max_iters"]))
