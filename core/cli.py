@@ -127,7 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "see core run --help")
     _print_err("run folder: {}".format(run.run_dir))
     result = run.execute()
-    if topology.node_rank == 0:
+    if result.get("note"):
+        print(result["note"])
+    else:
         print(text_table([perf_row(result)]))
         metrics = result["metrics"]
         print("converged: {}  (target mAP {}, reached {:.4f})".format(

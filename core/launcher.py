@@ -9,9 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import IO, Dict, List, Optional
 
 from core.errors import UserError
 
@@ -75,20 +76,48 @@ def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str],
                    timeout_s: Optional[float] = None) -> int:
     """Run torchrun for this node and return its exit code (it stops every worker on failure).
 
-    Ctrl-C is passed on to torchrun, which stops the workers; the interrupt is then re-raised.
+    torchrun's and the workers' output is shown on the terminal (stderr) and kept in
+    ``logs/torchrun-node<R>.log``. Ctrl-C is passed on to torchrun, which stops the workers; the
+    interrupt is then re-raised.
     """
     cmd = torchrun_command(topology, run_dir)
     full_env = dict(os.environ)
     full_env.update(env)
-    with open(Path(run_dir) / "logs" / "torchrun-node{}.log".format(topology.node_rank),
-              "ab") as log:
-        proc = subprocess.Popen(cmd, env=full_env, stdout=sys.stderr, stderr=log,
-                                start_new_session=True)
+    log_path = Path(run_dir) / "logs" / "torchrun-node{}.log".format(topology.node_rank)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        tee = threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True)
+        tee.start()
         try:
-            return proc.wait(timeout=timeout_s)
+            code = proc.wait(timeout=timeout_s)
         except (KeyboardInterrupt, subprocess.TimeoutExpired):
             _stop(proc)
             raise
+        finally:
+            tee.join(timeout=5)
+        return code
+
+
+def _tee(pipe: IO[bytes], log: IO[bytes]) -> None:
+    """Copy ``pipe`` line by line to the log file and to this process's stderr.
+
+    From the first traceback on (torchrun's failure report) the terminal gets nothing more: the
+    error is reported as one line by the runner, the whole story stays in the log.
+    """
+    quiet = False
+    for line in iter(pipe.readline, b""):
+        log.write(line)
+        log.flush()
+        quiet = quiet or line.startswith(b"Traceback (most recent call last)")
+        if quiet:
+            continue
+        try:
+            sys.stderr.write(line.decode("utf-8", "replace"))
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+    pipe.close()
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:

@@ -9,8 +9,10 @@ import json
 import platform
 import re
 import shlex
+import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -24,7 +26,7 @@ from core.manager import build_host
 from core.metrics import gib, mem_text, throughput
 from core.records import HardwareId
 from core.selection import ENV_VENDOR, select_device
-from core.worker import SPEC_FILE, run_worker
+from core.worker import SPEC_FILE, TRACE, run_worker
 
 RESULT_FILE = "result.json"
 ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}
@@ -123,11 +125,13 @@ def versions() -> Dict[str, str]:
     return found
 
 
-def torchrun_root_cause(log_file: Path) -> str:
+def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:
     """Why torchrun failed, as one line: the "Root Cause" of its failure summary, else the last
     exception line of its log (a rendezvous timeout, say), else ''."""
     try:
-        text = log_file.read_text(errors="replace")
+        with open(log_file, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
     if "Root Cause" not in text:
@@ -202,7 +206,8 @@ class Run:
         if not spec:
             raise UserError("{} holds no run to resume (no spec.json)".format(run_dir),
                             "give the folder of an earlier `core run`")
-        if not (self.run_dir / "checkpoints" / "last.pt").is_file():
+        if spec["topology"].get("node_rank", 0) == 0 and not (
+                self.run_dir / "checkpoints" / "last.pt").is_file():
             raise UserError("{} has no checkpoint to resume from".format(run_dir),
                             "a run writes checkpoints/last.pt after each epoch; start a new run")
         if vendor and vendor != spec["vendor"]:
@@ -221,16 +226,14 @@ class Run:
 
     def execute(self) -> Dict[str, Any]:
         """Prepare, run the workers and write the result; errors are recorded, then re-raised."""
-        environment = self.facade.environment_report()
         english, chinese = row_labels(self.hardware, self.topology)
         self.result = {
             "status": "running", "error": None, "case": self.case.name,
             "vendor": self.facade.vendor, "hardware": {"label": self.hardware.label,
                                                        "config_tag": self.hardware.config_tag},
             "topology": self.topology.as_dict(), "row_label": english, "row_label_zh": chinese,
-            "precision": self.case.precision(self.config), "fix_hp": fix_hp(self.case, self.config),
-            "target": self.case.target(self.config), "config": self.config,
-            "config_sources": self.sources, "environment": environment, "versions": versions(),
+            "precision": self.case.precision(self.config), "target": self.case.target(self.config),
+            "config": self.config, "config_sources": self.sources,
             "command": " ".join(shlex.quote(a) for a in sys.argv),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
@@ -239,6 +242,8 @@ class Run:
             self.result["resumed"] = int(self.previous.get("resumed", 0)) + 1
         self._write()
         try:
+            self.result.update(fix_hp=fix_hp(self.case, self.config), versions=versions(),
+                               environment=self.facade.environment_report())
             prepared = self.case.prepare(self.config)
             self.result["general"] = {"rows": self.case.general_rows(
                 self.config, prepared, self.hardware.label)}
@@ -259,7 +264,9 @@ class Run:
             self.result.update(status="failed", error=exc.one_line())
             raise
         except BaseException as exc:
-            self.result.update(status="failed", error="{}: {}".format(type(exc).__name__, exc))
+            TRACE.error("run failed:\n%s", traceback.format_exc())
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.result.update(status="failed", error="{}: {}".format(type(exc).__name__, first))
             raise
         finally:
             self._finish()
@@ -270,13 +277,18 @@ class Run:
             run_worker(self.run_dir, self.host, self.facade)
             return
         env = {ENV_VENDOR: self.facade.vendor}
+        shutil.rmtree(self.run_dir / "errors", ignore_errors=True)  # a resumed run's old ones
+        log_file = self.run_dir / "logs" / "torchrun-node{}.log".format(self.topology.node_rank)
+        offset = log_file.stat().st_size if log_file.exists() else 0
         code = launch_workers(self.topology, self.run_dir, env)
         if code != 0:
             errors = worker_errors(self.run_dir)
-            log_file = self.run_dir / "logs" / "torchrun-node{}.log".format(self.topology.node_rank)
-            cause = torchrun_root_cause(log_file)
-            first = errors[0] if errors else cause or "torchrun exited with code {}".format(code)
-            user_error = errors and all(not e.startswith("rank ") for e in errors)
+            cause = torchrun_root_cause(log_file, offset)
+            # a rank killed by a signal leaves no error file: the others' errors are echoes
+            if cause and ("Signal" in cause or not errors):
+                errors = [cause]
+            first = errors[0] if errors else "torchrun exited with code {}".format(code)
+            user_error = errors and all(not e.startswith(("rank ", "torchrun ")) for e in errors)
             error_type = UserError if user_error else RunFailed
             raise error_type(first, "see {}/logs for every rank's log".format(self.run_dir))
 
@@ -294,11 +306,10 @@ class Run:
             metrics["allocator_peak_gib"] = gib(metrics["allocator_peak_bytes"])
         self.result["metrics"] = metrics
         self.result["epochs"] = progress.get("epochs", [])
-        if self.topology.node_rank > 0:
-            self.result["note"] = ("node {} of {}: the figures of the run are in the run folder "
-                                   "of node 0 (rank 0); this folder holds this node's logs and "
-                                   "monitor samples").format(self.topology.node_rank,
-                                                            self.topology.nnodes)
+        if self.topology.nnodes > 1 and not progress and self.result["status"] == "finished":
+            self.result["note"] = ("this node did not hold rank 0: the figures of the run are in "
+                                   "the run folder of the node that did; this folder holds this "
+                                   "node's logs and monitor samples")
         self.result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._write()
         for failure in self.host.notify("on_run_end", run=self._run_info(), result=self.result):

@@ -17,6 +17,10 @@ from core.context import RunContext
 from core.errors import ChipbenchError, RunFailed
 
 SPEC_FILE = "spec.json"
+TRACE = logging.getLogger("chipbench.trace")
+"""Tracebacks go here: into the rank's log file, never onto the terminal."""
+TRACE.propagate = False
+TRACE.addHandler(logging.NullHandler())
 
 
 def setup_logging(run_dir: Path, rank: int, to_console: bool) -> logging.Logger:
@@ -31,6 +35,9 @@ def setup_logging(run_dir: Path, rank: int, to_console: bool) -> logging.Logger:
     file_handler = logging.FileHandler(run_dir / "logs" / "rank{}.log".format(rank))
     file_handler.setFormatter(logging.Formatter("%(asctime)s rank{} %(message)s".format(rank)))
     log.addHandler(file_handler)
+    for handler in list(TRACE.handlers):
+        TRACE.removeHandler(handler)
+    TRACE.addHandler(file_handler)
     if to_console:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(message)s"))
@@ -104,13 +111,13 @@ def main(argv: Optional[list] = None) -> int:
         run_worker(run_dir)
     except ChipbenchError as exc:
         record_error(run_dir, rank, exc.one_line())
-        logging.getLogger("chipbench").error("error: %s", exc.one_line())
+        TRACE.error("error: %s\n%s", exc.one_line(), traceback.format_exc())
         return exc.exit_code
     except BaseException as exc:  # noqa: B902 - every failure must reach the launcher
         text = "{}: {}".format(type(exc).__name__, str(exc).strip().splitlines()[0]
                                if str(exc).strip() else "")
         record_error(run_dir, rank, "rank {} failed: {}".format(rank, text))
-        logging.getLogger("chipbench").error("rank %d failed:\n%s", rank, traceback.format_exc())
+        TRACE.error("rank %d failed: %s\n%s", rank, text, traceback.format_exc())
         return RunFailed.exit_code
     return 0
 

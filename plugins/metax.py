@@ -10,6 +10,7 @@ checks a real machine.
 
 import os
 import re
+import time
 from typing import Any, Dict, List, Optional
 
 from core.hookspecs import hookimpl
@@ -29,7 +30,12 @@ METAX_BUILD = re.compile(r"\+(mc|metax)\d", re.IGNORECASE)
 MIB = 2**20
 
 _BUS_ID = re.compile(r"\b[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b")
-_MEMORY = re.compile(r"(\d+)\s*/\s*(\d+)\s*MiB")
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*(MiB|GiB|MB)\b")
+_PROCESS_SECTION = re.compile(r"^[|+\s]*process(es)?\b", re.IGNORECASE)
+_NOT_NAME = {"on", "off", "n/a", "default"}
+SMI_CACHE_S = 1.0
+"""mx-smi answers are reused this long, so one monitor sample runs the tool once."""
+_smi_cache: Dict[str, Any] = {"time": -1e9, "value": None}
 _HEADER = {
     "mx_smi_version": re.compile(r"MX-SMI\s+([\w.\-]+)"),
     "driver_version": re.compile(r"Driver Version:\s*([\w.\-]+)"),
@@ -59,18 +65,20 @@ def parse_mx_smi(text: str) -> Dict[str, Any]:
     devices: List[Dict[str, Any]] = []
     current: Optional[Dict[str, Any]] = None
     for line in text.splitlines():
-        if re.search(r"\bprocess", line, re.IGNORECASE):
+        if _PROCESS_SECTION.search(line):
             break
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         bus = _BUS_ID.search(line)
         if bus:
             first = cells[0].split() if cells else []
+            name = [t for t in first[1:] if t.lower() not in _NOT_NAME]
             current = {"index": int(first[0]) if first and first[0].isdigit() else len(devices),
-                       "name": " ".join(first[1:]) or "MetaX GPU", "bus_id": bus.group(0)}
+                       "name": " ".join(name) or "MetaX GPU", "bus_id": bus.group(0)}
             devices.append(current)
+            cells = cells[1:]
         if current is None:
             continue
-        _read_cells(" | ".join(cells if not bus else cells[1:]), current)
+        _read_cells(" | ".join(cells).replace(bus.group(0) if bus else "\0", " "), current)
     result["devices"] = devices
     return result
 
@@ -78,8 +86,9 @@ def parse_mx_smi(text: str) -> Dict[str, Any]:
 def _read_cells(text: str, device: Dict[str, Any]) -> None:
     memory = _MEMORY.search(text)
     if memory and "memory_used_mib" not in device:
-        device["memory_used_mib"] = int(memory.group(1))
-        device["memory_total_mib"] = int(memory.group(2))
+        scale = 1024 if memory.group(3) == "GiB" else 1
+        device["memory_used_mib"] = int(float(memory.group(1)) * scale)
+        device["memory_total_mib"] = int(float(memory.group(2)) * scale)
         text = text.replace(memory.group(0), " ")
     patterns = (("util_percent", r"\b(\d+(?:\.\d+)?)\s*%"),
                 ("temperature_c", r"\b(\d+(?:\.\d+)?)\s*C\b"),
@@ -91,12 +100,18 @@ def _read_cells(text: str, device: Dict[str, Any]) -> None:
 
 
 def read_mx_smi() -> Optional[Dict[str, Any]]:
-    """Run ``mx-smi`` (no shell, with a timeout) and parse its table; None when unavailable."""
+    """Run ``mx-smi`` (no shell, with a timeout) and parse its table; None when unavailable.
+
+    Answers are reused for :data:`SMI_CACHE_S` seconds.
+    """
+    now = time.monotonic()
+    if now - _smi_cache["time"] < SMI_CACHE_S:
+        return _smi_cache["value"]
     out = run_tool([SMI], timeout=15.0)
-    if not out:
-        return None
-    parsed = parse_mx_smi(out)
-    return parsed if parsed["devices"] else None
+    parsed = parse_mx_smi(out) if out else None
+    value = parsed if parsed and parsed["devices"] else None
+    _smi_cache.update(time=time.monotonic(), value=value)
+    return value
 
 
 def _pymxsml() -> Any:

@@ -59,6 +59,7 @@ def metax_machine(fake_mx_smi, monkeypatch):
     monkeypatch.setattr(plugins.metax, "installed_torch_version", lambda: "2.0.0+mc2.18.0.8")
     monkeypatch.setenv("MACA_PATH", "/opt/maca")
     monkeypatch.setitem(sys.modules, "pymxsml", None)  # import fails, as without the binding
+    monkeypatch.setitem(plugins.metax._smi_cache, "time", -1e9)  # no answer from another test
     return plugins.metax
 
 

@@ -77,11 +77,20 @@ def test_two_nodes_on_loopback(tmp_path, rendezvous):
     code1, _, err1 = finish(node1)
     code0, _, err0 = finish(node0)
     assert code0 == 0 and code1 == 0, err0 + err1
-    result = json.loads((tmp_path / "n0" / "result.json").read_text())
+    results = [json.loads((tmp_path / n / "result.json").read_text()) for n in ("n0", "n1")]
+    # static: node-rank 0 holds rank 0; c10d: whichever node the rendezvous made node 0
+    holders = [r for r in results if "ranks" in r["metrics"]]
+    assert len(holders) == 1, results
+    result = holders[0]
+    other = results[1 - results.index(result)]
+    assert "did not hold rank 0" in other["note"] and other["status"] == "finished"
+    if rendezvous == "static":
+        assert result is results[0]
     assert result["metrics"]["ranks"] == 2 and result["metrics"]["images"] == 16
     assert result["row_label"] == "CPU 2 nodes x 1 card (2x1)"
     assert result["row_label_zh"] == "CPU 两机1卡（2x1）"
-    assert (tmp_path / "n1" / "logs" / "rank1.log").is_file()
+    assert {p.name for n in ("n0", "n1") for p in (tmp_path / n / "logs").glob("rank*.log")} == {
+        "rank0.log", "rank1.log"}
 
 
 @pytest.mark.distributed

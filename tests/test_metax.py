@@ -1,5 +1,6 @@
 """The MetaX plugin on a simulated C500 machine: mx-smi table, pymxsml, visible devices, CLI."""
 
+import os
 import sys
 
 import pytest
@@ -131,3 +132,35 @@ def test_core_info_json_and_vendors_table(metax_machine, capsys):
     lines = capsys.readouterr().out.splitlines()
     metax_line = [line for line in lines if line.startswith("metax")][0]
     assert "yes" in metax_line and "<- auto" in metax_line
+
+
+def test_parse_tricky_layouts(metax_machine):
+    text = """\
+| MX-SMI 2.2.0   Kernel Mode Driver Version: 2.6.0   BIOS Version: 1.13.0.0     |
+| Compute Process Mode: Default                                                |
+| GPU  Name          Persist | Bus-id        | Memory-Usage        | GPU-Util    |
+| 0    MXC500  Off           | 0000:4C:00.0  | 2.0/64.0 GiB        | 7%          |
+| 55C  120W                  |               |                     |             |
+| 1    MXC500  Off           | 0000:4D:00.0  | 10.5/64.0 GiB       | 50%         |
+| 57C  200W                  |               |                     |             |
++------------------------------------------------------------------------------+
+| Processes:                                                                   |
+| 0    4242   python   0000:4C:00.0   1500/65536 MiB                           |
+"""
+    devices = metax_machine.parse_mx_smi(text)["devices"]
+    assert len(devices) == 2  # the "Compute Process Mode" line does not end the table
+    assert [d["name"] for d in devices] == ["MXC500", "MXC500"]
+    assert devices[0]["temperature_c"] == 55.0  # not "4" from the bus id 0000:4C
+    assert devices[0]["memory_used_mib"] == 2048 and devices[0]["memory_total_mib"] == 65536
+    assert devices[1]["memory_used_mib"] == 10752 and devices[1]["util_percent"] == 50.0
+
+
+def test_one_mx_smi_call_per_sample(metax_machine, tmp_path, monkeypatch):
+    counter = tmp_path / "calls"
+    write_tool(tmp_path / "counting", "mx-smi", script="#!/bin/sh\necho x >> '{}'\ncat '{}'\n"
+               .format(counter, MX_SMI_TABLE))
+    monkeypatch.setenv("PATH", str(tmp_path / "counting") + ":" + os.environ["PATH"])
+    device = torch.device("cuda", 0)
+    metax_machine.device_memory_query(device)
+    metax_machine.device_sample(device)
+    assert counter.read_text().count("x") == 1

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -30,12 +31,15 @@ MIN_BOX_SIDE = 1.0
 def transforms_v2_api() -> Optional[Tuple[Any, Any]]:
     """``(wrap_dataset_for_transforms_v2, transforms.v2)`` where the wrapper takes target_keys."""
     try:
-        from torchvision.datasets import wrap_dataset_for_transforms_v2
-        from torchvision.transforms import v2
+        with warnings.catch_warnings():  # torchvision 0.15 warns that the wrapper is beta
+            warnings.simplefilter("ignore")
+            from torchvision.datasets import wrap_dataset_for_transforms_v2
     except ImportError:
         return None
     if "target_keys" not in inspect.signature(wrap_dataset_for_transforms_v2).parameters:
-        return None
+        return None  # torchvision 0.15: its beta wrapper always decodes masks
+    from torchvision.transforms import v2
+
     return wrap_dataset_for_transforms_v2, v2
 
 

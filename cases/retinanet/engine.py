@@ -33,7 +33,11 @@ def make_grad_scaler(device: torch.device, precision: str) -> Optional[Any]:
         return None
     if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler(device.type)
-    return torch.cuda.amp.GradScaler()  # torch 2.0-2.2
+    if device.type != "cuda":  # torch 2.0-2.2 scale losses on CUDA-type devices only
+        raise UserError("{} training on device type '{}' needs torch 2.3 or later (this is {})"
+                        .format(precision, device.type, torch.__version__),
+                        "use fp32 or bf16, or a newer torch")
+    return torch.cuda.amp.GradScaler()
 
 
 def progress_bar(epoch: int, step: int, total: int, loss: float, images_per_s: float) -> str:

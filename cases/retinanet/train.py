@@ -116,8 +116,12 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     scaler = make_grad_scaler(ctx.device, precision)
     meter = RunMeter(skip_iters=train_cfg["throughput_skip_iters"])
     start_epoch = 0
-    if ctx.spec.get("resume") and ctx.checkpoint_path.is_file():
-        state = torch.load(str(ctx.checkpoint_path), map_location="cpu", weights_only=False)
+    state = None
+    if ctx.spec.get("resume"):  # every rank continues from rank 0's checkpoint
+        if ctx.is_main and ctx.checkpoint_path.is_file():
+            state = torch.load(str(ctx.checkpoint_path), map_location="cpu", weights_only=False)
+        state = ctx.broadcast(state)
+    if state is not None:
         bare_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -125,9 +129,10 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             scaler.load_state_dict(state["scaler"])
         meter = RunMeter(**state["meter"])
         ctx.epochs = list(state["epochs"])
-        set_rng_state(state["rng"][ctx.rank] if ctx.rank < len(state["rng"]) else state["rng"][0])
+        set_rng_state(state["rng"][ctx.rank % len(state["rng"])])
         start_epoch = state["epoch"] + 1
         ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, state["epoch"])
+        del state
     ctx.facade.memory_reset_peak(ctx.device)
     target = cfg["target"]["mAP"]
     metrics: Dict[str, Any] = dict(ctx.epochs[-1]) if ctx.epochs else {}
@@ -156,7 +161,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         if (epoch + 1) % cfg["eval"]["every"] == 0 or last_epoch:
             ctx.synchronize()
             eval_start = time.perf_counter()
-            scores = evaluate(ctx, model, val_set, val_loader, autocast)
+            scores = evaluate(ctx, bare_model, val_set, val_loader, autocast)  # no DDP sync
             ctx.synchronize()
             meter.eval_seconds += time.perf_counter() - eval_start
         counters = meter.state()
