@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional
 
-from core.errors import UserError
+from core.errors import RunFailed, UserError
 
 
 @dataclass
@@ -72,8 +73,7 @@ def torchrun_command(topology: Topology, run_dir: Path) -> List[str]:
     return cmd + ["-m", "core.worker", str(run_dir)]
 
 
-def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str],
-                   timeout_s: Optional[float] = None) -> int:
+def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str]) -> int:
     """Run torchrun for this node and return its exit code (it stops every worker on failure).
 
     torchrun's and the workers' output is shown on the terminal (stderr) and kept in
@@ -89,14 +89,57 @@ def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str],
                                 stderr=subprocess.STDOUT, start_new_session=True)
         tee = threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True)
         tee.start()
+        previous = _interrupt_on_sigterm()
         try:
-            code = proc.wait(timeout=timeout_s)
-        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            code = _wait_for_join(proc, topology, Path(run_dir), time.time())
+        except BaseException:
             _stop(proc)
             raise
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             tee.join(timeout=5)
         return code
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Treat SIGTERM (a batch system's cancel) like Ctrl-C, so torchrun is never orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _workers_started(run_dir: Path, since: float) -> bool:
+    """Whether a worker of this node has written its log since ``since`` (so all nodes met)."""
+    return any(p.stat().st_mtime >= since - 1 for p in (run_dir / "logs").glob("rank*.log"))
+
+
+def _wait_for_join(proc: subprocess.Popen, topology: Topology, run_dir: Path,
+                   started: float) -> int:
+    """Wait for torchrun; give up when no worker has started ``join_timeout_s`` after launch.
+
+    torchrun's own rendezvous timeout does the same on newer torch; torch 2.0's static
+    rendezvous waits for ever, hence this watchdog.
+    """
+    joined = False
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        if joined:
+            continue
+        joined = _workers_started(run_dir, started)
+        if not joined and time.time() - started > topology.join_timeout_s:
+            raise RunFailed(
+                "the {} nodes did not all join within {} s (--join-timeout)".format(
+                    topology.nnodes, topology.join_timeout_s),
+                "start `core run` on every node with the same --nnodes and --master-addr/"
+                "--master-port (or --rdzv-endpoint), and check that the port is reachable")
 
 
 def _tee(pipe: IO[bytes], log: IO[bytes]) -> None:
