@@ -42,6 +42,24 @@ def finish(proc, timeout=600):
     return proc.returncode, out, err
 
 
+def start_long_two_worker_run(tmp_path):
+    """A 2-worker run that lasts, returned once rank 1 has trained two iterations."""
+    out = tmp_path / "run"
+    proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
+                        "--output", str(out), "--set", "train.max_iters=400",
+                        "--set", "run.log_every=1", *QUICK)
+    log = out / "logs" / "rank1.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and "epoch 0 [2/" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.5)
+    return proc, out
+
+
+def worker_pid(log):
+    return int(log.read_text().split("worker pid ")[1].split(":")[0])
+
+
 @pytest.mark.distributed
 def test_two_workers_on_one_node(tmp_path):
     out = tmp_path / "run"
@@ -95,16 +113,8 @@ def test_two_nodes_on_loopback(tmp_path, rendezvous):
 
 @pytest.mark.distributed
 def test_killed_worker_stops_the_run_quickly(tmp_path):
-    out = tmp_path / "run"
-    proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
-                        "--output", str(out), "--set", "train.max_iters=400",
-                        "--set", "run.log_every=1", *QUICK)
-    log = out / "logs" / "rank1.log"
-    deadline = time.time() + 300
-    while time.time() < deadline and "epoch 0 [2/" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.5)
-    pid = int(log.read_text().split("worker pid ")[1].split(":")[0])
+    proc, out = start_long_two_worker_run(tmp_path)
+    pid = worker_pid(out / "logs" / "rank1.log")
     killed = time.time()
     os.kill(pid, signal.SIGKILL)
     code, _, stderr = finish(proc, timeout=120)
@@ -121,17 +131,8 @@ def test_killed_worker_stops_the_run_quickly(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_every_worker_and_records_it(tmp_path, signum):
-    out = tmp_path / "run"
-    proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
-                        "--output", str(out), "--set", "train.max_iters=400",
-                        "--set", "run.log_every=1", *QUICK)
-    log = out / "logs" / "rank1.log"
-    deadline = time.time() + 300
-    while time.time() < deadline and "epoch 0 [2/" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.5)
-    pids = [int(p.read_text().split("worker pid ")[1].split(":")[0])
-            for p in (out / "logs").glob("rank*.log")]
+    proc, out = start_long_two_worker_run(tmp_path)
+    pids = [worker_pid(p) for p in (out / "logs").glob("rank*.log")]
     sent = time.time()
     proc.send_signal(signum)
     code, _, stderr = finish(proc, timeout=120)
