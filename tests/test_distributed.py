@@ -223,3 +223,48 @@ def test_node_that_never_joins_fails_after_join_timeout(tmp_path):
     assert "torchrun failed" in line or "did not all join" in line
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "failed" and result["error"] == line[len("error: "):]
+
+
+STALLER = """
+    import os
+    import time
+    from core.hookspecs import hookimpl
+
+    @hookimpl
+    def on_epoch_end(run, epoch, metrics):
+        if os.environ.get("CHIPBENCH_TEST_STALL"):
+            time.sleep(float(os.environ["CHIPBENCH_TEST_STALL"]))
+"""
+
+
+@pytest.mark.distributed
+def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
+    """Rank 0 stalls (in an observer) while rank 1 waits in a collective: run.timeout_s ends it."""
+    site = tmp_path / "site"
+    info = site / "staller-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: staller\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[chipbench.vendors]\nstaller = staller\n")
+    (site / "staller.py").write_text(textwrap.dedent(STALLER))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CHIPBENCH_TEST_STALL="300",
+               PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "run", "retinanet", "--nproc-per-node", "2",
+         "--master-port", str(free_port()), "--output", str(out), "--set", "train.max_iters=2",
+         "--set", "run.timeout_s=15", *QUICK], cwd=str(ROOT), env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "logs" / "rank0.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and "epoch 0 done" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.5)
+    stalled = time.time()
+    code, _, stderr = finish(proc, timeout=200)
+    waited = time.time() - stalled
+    print("stopped {:.1f} s after rank 0 stalled (timeout 15 s)".format(waited))
+    assert code not in (0, 2) and waited < 15 + 30
+    line = [x for x in stderr.splitlines() if x.startswith("error: ")][0]
+    assert "rank 1" in line
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and len(result["epochs"]) == 1  # epoch 0 was kept
