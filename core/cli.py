@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
                         node_rank=args.node_rank, master_addr=args.master_addr,
                         master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
-                        join_timeout_s=args.join_timeout)
+                        join_timeout_s=args.join_timeout, devices=args.devices)
     if args.resume:
         run = Run.resume(args.resume, args.vendor, announce=_print_err)
         topology = run.topology
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", help="fp32, amp, fp16 or bf16")
     run.add_argument("--output", help="run folder (default: runs/<case>-<vendor>-<time>)")
     run.add_argument("--nproc-per-node", type=int, default=1, help="processes on this node")
+    run.add_argument("--devices", metavar="LIST",
+                     help="devices this node's workers may use, e.g. 4,5,6,7 (set through the "
+                          "vendor's visible-devices variable)")
     run.add_argument("--nnodes", type=int, default=1, help="number of nodes")
     run.add_argument("--node-rank", type=int, default=0, help="this node's rank")
     run.add_argument("--master-addr", default="127.0.0.1", help="rank-0 node address")

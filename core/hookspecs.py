@@ -152,7 +152,8 @@ def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
 
 
 # --------------------------------------------------------------------------------------------------
-# lifecycle (every plugin; results ignored; called on the rank-0 process only)
+# lifecycle (every plugin; results ignored). on_run_start / on_run_end are called by the `core run`
+# process of each node; on_epoch_end by the rank-0 worker.
 # --------------------------------------------------------------------------------------------------
 
 

@@ -30,8 +30,16 @@ class Topology:
     rdzv_endpoint: Optional[str] = None
     rdzv_id: str = "chipbench"
     join_timeout_s: int = 600
+    devices: Optional[str] = None
+    """Devices the workers may use ("4,5,6,7"), set through the vendor's visible-devices variable."""
 
     def __post_init__(self) -> None:
+        if self.devices is not None:
+            listed = [d for d in str(self.devices).split(",") if d.strip()]
+            if len(listed) < self.nproc_per_node:
+                raise UserError("--devices {} lists {} device(s) for {} process(es) per node".format(
+                    self.devices, len(listed), self.nproc_per_node),
+                    "list at least --nproc-per-node devices")
         for name in ("nproc_per_node", "nnodes"):
             if int(getattr(self, name)) < 1:
                 raise UserError("--{} must be at least 1".format(name.replace("_", "-")),

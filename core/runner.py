@@ -180,6 +180,9 @@ class Run:
         self.topology = topology
         self.host = build_host()
         self.facade = select_device(self.host, vendor, announce=announce)
+        if topology.devices and not self.facade.visible_devices_env():
+            raise UserError("vendor '{}' has no way to restrict devices".format(self.facade.vendor),
+                            "drop --devices")
         self.case = load_case(case_arg)
         self.hardware = self.facade.hardware_id()
         flags: Config = {}
@@ -273,10 +276,14 @@ class Run:
         return self.result
 
     def _run_workers(self) -> None:
-        if self.topology.world_size == 1:
+        """One process in place; more, or a device restriction, through torchrun (a device
+        runtime reads its visible-devices variable once, when a process starts)."""
+        if self.topology.world_size == 1 and not self.topology.devices:
             run_worker(self.run_dir, self.host, self.facade)
             return
         env = {ENV_VENDOR: self.facade.vendor}
+        if self.topology.devices:
+            env[self.facade.visible_devices_env()] = self.topology.devices
         shutil.rmtree(self.run_dir / "errors", ignore_errors=True)  # a resumed run's old ones
         log_file = self.run_dir / "logs" / "torchrun-node{}.log".format(self.topology.node_rank)
         offset = log_file.stat().st_size if log_file.exists() else 0

@@ -67,6 +67,9 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
 
         host = build_host()
         facade = select_device(host, spec["vendor"])
+    visible = facade.visible_devices_env()
+    if visible:
+        log.info("%s=%s", visible, os.environ.get(visible, "(unset: all devices)"))
     device = facade.init_backend(local_rank)
     if world_size > 1:
         import torch.distributed as dist

@@ -268,3 +268,23 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
     assert "rank 1" in line
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "failed" and len(result["epochs"]) == 1  # epoch 0 was kept
+
+
+@pytest.mark.distributed
+def test_devices_reach_workers_through_the_vendor_variable(tmp_path, capsys):
+    from core.manager import build_host
+
+    if build_host().record("fakechip") is None:
+        pytest.skip("examples/fakechip is not installed (tox installs it)")
+    out = tmp_path / "run"
+    proc = core_process("--vendor", "fakechip", "--devices", "3", "--master-port",
+                        str(free_port()), "--output", str(out), "--set", "train.max_iters=1",
+                        *QUICK[2:])
+    code, _, stderr = finish(proc)
+    assert code == 0, stderr
+    assert "FAKECHIP_VISIBLE_DEVICES=3" in (out / "logs" / "rank0.log").read_text()
+    assert main(["run", "retinanet", "--vendor", "cpu", "--devices", "0"]) == 2
+    assert "has no way to restrict devices" in capsys.readouterr().err
+    assert main(["run", "retinanet", "--vendor", "fakechip", "--devices", "1",
+                 "--nproc-per-node", "2"]) == 2
+    assert "lists 1 device(s) for 2 process(es)" in capsys.readouterr().err
