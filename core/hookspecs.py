@@ -31,7 +31,7 @@ def vendor_detect() -> "VendorInfo":  # noqa: F821 (records are imported by impl
 
     Returns a :class:`core.records.VendorInfo`. Must be cheap and must not create a device
     context (it runs for every vendor on every command, ``core vendors`` included); explain an
-    unavailable vendor in ``reason`` ("torch 2.1.0+cu121 is not a MetaX build; mx-smi not on PATH").
+    unavailable vendor in ``reason`` ("torch 2.1.0 is not our build; our smi tool is not on PATH").
 
     Called once per vendor plugin, each on its own, so a vendor that raises is reported by name
     and the others keep working.
@@ -60,13 +60,13 @@ def device_count() -> int:
 
 @hookspec(firstresult=True)
 def device_name(index: int) -> str:
-    """Return the marketing name of visible device ``index`` ("MetaX C500", "NVIDIA H200")."""
+    """Return the marketing name of visible device ``index`` ("Acme X1 64G")."""
 
 
 @hookspec(firstresult=True)
 def hardware_id() -> "HardwareId":  # noqa: F821
     """Return a :class:`core.records.HardwareId`: the short label of the hardware in result tables
-    ("MXC500") and the tag that selects a case's hardware configs ("C500" -> ``C500x1x8.yaml``)."""
+    ("ACX1") and the tag that selects a case's hardware configs ("X1" -> ``X1x1x8.yaml``)."""
 
 
 # --------------------------------------------------------------------------------------------------

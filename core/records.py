@@ -41,8 +41,8 @@ class MemoryInfo:
 class HardwareId:
     """How results and configs name the hardware.
 
-    ``label`` is the short name in the seed's table ("MXC500"); ``config_tag`` prefixes the
-    hardware config files of a case ("C500" selects ``C500x1x8.yaml``).
+    ``label`` is the short name in result tables ("ACX1"); ``config_tag`` prefixes the
+    hardware config files of a case ("X1" selects ``X1x1x8.yaml``).
     """
 
     label: str

@@ -79,7 +79,7 @@ def fix_hp(case: Case, config: Config) -> str:
 
 
 def row_labels(hardware: HardwareId, topology: Topology) -> Tuple[str, str]:
-    """The seed's row names: ("MXC500 1 node x 8 cards (1x8)", "MXC500 单机8卡（1x8）")."""
+    """The seed's row names: ("ACX1 1 node x 8 cards (1x8)", "ACX1 单机8卡（1x8）")."""
     n, m = topology.nnodes, topology.nproc_per_node
     english = "{} {} node{} x {} card{} ({})".format(
         hardware.label, n, "s" if n > 1 else "", m, "s" if m > 1 else "", topology.label)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
+from tests.test_entry_points import write_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--vendor", "cpu", "--set", "data.synthetic.val_images=8",
@@ -159,11 +160,8 @@ INTERRUPTER = """
 @pytest.mark.slow
 def test_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     site = tmp_path / "site"
-    info = site / "interrupter-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: interrupter\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[chipbench.vendors]\ninterrupter = interrupter\n")
-    (site / "interrupter.py").write_text(textwrap.dedent(INTERRUPTER))
+    write_distribution(site, "interrupter", {"interrupter": "interrupter"},
+                       {"interrupter": INTERRUPTER})
     monkeypatch.syspath_prepend(str(site))
     args = ["run", "retinanet", "--vendor", "cpu", "--set", "train.epochs=3",
             "--set", "data.synthetic.train_images=24", "--set", "data.synthetic.val_images=8",
@@ -241,11 +239,7 @@ STALLER = """
 def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
     """Rank 0 stalls (in an observer) while rank 1 waits in a collective: run.timeout_s ends it."""
     site = tmp_path / "site"
-    info = site / "staller-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: staller\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[chipbench.vendors]\nstaller = staller\n")
-    (site / "staller.py").write_text(textwrap.dedent(STALLER))
+    write_distribution(site, "staller", {"staller": "staller"}, {"staller": STALLER})
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", CHIPBENCH_TEST_STALL="300",
                PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))

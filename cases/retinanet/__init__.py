@@ -1,4 +1,4 @@
-"""RetinaNet R50-FPN on COCO2017: the seed's case (FlagPerf retinanet on the MetaX C500).
+"""RetinaNet R50-FPN on COCO2017: the seed's case (FlagPerf's retinanet benchmark).
 
 Touches devices only through the hook facade (``ctx.facade``), so it runs unchanged on every vendor.
 """
