@@ -83,6 +83,8 @@ def render(result: Dict[str, Any]) -> str:
             _fmt(metrics.get("core_seconds"), 1))]
     if metrics.get("throughput_note"):
         lines.append("- " + metrics["throughput_note"])
+    for name in result.get("plots", []):
+        lines += ["", "![{}](plots/{})".format(name[:-4], name)]
     lines += ["", "## Hardware and software", ""]
     for key in sorted(env):
         value = env[key]
@@ -102,5 +104,8 @@ def write_report(run_dir: Path, result: Dict[str, Any]) -> Optional[Path]:
 
 @hookimpl
 def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
-    """Render ``report.md`` next to ``result.json``."""
-    write_report(Path(run["run_dir"]), result)
+    """Render ``report.md`` (and its SVG plots) next to ``result.json``."""
+    from core.plots import write_plots
+
+    plots = write_plots(Path(run["run_dir"]), result.get("epochs", []))
+    write_report(Path(run["run_dir"]), dict(result, plots=[p.name for p in plots]))

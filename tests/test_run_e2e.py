@@ -99,3 +99,12 @@ def test_progress_bar_line():
 
     line = progress_bar(3, 8, 16, 0.81234, 11.24)
     assert line == "epoch 3 [##########..........] 8/16 loss 0.8123 11.2 img/s"
+
+
+def test_plots_are_valid_svg(quick_run):
+    from xml.etree import ElementTree
+
+    for name in ("epochs.svg", "memory.svg"):
+        root = ElementTree.parse(str(quick_run / "plots" / name)).getroot()
+        assert root.tag.endswith("svg") and len(root.findall("{*}polyline")) >= 1
+    assert "![epochs](plots/epochs.svg)" in (quick_run / "report.md").read_text()
