@@ -134,14 +134,6 @@ def resolve(defaults: Config, layers: List[Tuple[str, Config]]) -> Config:
     return config
 
 
-def get(config: Config, dotted: str) -> Any:
-    """``get(config, "train.lr")``."""
-    node: Any = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def flatten(config: Config, prefix: str = "") -> Dict[str, Any]:
     """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
     flat: Dict[str, Any] = {}

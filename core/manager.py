@@ -159,10 +159,6 @@ class PluginHost:
         infos = [r.info for r in self.records if r.info is not None]
         return sorted(infos, key=lambda i: (-i.priority, i.name))
 
-    def broken(self) -> List[PluginRecord]:
-        """Plugins that failed to load, validate or detect."""
-        return [r for r in self.records if r.broken]
-
     def record(self, name: str) -> Optional[PluginRecord]:
         """The record of the plugin or vendor called ``name``."""
         for r in self.records:

@@ -10,14 +10,12 @@ times taken from the slowest rank:
 - ``p_core  = images / core seconds``
 """
 
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 SUMMED = ("images", "iterations")
-MAXED = ("train_seconds", "eval_seconds", "core_seconds", "whole_seconds",
-         "mem_used_peak_bytes", "mem_total_bytes", "allocator_peak_bytes")
+MAXED = ("train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",
+         "mem_total_bytes", "allocator_peak_bytes")
 
 
 @dataclass
@@ -48,16 +46,6 @@ class RunMeter:
         return asdict(self)
 
 
-@contextmanager
-def timed(sync: Callable[[], None], sink: Callable[[float], None]) -> Iterator[None]:
-    """Time a block between two synchronize calls and hand the seconds to ``sink``."""
-    sync()
-    start = time.perf_counter()
-    yield
-    sync()
-    sink(time.perf_counter() - start)
-
-
 def reduce_ranks(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Combine the counters of every rank: counts summed, times and memory from the maximum."""
     reduced: Dict[str, Any] = {}
@@ -66,10 +54,8 @@ def reduce_ranks(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
     for key in MAXED:
         values = [r[key] for r in per_rank if r.get(key) is not None]
         reduced[key] = max(values) if values else None
-    if reduced["whole_seconds"] is None:
-        reduced["whole_seconds"] = max(
-            (r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in per_rank),
-            default=0.0)
+    reduced["whole_seconds"] = max(
+        (r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in per_rank), default=0.0)
     reduced["ranks"] = len(per_rank)
     reduced["mem_source"] = per_rank[0].get("mem_source", "") if per_rank else ""
     return reduced

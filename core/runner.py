@@ -23,7 +23,7 @@ from core.context import PROGRESS_FILE, write_json_atomic
 from core.errors import ChipbenchError, RunFailed, UserError
 from core.launcher import Topology, launch_workers
 from core.manager import build_host
-from core.metrics import gib, mem_text, throughput
+from core.metrics import gib, mem_text
 from core.records import HardwareId
 from core.selection import ENV_VENDOR, select_device
 from core.worker import SPEC_FILE, TRACE, run_worker
@@ -160,7 +160,7 @@ def worker_errors(run_dir: Path) -> List[str]:
     if not folder.is_dir():
         return []
     files = sorted(folder.glob("rank*.txt"), key=lambda p: int(p.stem[4:] or 0))
-    return [p.read_text().strip() for p in files if p.read_text().strip()]
+    return [line for line in (p.read_text().strip() for p in files) if line]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,7 +302,6 @@ class Run:
     def _finish(self) -> None:
         progress = _read_json(self.run_dir / PROGRESS_FILE)
         metrics = dict(progress.get("metrics") or {})
-        metrics.update(throughput(metrics) if "images" in metrics else {})
         earlier = ((self.previous or {}).get("metrics") or {}).get("e2e_time") or 0.0
         metrics["e2e_time"] = time.time() - self.started + earlier  # resumed runs add up
         if metrics.get("mem_used_peak_bytes") is not None:

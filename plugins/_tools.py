@@ -5,8 +5,6 @@ import shutil
 import subprocess
 from typing import List, Optional, Sequence
 
-from core.environment import installed_torch_version  # noqa: F401 (re-exported for plugins)
-
 
 def run_tool(argv: Sequence[str], timeout: float = 10.0) -> Optional[str]:
     """Run a management tool without a shell and with a timeout; its stdout, or None on failure."""

@@ -6,11 +6,11 @@ Declines when the installed torch is a MetaX build (which also answers ``torch.c
 import re
 from typing import Any, Dict, List
 
+from core.environment import installed_torch_version
 from core.hookspecs import hookimpl
 from core.records import HardwareId, MemoryInfo, VendorInfo
 from plugins._tools import (
     cuda_like_precisions,
-    installed_torch_version,
     run_tool,
     visible_index,
 )

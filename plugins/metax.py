@@ -13,11 +13,11 @@ import re
 import time
 from typing import Any, Dict, List, Optional
 
+from core.environment import installed_torch_version
 from core.hookspecs import hookimpl
 from core.records import HardwareId, MemoryInfo, VendorInfo
 from plugins._tools import (
     cuda_like_precisions,
-    installed_torch_version,
     run_tool,
     visible_index,
 )

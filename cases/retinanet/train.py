@@ -21,7 +21,7 @@ from cases.retinanet.engine import autocast_factory, make_grad_scaler, train_one
 from cases.retinanet.evaluate import coco_bbox_map, predict
 from cases.retinanet.model import build_retinanet
 from core.context import RunContext
-from core.metrics import RunMeter, throughput
+from core.metrics import RunMeter
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -139,9 +139,11 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     ctx.log.info("training %s: %d train / %d val images, %d classes, %d iterations per epoch, "
                  "%s, %d process(es)", "retinanet", len(train_set), len(val_set), num_classes,
                  len(train_loader), precision, ctx.world_size)
+    def iterations_spent() -> bool:
+        return bool(train_cfg["max_iters"]) and meter.seen_iterations >= train_cfg["max_iters"]
+
     for epoch in range(start_epoch, train_cfg["epochs"]):
-        if metrics.get("converged") or (train_cfg["max_iters"] and
-                                        meter.seen_iterations >= train_cfg["max_iters"]):
+        if metrics.get("converged") or iterations_spent():
             break
         sampler.set_epoch(epoch)
         warmup = None
@@ -155,8 +157,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
                                 warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"],
                                 bar=ctx.is_main and sys.stderr.isatty())
         scheduler.step()
-        last_epoch = (epoch + 1 == train_cfg["epochs"] or (
-            train_cfg["max_iters"] and meter.seen_iterations >= train_cfg["max_iters"]))
+        last_epoch = epoch + 1 == train_cfg["epochs"] or iterations_spent()
         scores: Dict[str, float] = {}
         if (epoch + 1) % cfg["eval"]["every"] == 0 or last_epoch:
             ctx.synchronize()
@@ -167,9 +168,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         counters = meter.state()
         counters["allocator_peak_bytes"] = ctx.facade.memory_peak(ctx.device)
         counters.update(ctx.monitor.summary() if ctx.monitor is not None else {})
-        reduced = ctx.reduce_counters(counters)
-        metrics = dict(reduced)
-        metrics.update(throughput(reduced))
+        metrics = ctx.reduce_counters(counters)
         metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
                         "lr": stats["lr"]})
         if scores:
@@ -186,7 +185,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
                      "%.1f img/s core", epoch, stats["loss"], metrics.get("mAP", 0.0), target,
                      metrics.get("p_train") or 0.0, metrics.get("p_core") or 0.0)
         ctx.epoch_end(epoch, metrics)
-        states = ctx.all_gather(rng_state())
+        states = ctx.all_gather(rng_state())  # every rank's RNG; also the epoch-end meeting point
         if ctx.is_main and cfg["run"]["checkpoint"]:
             save_checkpoint(ctx, {"model": bare_model.state_dict(),
                                   "optimizer": optimizer.state_dict(),
