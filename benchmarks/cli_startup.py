@@ -18,10 +18,10 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
-    "core --help": [sys.executable, "-m", "core", "--help"],
+    "core --help": [sys.executable, "-m", "chipbench", "--help"],
     "python -c 'import torch'": [sys.executable, "-c", "import torch"],
 }
-NO_TORCH_CHECK = ("import contextlib, io, sys\nfrom core.cli import main\n"
+NO_TORCH_CHECK = ("import contextlib, io, sys\nfrom chipbench.cli import main\n"
                   "with contextlib.redirect_stdout(io.StringIO()):\n    try:\n"
                   "        main(['--help'])\n    except SystemExit:\n        pass\n"
                   "assert 'torch' not in sys.modules, 'torch imported'\nprint(len(sys.modules))")

@@ -26,7 +26,7 @@ def free_port() -> int:
 
 def run(nproc: int, iters: int, vendor: str, folder: Path) -> Dict[str, Any]:
     out = folder / "nproc{}".format(nproc)
-    cmd = [sys.executable, "-m", "core", "run", "retinanet", "--vendor", vendor,
+    cmd = [sys.executable, "-m", "chipbench", "run", "retinanet", "--vendor", vendor,
            "--nproc-per-node", str(nproc), "--master-port", str(free_port()), "--output", str(out),
            "--set", "train.max_iters={}".format(iters), "--set", "train.throughput_skip_iters=2",
            "--set", "run.checkpoint=false", "--set", "target.mAP=1.0"]

@@ -1,7 +1,7 @@
-"""``python -m core`` runs the ``core`` command."""
+"""``python -m chipbench`` runs the ``core`` command (also installed as ``chipbench``)."""
 
 import sys
 
-from core.cli import main
+from chipbench.cli import main
 
 sys.exit(main())

@@ -10,8 +10,8 @@ import sys
 import traceback
 from typing import List, Optional
 
-from core import __version__
-from core.errors import EXIT_USER_ERROR, ChipbenchError, UserError
+from chipbench import __version__
+from chipbench.errors import EXIT_USER_ERROR, ChipbenchError, UserError
 
 
 def _print_err(line: str) -> None:
@@ -25,8 +25,8 @@ def _print_err(line: str) -> None:
 
 def cmd_vendors(args: argparse.Namespace) -> int:
     """Table of every vendor plugin: origin, availability, reason, priority, the one auto picks."""
-    from core.manager import build_host
-    from core.selection import choose_vendor
+    from chipbench.manager import build_host
+    from chipbench.selection import choose_vendor
 
     host = build_host()
     try:
@@ -58,8 +58,8 @@ def cmd_vendors(args: argparse.Namespace) -> int:
 
 
 def _selected(args: argparse.Namespace):
-    from core.manager import build_host
-    from core.selection import select_device
+    from chipbench.manager import build_host
+    from chipbench.selection import select_device
 
     return select_device(build_host(), args.vendor, announce=_print_err)
 
@@ -93,7 +93,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Call every hook on the real device and print a pass/fail list a hardware owner can send."""
-    from core.doctor import run_doctor
+    from chipbench.doctor import run_doctor
 
     facade = _selected(args)
     checks = run_doctor(facade, alloc_mib=args.alloc_mib)
@@ -107,9 +107,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a case and print the seed's performance table."""
-    from core.launcher import Topology
-    from core.report import perf_row, text_table
-    from core.runner import Run
+    from chipbench.launcher import Topology
+    from chipbench.report import perf_row, text_table
+    from chipbench.runner import Run
 
     topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
                         node_rank=args.node_rank, master_addr=args.master_addr,

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 import yaml
 
-from core.errors import UserError
+from chipbench.errors import UserError
 
 Config = Dict[str, Any]
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from core.device import Device
-from core.manager import PluginHost
-from core.metrics import reduce_ranks, throughput
+from chipbench.device import Device
+from chipbench.manager import PluginHost
+from chipbench.metrics import reduce_ranks, throughput
 
 PROGRESS_FILE = "progress.json"
 
@@ -79,8 +79,8 @@ class RunContext:
         return box[0]
 
     def reduce_counters(self, local: Dict[str, Any]) -> Dict[str, Any]:
-        """Counters of all ranks combined by :func:`core.metrics.reduce_ranks`, with the
-        throughputs (:func:`core.metrics.throughput`) computed from them."""
+        """Counters of all ranks combined by :func:`chipbench.metrics.reduce_ranks`, with the
+        throughputs (:func:`chipbench.metrics.throughput`) computed from them."""
         reduced = reduce_ranks(self.all_gather(local))
         reduced.update(throughput(reduced))
         return reduced

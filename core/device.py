@@ -1,15 +1,15 @@
 """The typed facade over the chosen vendor's device hooks.
 
 Every call checks what the vendor returned; a hook that raises or returns the wrong type becomes a
-one-line :class:`core.errors.PluginError` naming the vendor and the hook.
+one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 """
 
 from typing import Any, Dict, List, Tuple, Type, Union
 
-from core.errors import PluginError
-from core.hookspecs import PRECISIONS
-from core.manager import PluginHost
-from core.records import HardwareId, MemoryInfo, VendorInfo
+from chipbench.errors import PluginError
+from chipbench.hookspecs import PRECISIONS
+from chipbench.manager import PluginHost
+from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 
 class Device:
@@ -89,7 +89,7 @@ class Device:
         return self._call("visible_devices_env", str)
 
     def supported_precisions(self) -> List[str]:
-        """Precisions this vendor trains in, in the order of :data:`core.hookspecs.PRECISIONS`."""
+        """Precisions this vendor trains in, in the order of :data:`chipbench.hookspecs.PRECISIONS`."""
         result = self._call("supported_precisions", (list, tuple))
         unknown = [p for p in result if p not in PRECISIONS]
         if unknown:
@@ -102,7 +102,7 @@ class Device:
     def environment_report(self) -> Dict[str, Any]:
         """Hardware and software facts (the seed's environment section); the software versions
         are chipbench's own reading, the rest is the vendor's."""
-        from core.environment import software_report
+        from chipbench.environment import software_report
 
         report = software_report()
         report.update(self._call("environment_report", dict))

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, List
 
-from core.device import Device
-from core.hookspecs import PRECISIONS
+from chipbench.device import Device
+from chipbench.hookspecs import PRECISIONS
 
 
 @dataclass
@@ -43,8 +43,8 @@ def _collective_worker(rank: int, world: int, backend: str, port: int, vendor: s
     import torch
     import torch.distributed as dist
 
-    from core.manager import build_host
-    from core.selection import select_device
+    from chipbench.manager import build_host
+    from chipbench.selection import select_device
 
     facade = select_device(build_host(), vendor)
     device = facade.init_backend(rank)

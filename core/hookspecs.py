@@ -6,15 +6,15 @@ is a ``firstresult`` call answered by that one vendor. *Lifecycle hooks* are cal
 (vendors and observers such as the built-in reporter) and their results are ignored.
 
 Devices are passed and returned as ``torch.device`` objects, never bare ints (torch reads an int as
-CUDA). Callers never use ``pm.hook`` directly: they go through :class:`core.device.Device` and
-:class:`core.manager.PluginHost`, which check the returned types.
+CUDA). Callers never use ``pm.hook`` directly: they go through :class:`chipbench.device.Device` and
+:class:`chipbench.manager.PluginHost`, which check the returned types.
 """
 
 from typing import Any, Dict, List
 
 import pluggy
 
-from core import PROJECT_NAME
+from chipbench import PROJECT_NAME
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -29,7 +29,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def vendor_detect() -> "VendorInfo":  # noqa: F821 (records are imported by implementers)
     """Say who this vendor is and whether it can run on this machine.
 
-    Returns a :class:`core.records.VendorInfo`. Must be cheap and must not create a device
+    Returns a :class:`chipbench.records.VendorInfo`. Must be cheap and must not create a device
     context (it runs for every vendor on every command, ``core vendors`` included); explain an
     unavailable vendor in ``reason`` ("torch 2.1.0 is not our build; our smi tool is not on PATH").
 
@@ -65,7 +65,7 @@ def device_name(index: int) -> str:
 
 @hookspec(firstresult=True)
 def hardware_id() -> "HardwareId":  # noqa: F821
-    """Return a :class:`core.records.HardwareId`: the short label of the hardware in result tables
+    """Return a :class:`chipbench.records.HardwareId`: the short label of the hardware in result tables
     ("ACX1") and the tag that selects a case's hardware configs ("X1" -> ``X1x1x8.yaml``)."""
 
 
@@ -89,7 +89,7 @@ def device_synchronize(device: "torch.device") -> None:  # noqa: F821
 
 @hookspec(firstresult=True)
 def device_memory_query(device: "torch.device") -> "MemoryInfo":  # noqa: F821
-    """Return the device-wide memory of ``device`` as a :class:`core.records.MemoryInfo`.
+    """Return the device-wide memory of ``device`` as a :class:`chipbench.records.MemoryInfo`.
 
     Device-wide means what the vendor's management tool shows (every process, driver reserve
     included), the figure of the seed's "mem 37.5/64.0" column; ``source`` names where it came from.

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
-from core.errors import RunFailed, UserError
+from chipbench.errors import RunFailed, UserError
 
 
 @dataclass
@@ -78,7 +78,7 @@ def torchrun_command(topology: Topology, run_dir: Path) -> List[str]:
                 "--master-addr", topology.master_addr,
                 "--master-port", str(topology.master_port),
                 "--rdzv-conf", "timeout={}".format(topology.join_timeout_s)]
-    return cmd + ["-m", "core.worker", str(run_dir)]
+    return cmd + ["-m", "chipbench.worker", str(run_dir)]
 
 
 def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str]) -> int:

@@ -16,15 +16,15 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import pluggy
 
-from core import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
-from core.errors import PluginError
-from core.records import PluginRecord, VendorInfo
+from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from chipbench.errors import PluginError
+from chipbench.records import PluginRecord, VendorInfo
 
 ENV_STRICT = "CHIPBENCH_STRICT_PLUGINS"
 ENV_BLOCK = "CHIPBENCH_BLOCK_PLUGINS"
 ENV_TRACE = "CHIPBENCH_TRACE_HOOKS"
 
-BUILTIN_OBSERVERS = ("core.report",)
+BUILTIN_OBSERVERS = ("chipbench.report",)
 """Built-in plugins that only observe runs (lifecycle hooks)."""
 
 
@@ -218,7 +218,7 @@ def build_host(load_entry_points: bool = True, strict: Optional[bool] = None) ->
 
     Built by a function, not at import time, so tests can build as many as they like.
     """
-    from plugins import BUILTIN_VENDORS
+    from chipbench.plugins import BUILTIN_VENDORS
 
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from core.device import Device
+from chipbench.device import Device
 
 
 class DeviceMonitor:

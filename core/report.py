@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from core.hookspecs import hookimpl
-from core.metrics import mem_text
+from chipbench.hookspecs import hookimpl
+from chipbench.metrics import mem_text
 
 PERF_COLUMNS = ("config", "precision", "fix_hp", "e2e_time", "p_whole", "p_train", "p_core",
                 "mAP", "mem")
@@ -105,7 +105,7 @@ def write_report(run_dir: Path, result: Dict[str, Any]) -> Optional[Path]:
 @hookimpl
 def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """Render ``report.md`` (and its SVG plots) next to ``result.json``."""
-    from core.plots import write_plots
+    from chipbench.plots import write_plots
 
     plots = write_plots(Path(run["run_dir"]), result.get("epochs", []))
     write_report(Path(run["run_dir"]), dict(result, plots=[p.name for p in plots]))

@@ -16,17 +16,17 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from core import __version__
-from core.cases import Case, load_case
-from core.config import Config, flatten, load_yaml, parse_set, resolve
-from core.context import PROGRESS_FILE, write_json_atomic
-from core.errors import ChipbenchError, RunFailed, UserError
-from core.launcher import Topology, launch_workers
-from core.manager import build_host
-from core.metrics import gib, mem_text
-from core.records import HardwareId
-from core.selection import ENV_VENDOR, select_device
-from core.worker import SPEC_FILE, TRACE, run_worker
+from chipbench import __version__
+from chipbench.case import Case, load_case
+from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
+from chipbench.context import PROGRESS_FILE, write_json_atomic
+from chipbench.errors import ChipbenchError, RunFailed, UserError
+from chipbench.launcher import Topology, launch_workers
+from chipbench.manager import build_host
+from chipbench.metrics import gib, mem_text
+from chipbench.records import HardwareId
+from chipbench.selection import ENV_VENDOR, select_device
+from chipbench.worker import SPEC_FILE, TRACE, run_worker
 
 RESULT_FILE = "result.json"
 ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}

@@ -3,9 +3,9 @@
 import os
 from typing import Callable, Optional
 
-from core.errors import UserError
-from core.manager import PluginHost
-from core.records import VendorInfo
+from chipbench.errors import UserError
+from chipbench.manager import PluginHost
+from chipbench.records import VendorInfo
 
 ENV_VENDOR = "CHIPBENCH_VENDOR"
 
@@ -58,7 +58,7 @@ def select_device(host: PluginHost, requested: Optional[str] = None,
     ``announce`` receives a line when auto-detection fell to the CPU-class vendor of lowest
     priority, so that nobody benchmarks the CPU by accident.
     """
-    from core.device import Device
+    from chipbench.device import Device
 
     info = choose_vendor(host, requested)
     explicit = bool(requested or os.environ.get(ENV_VENDOR))

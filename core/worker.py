@@ -1,4 +1,4 @@
-"""One worker process of a run: ``python -m core.worker RUN_DIR`` (torchrun starts it per rank).
+"""One worker process of a run: ``python -m chipbench.worker RUN_DIR`` (torchrun starts it per rank).
 
 Reads the run's ``spec.json``, selects the same vendor, initialises its device for the local rank
 and the process group with the vendor's collective backend, then runs the case. A worker that
@@ -13,8 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from core.context import RunContext
-from core.errors import ChipbenchError, RunFailed
+from chipbench.context import RunContext
+from chipbench.errors import ChipbenchError, RunFailed
 
 SPEC_FILE = "spec.json"
 TRACE = logging.getLogger("chipbench.trace")
@@ -49,8 +49,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     """Run the case of ``run_dir`` on this process's rank and return its final metrics."""
     import json
 
-    from core.cases import load_case
-    from core.monitor import DeviceMonitor
+    from chipbench.case import load_case
+    from chipbench.monitor import DeviceMonitor
 
     run_dir = Path(run_dir)
     with open(run_dir / SPEC_FILE) as handle:
@@ -62,8 +62,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     log.info("worker pid %d: rank %d of %d, local rank %d", os.getpid(), rank, world_size,
              local_rank)
     if facade is None:
-        from core.manager import build_host
-        from core.selection import select_device
+        from chipbench.manager import build_host
+        from chipbench.selection import select_device
 
         host = build_host()
         facade = select_device(host, spec["vendor"])

@@ -3,4 +3,4 @@
 Third-party vendors register the same hooks through the entry-point group ``chipbench.vendors``.
 """
 
-BUILTIN_VENDORS = ("plugins.cpu", "plugins.cuda", "plugins.metax")
+BUILTIN_VENDORS = ("chipbench.plugins.cpu", "chipbench.plugins.cuda", "chipbench.plugins.metax")

@@ -5,8 +5,8 @@ from typing import Any, Dict, List
 
 import psutil
 
-from core.hookspecs import hookimpl
-from core.records import HardwareId, MemoryInfo, VendorInfo
+from chipbench.hookspecs import hookimpl
+from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 
 @hookimpl

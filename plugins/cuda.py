@@ -6,14 +6,14 @@ Declines when the installed torch is a MetaX build (which also answers ``torch.c
 import re
 from typing import Any, Dict, List
 
-from core.environment import installed_torch_version
-from core.hookspecs import hookimpl
-from core.records import HardwareId, MemoryInfo, VendorInfo
-from plugins._tools import (
+from chipbench.environment import installed_torch_version
+from chipbench.hookspecs import hookimpl
+from chipbench.plugins._tools import (
     cuda_like_precisions,
     run_tool,
     visible_index,
 )
+from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 NAME = "cuda"
 PRIORITY = 50

@@ -13,14 +13,14 @@ import re
 import time
 from typing import Any, Dict, List, Optional
 
-from core.environment import installed_torch_version
-from core.hookspecs import hookimpl
-from core.records import HardwareId, MemoryInfo, VendorInfo
-from plugins._tools import (
+from chipbench.environment import installed_torch_version
+from chipbench.hookspecs import hookimpl
+from chipbench.plugins._tools import (
     cuda_like_precisions,
     run_tool,
     visible_index,
 )
+from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 NAME = "metax"
 PRIORITY = 100

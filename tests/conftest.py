@@ -54,13 +54,13 @@ def fake_mx_smi(tmp_path, monkeypatch):
 @pytest.fixture
 def metax_machine(fake_mx_smi, monkeypatch):
     """A simulated C500 machine: MetaX torch version string, mx-smi, MACA_PATH (no pymxsml)."""
-    import plugins.metax
+    import chipbench.plugins.metax
 
-    monkeypatch.setattr(plugins.metax, "installed_torch_version", lambda: "2.0.0+mc2.18.0.8")
+    monkeypatch.setattr(chipbench.plugins.metax, "installed_torch_version", lambda: "2.0.0+mc2.18.0.8")
     monkeypatch.setenv("MACA_PATH", "/opt/maca")
     monkeypatch.setitem(sys.modules, "pymxsml", None)  # import fails, as without the binding
-    monkeypatch.setitem(plugins.metax._smi_cache, "time", -1e9)  # no answer from another test
-    return plugins.metax
+    monkeypatch.setitem(chipbench.plugins.metax._smi_cache, "time", -1e9)  # no answer from another test
+    return chipbench.plugins.metax
 
 
 def make_fake_pymxsml(used_kib=(1024 * 1024,), total_kib=64 * 1024 * 1024, name="MXC500"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from chipbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_core(*args, env=None):
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "core"] + list(args), cwd=str(ROOT),
+    return subprocess.run([sys.executable, "-m", "chipbench"] + list(args), cwd=str(ROOT),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=full_env, timeout=300)
 
@@ -32,7 +32,7 @@ def assert_one_line_error(proc, *fragments):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom core.cli import main\ntry:\n    main(['--help'])\n"
+    code = ("import sys\nfrom chipbench.cli import main\ntry:\n    main(['--help'])\n"
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          cwd=str(ROOT), check=True).stdout

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core.cli import main
+from chipbench.cli import main
 
 
 @pytest.mark.slow

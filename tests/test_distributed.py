@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from chipbench.cli import main
 from tests.test_entry_points import write_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def core_process(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "core", "run", "retinanet"] + list(args),
+    return subprocess.Popen([sys.executable, "-m", "chipbench", "run", "retinanet"] + list(args),
                             cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -148,7 +148,7 @@ def test_ctrl_c_stops_every_worker_and_records_it(tmp_path, signum):
 
 INTERRUPTER = """
     import os
-    from core.hookspecs import hookimpl
+    from chipbench.hookspecs import hookimpl
 
     @hookimpl
     def on_epoch_end(run, epoch, metrics):
@@ -184,7 +184,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_torchrun_root_cause_is_one_line(tmp_path):
-    from core.runner import torchrun_root_cause
+    from chipbench.runner import torchrun_root_cause
 
     log = tmp_path / "torchrun.log"
     log.write_text(textwrap.dedent("""\
@@ -226,7 +226,7 @@ def test_node_that_never_joins_fails_after_join_timeout(tmp_path):
 STALLER = """
     import os
     import time
-    from core.hookspecs import hookimpl
+    from chipbench.hookspecs import hookimpl
 
     @hookimpl
     def on_epoch_end(run, epoch, metrics):
@@ -244,7 +244,7 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CHIPBENCH_TEST_STALL="300",
                PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "core", "run", "retinanet", "--nproc-per-node", "2",
+        [sys.executable, "-m", "chipbench", "run", "retinanet", "--nproc-per-node", "2",
          "--master-port", str(free_port()), "--output", str(out), "--set", "train.max_iters=2",
          "--set", "run.timeout_s=15", *QUICK], cwd=str(ROOT), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -266,7 +266,7 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
 
 @pytest.mark.distributed
 def test_devices_reach_workers_through_the_vendor_variable(tmp_path, capsys):
-    from core.manager import build_host
+    from chipbench.manager import build_host
 
     if build_host().record("fakechip") is None:
         pytest.skip("examples/fakechip is not installed (tox installs it)")

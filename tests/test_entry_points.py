@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from core.manager import build_host, iter_entry_points
+from chipbench.manager import build_host, iter_entry_points
 
 
 def write_distribution(site, name, entry_points, modules):
@@ -24,9 +24,9 @@ def write_distribution(site, name, entry_points, modules):
 def test_dist_info_plugins_good_and_broken(tmp_path, monkeypatch):
     site = tmp_path / "site"
     good = """
-        import plugins.cpu as base
-        from core.hookspecs import hookimpl
-        from core.records import VendorInfo
+        import chipbench.plugins.cpu as base
+        from chipbench.hookspecs import hookimpl
+        from chipbench.records import VendorInfo
         for _name in ("device_init_backend", "device_count", "device_name", "hardware_id",
                       "device_synchronize", "device_memory_query", "device_memory_peak",
                       "device_memory_reset_peak", "collective_backend", "visible_devices_env",
@@ -59,7 +59,7 @@ def test_installed_example_package_is_discovered():
         pytest.skip("examples/fakechip is not installed (tox installs it)")
     assert record.origin == "entry point 'fakechip' from chipbench-fakechip 0.1.0"
     assert record.info.available and record.info.priority < 0
-    out = subprocess.run([sys.executable, "-m", "core", "vendors"], stdout=subprocess.PIPE,
+    out = subprocess.run([sys.executable, "-m", "chipbench", "vendors"], stdout=subprocess.PIPE,
                          text=True, check=True).stdout
     line = [row for row in out.splitlines() if row.startswith("fakechip")][0]
     assert "chipbench-fakechip 0.1.0" in line and "<- auto" not in line

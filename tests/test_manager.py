@@ -4,12 +4,12 @@ import types
 
 import pytest
 
-import plugins.cpu as cpu_plugin
-from core.errors import PluginError, UserError
-from core.hookspecs import hookimpl
-from core.manager import build_host
-from core.records import VendorInfo
-from core.selection import select_device
+import chipbench.plugins.cpu as cpu_plugin
+from chipbench.errors import PluginError, UserError
+from chipbench.hookspecs import hookimpl
+from chipbench.manager import build_host
+from chipbench.records import VendorInfo
+from chipbench.selection import select_device
 
 
 def vendor_module(name, priority=5, available=True, **overrides):
@@ -41,7 +41,7 @@ def test_builtins_are_listed_with_origin():
 
 def test_import_error_is_recorded_and_others_keep_working():
     host = build_host(load_entry_points=False)
-    record = host.add_module("plugins.does_not_exist")
+    record = host.add_module("chipbench.plugins.does_not_exist")
     assert record.broken and "import failed" in record.error and "does_not_exist" in record.error
     assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]
 
@@ -90,7 +90,7 @@ def test_strict_mode_makes_failures_fatal(monkeypatch):
     monkeypatch.setenv("CHIPBENCH_STRICT_PLUGINS", "1")
     host = build_host(load_entry_points=False)
     with pytest.raises(PluginError) as err:
-        host.add_module("plugins.does_not_exist")
+        host.add_module("chipbench.plugins.does_not_exist")
     assert "does_not_exist" in err.value.one_line()
 
 
@@ -152,7 +152,7 @@ def test_selection_errors():
     with pytest.raises(UserError) as err:
         select_device(host, "metax")
     assert "not a MetaX build" in err.value.one_line() and "cpu" in err.value.one_line()
-    host.add_module("plugins.does_not_exist")
+    host.add_module("chipbench.plugins.does_not_exist")
     with pytest.raises(UserError) as err:
         select_device(host, "does_not_exist")
     assert "broken" in err.value.one_line()

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from core.cli import main
+from chipbench.cli import main
 from tests.conftest import MX_SMI_TABLE, make_fake_pymxsml, write_tool
 
 
@@ -47,12 +47,12 @@ def test_parse_moved_columns_and_process_table(metax_machine):
 
 
 def test_detect_reasons_without_metax(monkeypatch):
-    import plugins.metax
+    import chipbench.plugins.metax
 
-    monkeypatch.setattr(plugins.metax, "installed_torch_version", lambda: "2.1.0+cu121")
+    monkeypatch.setattr(chipbench.plugins.metax, "installed_torch_version", lambda: "2.1.0+cu121")
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("MACA_PATH", raising=False)
-    info = plugins.metax.vendor_detect()
+    info = chipbench.plugins.metax.vendor_detect()
     assert not info.available
     assert "not a MetaX build" in info.reason and "mx-smi not found" in info.reason
     assert "MACA_PATH unset" in info.reason
@@ -94,9 +94,9 @@ def test_falls_back_to_torch_when_no_tool(metax_machine, monkeypatch):
 def test_hung_mx_smi_times_out(metax_machine, tmp_path, monkeypatch):
     write_tool(tmp_path / "slow", "mx-smi", script="#!/bin/sh\nsleep 30\n")
     monkeypatch.setenv("PATH", str(tmp_path / "slow"))
-    import plugins._tools
+    import chipbench.plugins._tools
 
-    assert plugins._tools.run_tool(["mx-smi"], timeout=0.5) is None
+    assert chipbench.plugins._tools.run_tool(["mx-smi"], timeout=0.5) is None
 
 
 def test_tf32_switch(metax_machine, monkeypatch):

@@ -1,6 +1,6 @@
 import pytest
 
-from core.metrics import RunMeter, mem_text, reduce_ranks, throughput
+from chipbench.metrics import RunMeter, mem_text, reduce_ranks, throughput
 
 
 def test_meter_skips_first_iterations():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from cases.retinanet.evaluate import coco_bbox_map, detections_to_coco
-from cases.retinanet.model import build_retinanet, resolve_backbone_weights, sha256_prefix_ok
-from core.errors import UserError
+from chipbench.cases.retinanet.evaluate import coco_bbox_map, detections_to_coco
+from chipbench.cases.retinanet.model import build_retinanet, resolve_backbone_weights, sha256_prefix_ok
+from chipbench.errors import UserError
 
 
 @pytest.fixture(scope="module")

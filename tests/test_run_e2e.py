@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core.cli import main
+from chipbench.cli import main
 
 QUICK = ["--set", "train.max_iters=3", "--set", "data.synthetic.val_images=8",
          "--set", "run.monitor_interval_s=0.2"]
@@ -61,7 +61,7 @@ def test_run_folder_contents(quick_run):
 
 
 def test_example_plugin_runs_the_case(tmp_path):
-    from core.manager import build_host
+    from chipbench.manager import build_host
 
     if build_host().record("fakechip") is None:
         pytest.skip("examples/fakechip is not installed (tox installs it)")
@@ -95,7 +95,7 @@ def test_bf16_on_cpu(tmp_path):
 
 
 def test_progress_bar_line():
-    from cases.retinanet.engine import progress_bar
+    from chipbench.cases.retinanet.engine import progress_bar
 
     line = progress_bar(3, 8, 16, 0.81234, 11.24)
     assert line == "epoch 3 [##########..........] 8/16 loss 0.8123 11.2 img/s"

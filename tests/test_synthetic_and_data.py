@@ -6,10 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
-from cases.retinanet.data import CocoDetection, check_data_dir, coco_paths, convert_target, load_coco_api
-from cases.retinanet.synthetic import COMPLETE_MARKER, ensure_synthetic_coco
-from core.errors import UserError
+from chipbench.cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
+from chipbench.cases.retinanet.data import (
+    CocoDetection,
+    check_data_dir,
+    coco_paths,
+    convert_target,
+    load_coco_api,
+)
+from chipbench.cases.retinanet.synthetic import COMPLETE_MARKER, ensure_synthetic_coco
+from chipbench.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +158,7 @@ def test_grouped_batches_cover_every_index_once():
 
 @pytest.mark.parametrize("hflip", [0.0, 1.0])
 def test_transforms_v2_path_matches_own_converter(tmp_path, small_set, hflip):
-    from cases.retinanet.data import transforms_v2_api
+    from chipbench.cases.retinanet.data import transforms_v2_api
 
     if transforms_v2_api() is None:
         pytest.skip("this torchvision (0.15) has no v2 wrapper with target_keys: converter only")

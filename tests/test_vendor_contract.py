@@ -5,11 +5,11 @@ plus MetaX and CUDA simulated)."""
 import pytest
 import torch
 
-from core.device import Device
-from core.hookspecs import DEVICE_HOOKS, PRECISIONS
-from core.manager import build_host
-from core.records import HardwareId, MemoryInfo, VendorInfo
-from core.selection import select_device
+from chipbench.device import Device
+from chipbench.hookspecs import DEVICE_HOOKS, PRECISIONS
+from chipbench.manager import build_host
+from chipbench.records import HardwareId, MemoryInfo, VendorInfo
+from chipbench.selection import select_device
 
 
 def check_contract(facade: Device, with_device_calls: bool = True) -> None:
@@ -76,7 +76,7 @@ def test_metax_simulated_contract(metax_machine, monkeypatch):
 
 
 def test_cuda_simulated_contract(tmp_path, monkeypatch):
-    import plugins.cuda
+    import chipbench.plugins.cuda
     from tests.conftest import write_tool
 
     csv = tmp_path / "smi.csv"
@@ -85,7 +85,7 @@ def test_cuda_simulated_contract(tmp_path, monkeypatch):
     write_tool(bin_dir, "nvidia-smi", script="#!/bin/sh\ncase \"$*\" in *utilization*) "
                "echo '87, 301.5, 64, 40000';; *) cat '{}';; esac\n".format(csv))
     monkeypatch.setenv("PATH", "{}:{}".format(bin_dir, __import__("os").environ["PATH"]))
-    monkeypatch.setattr(plugins.cuda, "installed_torch_version", lambda: "2.1.0+cu121")
+    monkeypatch.setattr(chipbench.plugins.cuda, "installed_torch_version", lambda: "2.1.0+cu121")
     monkeypatch.setattr(torch.version, "cuda", "12.1")
     monkeypatch.setattr(torch.version, "hip", None, raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -110,10 +110,10 @@ def test_cuda_simulated_contract(tmp_path, monkeypatch):
 
 
 def test_cuda_declines_metax_build(metax_machine, monkeypatch):
-    import plugins.cuda
+    import chipbench.plugins.cuda
 
-    monkeypatch.setattr(plugins.cuda, "installed_torch_version", lambda: "2.0.0+mc2.18.0.8")
-    info = plugins.cuda.vendor_detect()
+    monkeypatch.setattr(chipbench.plugins.cuda, "installed_torch_version", lambda: "2.0.0+mc2.18.0.8")
+    info = chipbench.plugins.cuda.vendor_detect()
     assert not info.available and "not an NVIDIA build" in info.reason
 
 

@@ -6,10 +6,10 @@ Touches devices only through the hook facade (``ctx.facade``), so it runs unchan
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from core.cases import Case
-from core.config import Config, load_yaml
-from core.errors import UserError
-from core.hookspecs import PRECISIONS
+from chipbench.case import Case
+from chipbench.config import Config, load_yaml
+from chipbench.errors import UserError
+from chipbench.hookspecs import PRECISIONS
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,9 +71,9 @@ class RetinaNetCase(Case):
                             "use one of {}".format(", ".join(precisions)))
 
     def prepare(self, config: Config) -> Dict[str, Any]:
-        from cases.retinanet.data import check_data_dir
-        from cases.retinanet.model import resolve_backbone_weights
-        from cases.retinanet.synthetic import ensure_synthetic_coco
+        from chipbench.cases.retinanet.data import check_data_dir
+        from chipbench.cases.retinanet.model import resolve_backbone_weights
+        from chipbench.cases.retinanet.synthetic import ensure_synthetic_coco
 
         data = config["data"]
         if data["dir"] is None:
@@ -116,7 +116,7 @@ class RetinaNetCase(Case):
         return config["target"]["mAP"]
 
     def run(self, ctx: Any) -> Dict[str, Any]:
-        from cases.retinanet.train import train_and_evaluate
+        from chipbench.cases.retinanet.train import train_and_evaluate
 
         return train_and_evaluate(ctx)
 

@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torchvision.transforms import functional as F
 
-from core.errors import UserError
+from chipbench.errors import UserError
 
 SPLITS = ("train", "val")
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from core.errors import UserError
-from core.metrics import RunMeter
+from chipbench.errors import UserError
+from chipbench.metrics import RunMeter
 
 AUTOCAST_DTYPES = {"amp": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -14,7 +14,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from core.errors import UserError
+from chipbench.errors import UserError
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")

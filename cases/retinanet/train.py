@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
-from cases.retinanet.data import CocoDetection, coco_paths, collate
-from cases.retinanet.engine import autocast_factory, make_grad_scaler, train_one_epoch
-from cases.retinanet.evaluate import coco_bbox_map, predict
-from cases.retinanet.model import build_retinanet
-from core.context import RunContext
-from core.metrics import RunMeter
+from chipbench.cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
+from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate
+from chipbench.cases.retinanet.engine import autocast_factory, make_grad_scaler, train_one_epoch
+from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict
+from chipbench.cases.retinanet.model import build_retinanet
+from chipbench.context import RunContext
+from chipbench.metrics import RunMeter
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

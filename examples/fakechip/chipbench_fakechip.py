@@ -1,7 +1,7 @@
 """A third-party chipbench vendor, installed on its own and found through the entry-point group
 ``chipbench.vendors``. It pretends to be a chip called "FakeChip F1" and runs on the CPU.
 
-Copy this file to start a real vendor plugin: every hook of ``core.hookspecs`` is here, one line
+Copy this file to start a real vendor plugin: every hook of ``chipbench.hookspecs`` is here, one line
 of work each. Priority -10 keeps it below the CPU, so it is only used when asked for by name.
 """
 
@@ -9,8 +9,7 @@ from typing import Any, Dict, List
 
 import psutil
 
-from core.hookspecs import hookimpl
-from core.records import HardwareId, MemoryInfo, VendorInfo
+from chipbench import HardwareId, MemoryInfo, VendorInfo, hookimpl
 
 _peak = {"bytes": 0}
 

@@ -1,6 +1,6 @@
 """Find a benchmark case by name or path, and the contract a case implements.
 
-``core run cases/retinanet`` and ``core run retinanet`` both name the package ``cases.retinanet``,
+``core run cases/retinanet`` and ``core run retinanet`` both name the package ``chipbench.cases.retinanet``,
 whose module-level ``CASE`` object is a :class:`Case`.
 """
 
@@ -9,8 +9,8 @@ import pkgutil
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from core.config import Config
-from core.errors import UserError
+from chipbench.config import Config
+from chipbench.errors import UserError
 
 
 class Case:
@@ -55,7 +55,7 @@ class Case:
 
 def available_cases() -> List[str]:
     """Names of the case packages that ship with chipbench."""
-    import cases
+    from chipbench import cases
 
     return sorted(m.name for m in pkgutil.iter_modules(cases.__path__) if m.ispkg)
 
@@ -66,9 +66,9 @@ def load_case(argument: str) -> Case:
     if name not in available_cases():
         raise UserError("unknown case '{}'".format(argument),
                         "available cases: {}".format(", ".join(available_cases()) or "none"))
-    module = importlib.import_module("cases." + name)
+    module = importlib.import_module("chipbench.cases." + name)
     case = getattr(module, "CASE", None)
     if not isinstance(case, Case):
-        raise UserError("case package cases.{} has no CASE object".format(name),
+        raise UserError("case package chipbench.cases.{} has no CASE object".format(name),
                         "define CASE = YourCase() in its __init__.py")
     return case
