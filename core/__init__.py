@@ -13,7 +13,7 @@ Importing this package is cheap: nothing here imports torch.
 
 __version__ = "0.2.0"
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 """Version of the plugin contract (hooks, records, entry-point groups)."""
 
 PROJECT_NAME = "chipbench"

@@ -4,12 +4,19 @@ Every call checks what the vendor returned; a hook that raises or returns the wr
 one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 """
 
-from typing import Any, Dict, List, Tuple, Type, Union
+from __future__ import annotations
 
-from chipbench.errors import PluginError
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, Union
+
+from chipbench.errors import PluginError, UserError
 from chipbench.hookspecs import PRECISIONS
-from chipbench.manager import PluginHost
+from chipbench.manager import PluginHost, describe_exception
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+LOSS_SCALED_PRECISIONS = ("amp", "fp16")
 
 
 class Device:
@@ -29,9 +36,7 @@ class Device:
             result = caller(**kwargs)
         except Exception as exc:
             raise PluginError(
-                "vendor '{}' failed in hook {}: {}: {}".format(
-                    self.vendor, hook, type(exc).__name__, str(exc).strip().splitlines()[0]
-                    if str(exc).strip() else ""),
+                "vendor '{}' failed in hook {}: {}".format(self.vendor, hook, describe_exception(exc)),
                 "report it to the plugin's authors, or choose another --vendor "
                 "(rerun with --debug for the traceback)",
             ) from exc
@@ -44,7 +49,7 @@ class Device:
         return result
 
     # backend and identity
-    def init_backend(self, local_rank: int = 0) -> "torch.device":  # noqa: F821
+    def init_backend(self, local_rank: int = 0) -> torch.device:
         """Prepare and return the device of ``local_rank`` (sets it current, applies switches)."""
         import torch
 
@@ -63,19 +68,19 @@ class Device:
         return self._call("hardware_id", HardwareId)
 
     # synchronisation and memory
-    def synchronize(self, device: "torch.device") -> None:  # noqa: F821
+    def synchronize(self, device: torch.device) -> None:
         """Wait for all work queued on ``device``."""
         self._call("device_synchronize", None, device=device)
 
-    def memory_query(self, device: "torch.device") -> MemoryInfo:  # noqa: F821
+    def memory_query(self, device: torch.device) -> MemoryInfo:
         """Device-wide used/total memory of ``device``."""
         return self._call("device_memory_query", MemoryInfo, device=device)
 
-    def memory_peak(self, device: "torch.device") -> int:  # noqa: F821
+    def memory_peak(self, device: torch.device) -> int:
         """This process's allocator peak on ``device`` in bytes."""
         return self._call("device_memory_peak", int, device=device)
 
-    def memory_reset_peak(self, device: "torch.device") -> None:  # noqa: F821
+    def memory_reset_peak(self, device: torch.device) -> None:
         """Reset the allocator peak."""
         self._call("device_memory_reset_peak", None, device=device)
 
@@ -108,7 +113,39 @@ class Device:
         report.update(self._call("environment_report", dict))
         return report
 
-    def sample(self, device: "torch.device") -> Dict[str, float]:  # noqa: F821
+    # run switches (optional hooks: a default when the vendor has none)
+    def implements(self, hook: str) -> bool:
+        """Whether the chosen vendor implements ``hook`` (for the optional ones)."""
+        return bool(getattr(self.host.pm.hook, hook).get_hookimpls())
+
+    def configure(self, device: torch.device, deterministic: bool, autotune: bool) -> None:
+        """Apply the run's determinism and autotuning switches to the vendor's libraries
+        (nothing when the vendor has no ``device_configure``)."""
+        if self.implements("device_configure"):
+            self._call("device_configure", None, device=device, deterministic=deterministic,
+                       autotune=autotune)
+
+    def grad_scaler(self, device: torch.device, precision: str) -> Optional[Any]:
+        """The loss scaler for ``precision`` (None where none is needed): the vendor's, else
+        ``torch.amp.GradScaler(device.type)``."""
+        if precision not in LOSS_SCALED_PRECISIONS:
+            return None
+        if self.implements("device_grad_scaler"):
+            scaler = self._call("device_grad_scaler", None, device=device, precision=precision)
+            if scaler is not None:
+                return scaler
+        import torch
+
+        amp = getattr(torch, "amp", None)
+        if amp is not None and hasattr(amp, "GradScaler"):
+            return amp.GradScaler(device.type)
+        raise UserError(
+            "{} training on device type '{}' needs torch 2.3 or later, or a loss scaler from "
+            "vendor '{}' (this is torch {})".format(precision, device.type, self.vendor,
+                                                     torch.__version__),
+            "use fp32 or bf16, or a newer torch")
+
+    def sample(self, device: torch.device) -> Dict[str, float]:
         """One monitoring sample (util, power, temperature) of ``device``."""
         return self._call("device_sample", dict, device=device)
 

@@ -8,13 +8,25 @@ is a ``firstresult`` call answered by that one vendor. *Lifecycle hooks* are cal
 Devices are passed and returned as ``torch.device`` objects, never bare ints (torch reads an int as
 CUDA). Callers never use ``pm.hook`` directly: they go through :class:`chipbench.device.Device` and
 :class:`chipbench.manager.PluginHost`, which check the returned types.
+
+Implementations name their arguments exactly as the specs below do, and may take a subset of them.
+Each spec says the API version (:data:`chipbench.API_VERSION`) it appeared in; hooks marked
+*optional* may be left out, and chipbench then applies the documented default, so a plugin written
+for an older API version keeps working.
 """
 
-from typing import Any, Dict, List
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import pluggy
 
 from chipbench import PROJECT_NAME
+
+if TYPE_CHECKING:
+    import torch
+
+    from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -26,7 +38,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def vendor_detect() -> "VendorInfo":  # noqa: F821 (records are imported by implementers)
+def vendor_detect() -> VendorInfo:
     """Say who this vendor is and whether it can run on this machine.
 
     Returns a :class:`chipbench.records.VendorInfo`. Must be cheap and must not create a device
@@ -35,6 +47,8 @@ def vendor_detect() -> "VendorInfo":  # noqa: F821 (records are imported by impl
 
     Called once per vendor plugin, each on its own, so a vendor that raises is reported by name
     and the others keep working.
+
+    .. versionadded:: 1.0
     """
 
 
@@ -44,29 +58,40 @@ def vendor_detect() -> "VendorInfo":  # noqa: F821 (records are imported by impl
 
 
 @hookspec(firstresult=True)
-def device_init_backend(local_rank: int) -> "torch.device":  # noqa: F821
+def device_init_backend(local_rank: int) -> torch.device:
     """Prepare the device that the process of ``local_rank`` uses and return it.
 
     Sets the current device and applies the vendor's switches (TF32, allocator settings, ...).
     ``local_rank`` counts the processes of this node from 0 and indexes the *visible* devices.
     Called once per process, before any tensor is created. Returns a ``torch.device``.
+
+    .. versionadded:: 1.0
     """
 
 
 @hookspec(firstresult=True)
 def device_count() -> int:
-    """Return how many devices this process can see (1 for the CPU)."""
+    """Return how many devices this process can see (1 for the CPU).
+
+    .. versionadded:: 1.0
+    """
 
 
 @hookspec(firstresult=True)
 def device_name(index: int) -> str:
-    """Return the marketing name of visible device ``index`` ("Acme X1 64G")."""
+    """Return the marketing name of visible device ``index`` ("Acme X1 64G").
+
+    .. versionadded:: 1.0
+    """
 
 
 @hookspec(firstresult=True)
-def hardware_id() -> "HardwareId":  # noqa: F821
+def hardware_id() -> HardwareId:
     """Return a :class:`chipbench.records.HardwareId`: the short label of the hardware in result tables
-    ("ACX1") and the tag that selects a case's hardware configs ("X1" -> ``X1x1x8.yaml``)."""
+    ("ACX1") and the tag that selects a case's hardware configs ("X1" -> ``X1x1x8.yaml``).
+
+    .. versionadded:: 1.0
+    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,10 +100,12 @@ def hardware_id() -> "HardwareId":  # noqa: F821
 
 
 @hookspec(firstresult=True)
-def device_synchronize(device: "torch.device") -> None:  # noqa: F821
+def device_synchronize(device: torch.device) -> None:
     """Block until all work queued on ``device`` has finished. Timers are read only after it.
 
     Returns None (a no-op on the CPU).
+
+    .. versionadded:: 1.0
     """
 
 
@@ -88,22 +115,30 @@ def device_synchronize(device: "torch.device") -> None:  # noqa: F821
 
 
 @hookspec(firstresult=True)
-def device_memory_query(device: "torch.device") -> "MemoryInfo":  # noqa: F821
+def device_memory_query(device: torch.device) -> MemoryInfo:
     """Return the device-wide memory of ``device`` as a :class:`chipbench.records.MemoryInfo`.
 
     Device-wide means what the vendor's management tool shows (every process, driver reserve
     included), the figure of the seed's "mem 37.5/64.0" column; ``source`` names where it came from.
+
+    .. versionadded:: 1.0
     """
 
 
 @hookspec(firstresult=True)
-def device_memory_peak(device: "torch.device") -> int:  # noqa: F821
-    """Return this process's allocator peak on ``device`` in bytes since the last reset."""
+def device_memory_peak(device: torch.device) -> int:
+    """Return this process's allocator peak on ``device`` in bytes since the last reset.
+
+    .. versionadded:: 1.0
+    """
 
 
 @hookspec(firstresult=True)
-def device_memory_reset_peak(device: "torch.device") -> None:  # noqa: F821
-    """Reset the allocator peak that :func:`device_memory_peak` reports. Returns None."""
+def device_memory_reset_peak(device: torch.device) -> None:
+    """Reset the allocator peak that :func:`device_memory_peak` reports. Returns None.
+
+    .. versionadded:: 1.0
+    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,13 +148,19 @@ def device_memory_reset_peak(device: "torch.device") -> None:  # noqa: F821
 
 @hookspec(firstresult=True)
 def collective_backend() -> str:
-    """Return the ``torch.distributed`` backend name for this vendor ("nccl", "gloo", ...)."""
+    """Return the ``torch.distributed`` backend name for this vendor ("nccl", "gloo", ...).
+
+    .. versionadded:: 1.0
+    """
 
 
 @hookspec(firstresult=True)
 def visible_devices_env() -> str:
     """Return the environment variable that restricts which devices a process sees
-    ("CUDA_VISIBLE_DEVICES"); an empty string when the vendor has none (the CPU)."""
+    ("CUDA_VISIBLE_DEVICES"); an empty string when the vendor has none (the CPU).
+
+    .. versionadded:: 1.0
+    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,7 +171,10 @@ def visible_devices_env() -> str:
 @hookspec(firstresult=True)
 def supported_precisions() -> List[str]:
     """Return the training precisions this vendor supports, a subset of
-    ``["fp32", "amp", "fp16", "bf16"]``."""
+    ``["fp32", "amp", "fp16", "bf16"]``.
+
+    .. versionadded:: 1.0
+    """
 
 
 @hookspec(firstresult=True)
@@ -141,14 +185,56 @@ def environment_report() -> Dict[str, Any]:
     ``device_memory_gib``, ``driver_version``, ``runtime_version``, ``framework``
     (the torch build); vendors may add their own (``bios_version``, ``devices`` list, ...).
     This is the seed's hardware/software section. Must work without creating a device context.
+
+    .. versionadded:: 1.0
     """
 
 
 @hookspec(firstresult=True)
-def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
+def device_sample(device: torch.device) -> Dict[str, float]:
     """Return one monitoring sample of ``device``: any of ``util_percent``, ``power_w``,
     ``temperature_c``, ``memory_used_bytes``; an empty dict when the vendor cannot tell.
-    Called periodically from a background thread, so it must be quick and thread-safe."""
+    Called periodically from a background thread, so it must be quick and thread-safe.
+
+    .. versionadded:: 1.0
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# run switches (optional, API 1.1). A vendor may leave them out: chipbench then does what is said
+# under "default", which is vendor-neutral torch.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def device_configure(device: torch.device, deterministic: bool, autotune: bool) -> None:
+    """Apply the run's switches to the vendor's libraries, after :func:`device_init_backend`.
+
+    ``deterministic``: the run asked for reproducible kernels (chipbench has already called
+    ``torch.use_deterministic_algorithms``); set what the vendor's libraries need for it (a
+    workspace setting, disabling kernel autotuning, ...). ``autotune``: the run allows the vendor
+    to pick the fastest kernels by timing them (``train.autotune``); ignored when ``deterministic``.
+    Called once per process, before the model is built. Returns None.
+
+    Default when no vendor implements it: nothing beyond ``torch.use_deterministic_algorithms``.
+
+    .. versionadded:: 1.1
+    """
+
+
+@hookspec(firstresult=True)
+def device_grad_scaler(device: torch.device, precision: str) -> Optional[Any]:
+    """Return the dynamic loss scaler for training in ``precision`` on ``device``.
+
+    Called only for precisions that need loss scaling (``amp``, ``fp16``). Return an object with
+    the interface of ``torch.amp.GradScaler`` (``scale``, ``step``, ``update``, ``unscale_``,
+    ``state_dict``, ``load_state_dict``), or None to take the default.
+
+    Default when no vendor answers: ``torch.amp.GradScaler(device.type)`` where torch has it
+    (torch 2.3 and later); on older torch the run stops with an error asking for fp32 or bf16.
+
+    .. versionadded:: 1.1
+    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,19 +246,28 @@ def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
 @hookspec
 def on_run_start(run: Dict[str, Any]) -> None:
     """A run has started. ``run`` holds ``run_dir``, ``case``, ``vendor``, ``config``,
-    ``environment``. Called once per run."""
+    ``environment``. Called once per run.
+
+    .. versionadded:: 1.0
+    """
 
 
 @hookspec
 def on_epoch_end(run: Dict[str, Any], epoch: int, metrics: Dict[str, Any]) -> None:
     """Epoch ``epoch`` (from 0) has finished and ``metrics`` holds the figures so far
-    (including the evaluation of this epoch). Called once per epoch."""
+    (including the evaluation of this epoch). Called once per epoch.
+
+    .. versionadded:: 1.0
+    """
 
 
 @hookspec
 def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """A run has ended, finished or failed; ``result`` is what ``result.json`` holds.
-    Called once per run, also after a failure."""
+    Called once per run, also after a failure.
+
+    .. versionadded:: 1.0
+    """
 
 
 DEVICE_HOOKS = (
@@ -191,5 +286,11 @@ DEVICE_HOOKS = (
     "device_sample",
 )
 """Every hook a vendor plugin must implement besides ``vendor_detect``."""
+
+OPTIONAL_HOOKS = ("device_configure", "device_grad_scaler")
+"""Device hooks a vendor may implement; chipbench has a default for each (API 1.1)."""
+
+LIFECYCLE_HOOKS = ("on_run_start", "on_epoch_end", "on_run_end")
+"""Hooks called on every plugin, whose failures are reported but never stop a run."""
 
 PRECISIONS = ("fp32", "amp", "fp16", "bf16")

@@ -2,17 +2,21 @@
 
 Loading is forgiving by default: a plugin that fails to import, fails validation or raises in
 ``vendor_detect`` is recorded as broken (``core vendors`` shows it) and the others keep working.
+Every hook call, ``vendor_detect`` and the lifecycle hooks included, goes through pluggy's own hook
+callers, so ``tryfirst``/``trylast``, blocking and tracing behave as pluggy documents them.
 Environment switches:
 
-- ``CHIPBENCH_STRICT_PLUGINS=1`` makes any such failure fatal (exit 2 naming the plugin);
-- ``CHIPBENCH_BLOCK_PLUGINS=a,b`` skips the named plugins (built-in or entry-point names);
-- ``CHIPBENCH_TRACE_HOOKS=1`` prints every hook call and result to stderr.
+- ``CHIPBENCH_STRICT_PLUGINS=1`` makes broken plugins fatal (exit 2 naming every broken one);
+- ``CHIPBENCH_BLOCK_PLUGINS=a,b`` blocks the named plugins (``pm.set_blocked``): entry-point or
+  built-in module names (not even imported) and vendor names as ``core vendors`` shows them;
+  a name that matches nothing is warned about on stderr;
+- ``CHIPBENCH_TRACE_HOOKS=1`` prints every hook call and result to stderr (pluggy's tracing).
 """
 
 import importlib
 import os
 import sys
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import pluggy
 
@@ -32,8 +36,9 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _blocked_names() -> set:
-    return {n.strip() for n in os.environ.get(ENV_BLOCK, "").split(",") if n.strip()}
+def _blocked_names() -> List[str]:
+    names = [n.strip() for n in os.environ.get(ENV_BLOCK, "").split(",") if n.strip()]
+    return list(dict.fromkeys(names))
 
 
 def iter_entry_points(group: str = ENTRY_POINT_GROUP) -> Iterator[Tuple[Any, str]]:
@@ -61,71 +66,159 @@ class PluginHost:
     One typed method per kind of call; the rest of chipbench never touches ``pm.hook``.
     """
 
-    def __init__(self, pm: pluggy.PluginManager, strict: bool = False) -> None:
+    def __init__(self, pm: pluggy.PluginManager, strict: bool = False,
+                 blocked: Iterable[str] = ()) -> None:
         self.pm = pm
         self.strict = strict
         self.records: List[PluginRecord] = []
         self._vendor_plugins: Dict[str, Any] = {}
+        self._failures: List[str] = []
+        self._deferring = False
+        self.block_requested: List[str] = list(blocked)
+        """Names asked for in ``CHIPBENCH_BLOCK_PLUGINS``."""
+        self.block_matched: Set[str] = set()
+        """The requested names that matched a plugin (by its plugin or its vendor name)."""
+        for name in self.block_requested:
+            pm.set_blocked(name)
 
     # -- loading ----------------------------------------------------------------------------------
 
-    def add(self, plugin: Any, name: str, origin: str) -> Optional[PluginRecord]:
+    def add(self, plugin: Any, name: str, origin: str,
+            aliases: Iterable[str] = ()) -> Optional[PluginRecord]:
         """Register ``plugin`` under ``name``, validate it and, for a vendor, ask ``vendor_detect``.
 
-        Returns the record (also kept in ``records``); a failure is recorded as broken, or raised
-        as :class:`PluginError` in strict mode.
+        ``aliases`` are further names a user may know the plugin by (its distribution).
+        Returns the record (also kept in ``records``), or None when the plugin is blocked; a
+        failure is recorded as broken, or raised as :class:`PluginError` in strict mode.
         """
+        extra = {"aliases": [name] + [a for a in aliases if a != name]}
+        if self.pm.is_blocked(name):
+            self.block_matched.add(name)
+            return None
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validation error, duplicate name, ...
-            return self._broken(name, origin, "cannot register: {}".format(_describe(exc)))
+            return self._broken(name, origin, "cannot register: {}".format(describe_exception(exc)), extra)
         problem = self._validate(plugin)
         if problem:
             self.pm.unregister(plugin)
-            return self._broken(name, origin, problem)
+            return self._broken(name, origin, problem, extra)
+        self._guard_lifecycle(plugin)
         if not _implements(self.pm, plugin, "vendor_detect"):
-            record = PluginRecord(name=name, origin=origin, extra={"kind": "observer"})
+            record = PluginRecord(name=name, origin=origin, extra=dict(extra, kind="observer"))
             self.records.append(record)
             return record
         try:
-            info = _single_impl(self.pm, plugin, "vendor_detect")()
-            if not isinstance(info, VendorInfo):
-                raise TypeError("vendor_detect returned {!r}, not a VendorInfo".format(info))
+            info = self._detect(plugin)
         except Exception as exc:
             self.pm.unregister(plugin)
-            return self._broken(name, origin, "vendor_detect failed: {}".format(_describe(exc)))
+            return self._broken(name, origin, "vendor_detect failed: {}".format(describe_exception(exc)),
+                                extra)
+        if info.name != name and self.pm.is_blocked(info.name):
+            self.block_matched.add(info.name)
+            self.pm.set_blocked(name)  # unregisters it, and keeps it out for this host's life
+            return None
         if info.name in self._vendor_plugins:
             self.pm.unregister(plugin)
             return self._broken(
-                info.name, origin, "vendor name '{}' is already taken".format(info.name))
+                info.name, origin, "vendor name '{}' is already taken".format(info.name), extra)
         self._vendor_plugins[info.name] = plugin
-        record = PluginRecord(name=info.name, origin=origin, info=info, extra={"kind": "vendor"})
+        record = PluginRecord(name=info.name, origin=origin, info=info,
+                              extra=dict(extra, kind="vendor"))
         self.records.append(record)
         return record
 
     def add_module(self, module_name: str, origin: str = "built-in") -> Optional[PluginRecord]:
-        """Import ``module_name`` and :meth:`add` it (short name = last dotted part)."""
+        """Import ``module_name`` and :meth:`add` it (short name = last dotted part).
+
+        A blocked name is not even imported.
+        """
         short = module_name.rsplit(".", 1)[-1]
-        if short in _blocked_names():
+        if self.pm.is_blocked(short):
+            self.block_matched.add(short)
             return None
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            return self._broken(short, origin, "import failed: {}".format(_describe(exc)))
+            return self._broken(short, origin, "import failed: {}".format(describe_exception(exc)),
+                                {"aliases": [short]})
         return self.add(module, short, origin)
 
     def add_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
-        """Load and :meth:`add` every plugin of the entry-point ``group``, one at a time."""
+        """Load and :meth:`add` every plugin of the entry-point ``group``, one at a time.
+
+        A blocked entry-point name is not even imported.
+        """
         for ep, dist in iter_entry_points(group):
-            if ep.name in _blocked_names():
+            if self.pm.is_blocked(ep.name):
+                self.block_matched.add(ep.name)
                 continue
             origin = "entry point '{}' from {}".format(ep.name, dist)
+            aliases = [dist.rsplit(" ", 1)[0]]
             try:
                 plugin = ep.load()
             except Exception as exc:
-                self._broken(ep.name, origin, "import failed: {}".format(_describe(exc)))
+                self._broken(ep.name, origin, "import failed: {}".format(describe_exception(exc)),
+                             {"aliases": [ep.name] + aliases})
                 continue
-            self.add(plugin, ep.name, origin)
+            self.add(plugin, ep.name, origin, aliases)
+
+    def load_all(self, modules: Iterable[str], entry_points: bool = True) -> None:
+        """Add the built-in ``modules``, then the entry points; in strict mode raise one
+        :class:`PluginError` naming every broken plugin (after all of them were tried)."""
+        self._deferring = True
+        try:
+            for module_name in modules:
+                self.add_module(module_name)
+            if entry_points:
+                self.add_entry_points()
+        finally:
+            self._deferring = False
+        broken = [r for r in self.records if r.broken]
+        if self.strict and broken:
+            raise PluginError(
+                "{} broken plugin(s): {}".format(len(broken), "; ".join(
+                    "'{}' ({}): {}".format(r.name, r.origin, r.error) for r in broken)),
+                "fix or uninstall them, or unset {} to skip broken plugins".format(ENV_STRICT),
+            )
+
+    def unmatched_blocks(self) -> List[str]:
+        """Names of ``CHIPBENCH_BLOCK_PLUGINS`` that matched no plugin."""
+        return [n for n in self.block_requested if n not in self.block_matched]
+
+    def _detect(self, plugin: Any) -> VendorInfo:
+        """``vendor_detect`` of ``plugin`` alone, through pluggy's caller (traced, blockable)."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        answers = self.pm.subset_hook_caller("vendor_detect", remove_plugins=others)()
+        info = answers[0] if answers else None
+        if not isinstance(info, VendorInfo):
+            raise TypeError("vendor_detect returned {!r}, not a VendorInfo".format(info))
+        return info
+
+    def _guard_lifecycle(self, plugin: Any) -> None:
+        """Wrap ``plugin``'s lifecycle implementations so that an exception becomes a failure
+        message: pluggy still calls them, in its order, traced; the other observers still run."""
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.name not in hookspecs.LIFECYCLE_HOOKS:
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.hookwrapper or getattr(impl, "wrapper",
+                                                                               False)):
+                    impl.function = self._guarded(impl.function, impl.plugin_name, caller.name)
+
+    def _guarded(self, function: Callable[..., Any], plugin_name: str,
+                 hook_name: str) -> Callable[..., Any]:
+        failures = self._failures
+
+        def guarded(*args: Any) -> Any:
+            try:
+                return function(*args)
+            except Exception as exc:
+                failures.append("plugin '{}' failed in {}: {}".format(
+                    plugin_name, hook_name, describe_exception(exc)))
+                return None
+
+        return guarded
 
     def _validate(self, plugin: Any) -> str:
         """Return why ``plugin`` is unusable, or an empty string."""
@@ -142,13 +235,14 @@ class PluginHost:
                 return "vendor plugin lacks hooks: {}".format(", ".join(missing))
         return ""
 
-    def _broken(self, name: str, origin: str, error: str) -> PluginRecord:
-        if self.strict:
+    def _broken(self, name: str, origin: str, error: str,
+                extra: Optional[Dict[str, Any]] = None) -> PluginRecord:
+        record = PluginRecord(name=name, origin=origin, error=error, extra=dict(extra or {}))
+        if self.strict and not self._deferring:
             raise PluginError(
                 "plugin '{}' ({}) is broken: {}".format(name, origin, error),
                 "fix or uninstall it, or unset {} to skip broken plugins".format(ENV_STRICT),
             )
-        record = PluginRecord(name=name, origin=origin, error=error)
         self.records.append(record)
         return record
 
@@ -166,6 +260,16 @@ class PluginHost:
                 return r
         return None
 
+    def find(self, name: str) -> Optional[PluginRecord]:
+        """The record called ``name``, else the one whose entry-point or distribution name it is."""
+        found = self.record(name)
+        if found is not None:
+            return found
+        for r in self.records:
+            if name in r.extra.get("aliases", ()):
+                return r
+        return None
+
     def keep_only(self, vendor_name: str) -> None:
         """Unregister every vendor but ``vendor_name``: device hooks then have one answer."""
         for name, plugin in list(self._vendor_plugins.items()):
@@ -176,25 +280,27 @@ class PluginHost:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def notify(self, hook_name: str, **kwargs: Any) -> List[str]:
-        """Call lifecycle hook ``hook_name`` on every plugin, each on its own.
+        """Call lifecycle hook ``hook_name`` through pluggy (its order, tryfirst/trylast, tracing).
 
-        An observer that raises does not stop the run: the failures come back as one-line
-        messages for the caller to log.
+        An observer that raises does not stop the run, nor the observers after it: the failures
+        come back as one-line messages for the caller to log.
         """
-        failures = []
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                failures.append(
-                    "plugin '{}' failed in {}: {}".format(impl.plugin_name, hook_name,
-                                                          _describe(exc)))
+        if hook_name not in hookspecs.LIFECYCLE_HOOKS:
+            raise ValueError("{} is not a lifecycle hook".format(hook_name))
+        del self._failures[:]
+        try:
+            getattr(self.pm.hook, hook_name)(**kwargs)
+        except Exception as exc:  # a hook wrapper's own failure
+            self._failures.append("a wrapper failed in {}: {}".format(hook_name, describe_exception(exc)))
+        failures = list(self._failures)
+        del self._failures[:]
         return failures
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return "{}: {}".format(type(exc).__name__, text[0]) if text else type(exc).__name__
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line, the whole message kept (pluggy's reasons span lines)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return "{}: {}".format(type(exc).__name__, text) if text else type(exc).__name__
 
 
 def _plugin_hooks(pm: pluggy.PluginManager, plugin: Any) -> Iterable[Tuple[str, Any]]:
@@ -206,17 +312,12 @@ def _implements(pm: pluggy.PluginManager, plugin: Any, hook_name: str) -> bool:
     return any(name == hook_name for name, _ in _plugin_hooks(pm, plugin))
 
 
-def _single_impl(pm: pluggy.PluginManager, plugin: Any, hook_name: str) -> Any:
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        if impl.plugin is plugin:
-            return impl.function
-    raise LookupError(hook_name)
-
-
 def build_host(load_entry_points: bool = True, strict: Optional[bool] = None) -> PluginHost:
     """Build a fresh :class:`PluginHost`: built-in vendors and observers, then entry points.
 
     Built by a function, not at import time, so tests can build as many as they like.
+    Names of ``CHIPBENCH_BLOCK_PLUGINS`` that match nothing are warned about on stderr (when the
+    entry points were loaded, so that every name could match).
     """
     from chipbench.plugins import BUILTIN_VENDORS
 
@@ -225,9 +326,20 @@ def build_host(load_entry_points: bool = True, strict: Optional[bool] = None) ->
     if _env_flag(ENV_TRACE):
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
-    host = PluginHost(pm, strict=_env_flag(ENV_STRICT) if strict is None else strict)
-    for module_name in BUILTIN_OBSERVERS + tuple(BUILTIN_VENDORS):
-        host.add_module(module_name)
-    if load_entry_points:
-        host.add_entry_points()
+    host = PluginHost(pm, strict=_env_flag(ENV_STRICT) if strict is None else strict,
+                      blocked=_blocked_names())
+    host.load_all(BUILTIN_OBSERVERS + tuple(BUILTIN_VENDORS), entry_points=load_entry_points)
+    unmatched = host.unmatched_blocks()
+    if unmatched and load_entry_points:
+        sys.stderr.write("warning: {} names no plugin: {} (plugin and vendor names: {})\n".format(
+            ENV_BLOCK, ", ".join(unmatched), ", ".join(_known_names(host)) or "none"))
     return host
+
+
+def _known_names(host: PluginHost) -> List[str]:
+    names: List[str] = []
+    for r in host.records:
+        for n in [r.name] + list(r.extra.get("aliases", ())):
+            if n not in names:
+                names.append(n)
+    return names

@@ -23,7 +23,7 @@ def choose_vendor(host: PluginHost, requested: Optional[str] = None) -> VendorIn
     """
     requested = requested or os.environ.get(ENV_VENDOR) or None
     if requested:
-        record = host.record(requested)
+        record = host.record(requested) or host.find(requested)
         if record is None:
             known = ", ".join(v.name for v in host.vendors()) or "none"
             raise UserError(
@@ -33,9 +33,16 @@ def choose_vendor(host: PluginHost, requested: Optional[str] = None) -> VendorIn
             )
         if record.broken:
             raise UserError(
-                "vendor '{}' is broken: {}".format(requested, record.error),
-                "fix or reinstall that plugin (see `core vendors`); available: {}".format(
-                    _available_list(host)),
+                "vendor plugin '{}' ({}) is broken: {}".format(
+                    record.name, record.origin, record.error),
+                "fix, reinstall or uninstall that plugin (see `core vendors`); available: {}"
+                .format(_available_list(host)),
+            )
+        if record.name != requested:
+            raise UserError(
+                "'{}' is not a vendor name: it provides vendor '{}' ({})".format(
+                    requested, record.name, record.origin),
+                "use --vendor {}".format(record.name),
             )
         if not record.info.available:
             raise UserError(
@@ -51,23 +58,38 @@ def choose_vendor(host: PluginHost, requested: Optional[str] = None) -> VendorIn
                     "run `core vendors` to see why each vendor declined")
 
 
+def auto_selection_line(host: PluginHost, info: VendorInfo) -> str:
+    """The line that announces an auto-selected vendor: its name, and for a CPU-type vendor why
+    no accelerator was taken (only vendors that really are unavailable are called so)."""
+    line = "auto-selected vendor '{}' (priority {}, device type {})".format(
+        info.name, info.priority, info.device_type)
+    if info.device_type != "cpu":
+        return line
+    accelerators = [v for v in host.vendors() if v.device_type != "cpu" and v.name != info.name]
+    unavailable = [v.name for v in accelerators if not v.available]
+    lower = [v.name for v in accelerators if v.available]
+    if lower:
+        why = "available accelerator vendors rank lower: {}".format(", ".join(lower))
+    elif unavailable:
+        why = "no accelerator vendor is available ({} not available here)".format(
+            ", ".join(unavailable))
+    else:
+        why = "no accelerator vendor is installed"
+    return "{}: running on the CPU; {}; see `core vendors`".format(line, why)
+
+
 def select_device(host: PluginHost, requested: Optional[str] = None,
                   announce: Optional[Callable[[str], None]] = None):
     """Choose the vendor, keep only its plugin registered and return its :class:`Device` facade.
 
-    ``announce`` receives a line when auto-detection fell to the CPU-class vendor of lowest
-    priority, so that nobody benchmarks the CPU by accident.
+    ``announce`` receives a line naming the vendor that auto-detection picked, and for a CPU-type
+    vendor why no accelerator was taken, so that nobody benchmarks the CPU by accident.
     """
     from chipbench.device import Device
 
     info = choose_vendor(host, requested)
     explicit = bool(requested or os.environ.get(ENV_VENDOR))
     if not explicit and announce is not None:
-        others = [v.name for v in host.vendors() if v.name != info.name]
-        if info.device_type == "cpu":
-            announce("no accelerator vendor is available ({}): running on the CPU".format(
-                ", ".join(others) or "none installed"))
-        else:
-            announce("auto-detected vendor '{}'".format(info.name))
+        announce(auto_selection_line(host, info))
     host.keep_only(info.name)
     return Device(host, info)

@@ -3,7 +3,7 @@
 import os
 import shutil
 import subprocess
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 
 def run_tool(argv: Sequence[str], timeout: float = 10.0) -> Optional[str]:
@@ -41,3 +41,23 @@ def visible_index(local_index: int, env_names: Sequence[str]) -> int:
 def cuda_like_precisions(bf16_supported: bool) -> List[str]:
     """fp32/amp/fp16 always on CUDA-compatible stacks; bf16 when the device supports it."""
     return ["fp32", "amp", "fp16"] + (["bf16"] if bf16_supported else [])
+
+
+def cuda_like_configure(deterministic: bool, autotune: bool) -> None:
+    """Determinism and autotuning switches of CUDA-compatible stacks (cuBLAS workspace, cuDNN)."""
+    import torch
+
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = bool(autotune) and not deterministic
+
+
+def cuda_like_grad_scaler() -> Optional[Any]:
+    """None where torch has ``torch.amp.GradScaler`` (chipbench's default then serves), else the
+    older ``torch.cuda.amp.GradScaler`` (torch 2.0-2.2 scale losses on CUDA-type devices only)."""
+    import torch
+
+    amp = getattr(torch, "amp", None)
+    if amp is not None and hasattr(amp, "GradScaler"):
+        return None
+    return torch.cuda.amp.GradScaler()

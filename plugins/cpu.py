@@ -1,12 +1,17 @@
 """The CPU vendor: always available, lowest priority, gloo collectives, psutil memory."""
 
+from __future__ import annotations
+
 import os
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import psutil
 
 from chipbench.hookspecs import hookimpl
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 
 @hookimpl
@@ -16,7 +21,7 @@ def vendor_detect() -> VendorInfo:
 
 
 @hookimpl
-def device_init_backend(local_rank: int) -> "torch.device":  # noqa: F821
+def device_init_backend(local_rank: int) -> torch.device:
     import torch
 
     return torch.device("cpu")
@@ -40,25 +45,25 @@ def hardware_id() -> HardwareId:
 
 
 @hookimpl
-def device_synchronize(device: "torch.device") -> None:  # noqa: F821
+def device_synchronize(device: torch.device) -> None:
     return None
 
 
 @hookimpl
-def device_memory_query(device: "torch.device") -> MemoryInfo:  # noqa: F821
+def device_memory_query(device: torch.device) -> MemoryInfo:
     rss = psutil.Process().memory_info().rss
     return MemoryInfo(used_bytes=rss, total_bytes=psutil.virtual_memory().total,
                       source="psutil (process RSS / machine total)")
 
 
 @hookimpl
-def device_memory_peak(device: "torch.device") -> int:  # noqa: F821
+def device_memory_peak(device: torch.device) -> int:
     info = psutil.Process().memory_info()
     return int(getattr(info, "peak_wset", 0) or _linux_peak_rss() or info.rss)
 
 
 @hookimpl
-def device_memory_reset_peak(device: "torch.device") -> None:  # noqa: F821
+def device_memory_reset_peak(device: torch.device) -> None:
     # Linux keeps the peak RSS (VmHWM) per process; writing 5 to clear_refs resets it.
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -96,7 +101,7 @@ def environment_report() -> Dict[str, Any]:
 
 
 @hookimpl
-def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
+def device_sample(device: torch.device) -> Dict[str, float]:
     return {"util_percent": psutil.cpu_percent(interval=None),
             "memory_used_bytes": float(psutil.Process().memory_info().rss)}
 

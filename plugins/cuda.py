@@ -3,17 +3,24 @@
 Declines when the installed torch is a MetaX build (which also answers ``torch.cuda``) or ROCm's.
 """
 
+from __future__ import annotations
+
 import re
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
 from chipbench.plugins._tools import (
+    cuda_like_configure,
+    cuda_like_grad_scaler,
     cuda_like_precisions,
     run_tool,
     visible_index,
 )
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "cuda"
 PRIORITY = 50
@@ -47,7 +54,7 @@ def vendor_detect() -> VendorInfo:
 
 
 @hookimpl
-def device_init_backend(local_rank: int) -> "torch.device":  # noqa: F821
+def device_init_backend(local_rank: int) -> torch.device:
     import torch
 
     torch.cuda.set_device(local_rank)
@@ -77,14 +84,14 @@ def hardware_id() -> HardwareId:
 
 
 @hookimpl
-def device_synchronize(device: "torch.device") -> None:  # noqa: F821
+def device_synchronize(device: torch.device) -> None:
     import torch
 
     torch.cuda.synchronize(device)
 
 
 @hookimpl
-def device_memory_query(device: "torch.device") -> MemoryInfo:  # noqa: F821
+def device_memory_query(device: torch.device) -> MemoryInfo:
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
@@ -93,14 +100,14 @@ def device_memory_query(device: "torch.device") -> MemoryInfo:  # noqa: F821
 
 
 @hookimpl
-def device_memory_peak(device: "torch.device") -> int:  # noqa: F821
+def device_memory_peak(device: torch.device) -> int:
     import torch
 
     return int(torch.cuda.max_memory_reserved(device))
 
 
 @hookimpl
-def device_memory_reset_peak(device: "torch.device") -> None:  # noqa: F821
+def device_memory_reset_peak(device: torch.device) -> None:
     import torch
 
     torch.cuda.reset_peak_memory_stats(device)
@@ -147,7 +154,17 @@ def environment_report() -> Dict[str, Any]:
 
 
 @hookimpl
-def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
+def device_configure(device: torch.device, deterministic: bool, autotune: bool) -> None:
+    cuda_like_configure(deterministic, autotune)
+
+
+@hookimpl
+def device_grad_scaler(device: torch.device, precision: str) -> Optional[Any]:
+    return cuda_like_grad_scaler()
+
+
+@hookimpl
+def device_sample(device: torch.device) -> Dict[str, float]:
     index = visible_index(device.index or 0, ["CUDA_VISIBLE_DEVICES"])
     rows = _smi_query(list(SAMPLE_FIELDS), index=index)
     if not rows:

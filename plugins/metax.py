@@ -8,19 +8,26 @@ Nothing here has run on a real C500 yet: the tests simulate one; ``core doctor -
 checks a real machine.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
 from chipbench.plugins._tools import (
+    cuda_like_configure,
+    cuda_like_grad_scaler,
     cuda_like_precisions,
     run_tool,
     visible_index,
 )
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "metax"
 PRIORITY = 100
@@ -163,7 +170,7 @@ def _devices() -> List[Dict[str, Any]]:
     return read_pymxsml() or _smi_devices() or []
 
 
-def _physical(device: "torch.device") -> int:  # noqa: F821
+def _physical(device: torch.device) -> int:
     return visible_index(device.index or 0, VISIBLE_ENVS)
 
 
@@ -198,7 +205,7 @@ def vendor_detect() -> VendorInfo:
 
 
 @hookimpl
-def device_init_backend(local_rank: int) -> "torch.device":  # noqa: F821
+def device_init_backend(local_rank: int) -> torch.device:
     import torch
 
     if os.environ.get("METAX_USE_TF32", "") == "1":
@@ -235,14 +242,14 @@ def hardware_id() -> HardwareId:
 
 
 @hookimpl
-def device_synchronize(device: "torch.device") -> None:  # noqa: F821
+def device_synchronize(device: torch.device) -> None:
     import torch
 
     torch.cuda.synchronize(device)
 
 
 @hookimpl
-def device_memory_query(device: "torch.device") -> MemoryInfo:  # noqa: F821
+def device_memory_query(device: torch.device) -> MemoryInfo:
     physical = _physical(device)
     for source, reader in (("pymxsml", read_pymxsml), (SMI, _smi_devices)):
         for entry in reader() or []:
@@ -256,14 +263,14 @@ def device_memory_query(device: "torch.device") -> MemoryInfo:  # noqa: F821
 
 
 @hookimpl
-def device_memory_peak(device: "torch.device") -> int:  # noqa: F821
+def device_memory_peak(device: torch.device) -> int:
     import torch
 
     return int(torch.cuda.max_memory_reserved(device))
 
 
 @hookimpl
-def device_memory_reset_peak(device: "torch.device") -> None:  # noqa: F821
+def device_memory_reset_peak(device: torch.device) -> None:
     import torch
 
     torch.cuda.reset_peak_memory_stats(device)
@@ -308,7 +315,17 @@ def environment_report() -> Dict[str, Any]:
 
 
 @hookimpl
-def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
+def device_configure(device: torch.device, deterministic: bool, autotune: bool) -> None:
+    cuda_like_configure(deterministic, autotune)
+
+
+@hookimpl
+def device_grad_scaler(device: torch.device, precision: str) -> Optional[Any]:
+    return cuda_like_grad_scaler()
+
+
+@hookimpl
+def device_sample(device: torch.device) -> Dict[str, float]:
     physical = _physical(device)
     for entry in _devices():
         if entry["index"] == physical:

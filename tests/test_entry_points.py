@@ -63,3 +63,79 @@ def test_installed_example_package_is_discovered():
                          text=True, check=True).stdout
     line = [row for row in out.splitlines() if row.startswith("fakechip")][0]
     assert "chipbench-fakechip 0.1.0" in line and "<- auto" not in line
+
+
+GOOD_VENDOR = """
+    import chipbench.plugins.cpu as base
+    from chipbench import VendorInfo, hookimpl
+    for _name in ("device_init_backend", "device_count", "device_name", "hardware_id",
+                  "device_synchronize", "device_memory_query", "device_memory_peak",
+                  "device_memory_reset_peak", "collective_backend", "visible_devices_env",
+                  "supported_precisions", "environment_report", "device_sample"):
+        globals()[_name] = getattr(base, _name)
+
+    @hookimpl
+    def vendor_detect():
+        return VendorInfo("acme-shown", "cpu", 7, True, "acme test chip")
+"""
+
+
+@pytest.fixture
+def acme_and_broken(tmp_path, monkeypatch):
+    """An entry point 'acme-ep' whose vendor is called 'acme-shown', and two broken plugins."""
+    site = tmp_path / "site"
+    write_distribution(site, "acme-chipbench", {"acme-ep": "acme_shown_vendor"},
+                       {"acme_shown_vendor": GOOD_VENDOR})
+    write_distribution(site, "broken-chipbench", {"broken": "broken_vendor"},
+                       {"broken_vendor": "import no_such_module_anywhere\n"})
+    write_distribution(site, "odd-chipbench", {"odd": "odd_vendor"},
+                       {"odd_vendor": "from chipbench import hookimpl\n\n"
+                                      "@hookimpl\ndef device_count(idx):\n    return 1\n"})
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_block_by_entry_point_name_skips_the_import(acme_and_broken, monkeypatch, capsys):
+    monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "broken,acme-ep")
+    host = build_host()
+    assert host.record("broken") is None and host.record("acme-shown") is None
+    assert host.pm.is_blocked("acme-ep") and host.pm.is_blocked("broken")
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_block_by_shown_vendor_name_and_warn_about_the_rest(acme_and_broken, monkeypatch, capsys):
+    monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "acme-shown, nothing-like-it")
+    host = build_host()
+    assert host.record("acme-shown") is None
+    assert host.pm.get_plugin("acme-ep") is None and host.pm.is_blocked("acme-ep")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: CHIPBENCH_BLOCK_PLUGINS")
+    assert "nothing-like-it" in err[0] and "acme-shown" not in err[0].split("(")[0]
+
+
+def test_strict_mode_names_every_broken_plugin(acme_and_broken, monkeypatch):
+    from chipbench.errors import PluginError
+
+    monkeypatch.setenv("CHIPBENCH_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError) as err:
+        build_host()
+    line = err.value.one_line()
+    assert "2 broken plugin(s)" in line
+    assert "'broken' (entry point 'broken' from broken-chipbench 1.0)" in line
+    assert "no_such_module_anywhere" in line
+    assert "'odd' (entry point 'odd' from odd-chipbench 1.0)" in line
+    assert "can not be found in the hookspec" in line
+
+
+def test_vendor_by_distribution_name_points_at_the_plugin(acme_and_broken):
+    from chipbench.errors import UserError
+    from chipbench.selection import select_device
+
+    with pytest.raises(UserError) as err:
+        select_device(build_host(), "broken-chipbench")
+    line = err.value.one_line()
+    assert "'broken' (entry point 'broken' from broken-chipbench 1.0) is broken" in line
+    with pytest.raises(UserError) as err:
+        select_device(build_host(), "acme-chipbench")
+    assert "use --vendor acme-shown" in err.value.one_line()
+    assert select_device(build_host(), "acme-shown").vendor == "acme-shown"

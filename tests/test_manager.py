@@ -53,6 +53,10 @@ def test_hook_with_arguments_the_spec_lacks_is_rejected():
     host = build_host(load_entry_points=False)
     record = host.add(vendor_module("bad", device_count=device_count), "bad", "test")
     assert record.broken and "cannot register" in record.error
+    # pluggy's whole reason, not only its first line
+    assert "for hook 'device_count'" in record.error
+    assert "extra_argument" in record.error and "can not be found in the hookspec" in record.error
+    assert "\n" not in record.error
     assert host.record("cpu").info.available
 
 
@@ -100,11 +104,24 @@ def test_block_list_skips_plugins(monkeypatch):
     assert [v.name for v in host.vendors()] == ["cpu"]
 
 
+def test_block_list_takes_vendor_names_through_pluggy(monkeypatch):
+    monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "shown-name")
+    host = build_host(load_entry_points=False)
+    plugin = vendor_module("shown-name")
+    assert host.add(plugin, "module-name", "test") is None
+    assert host.record("shown-name") is None and not host.pm.is_registered(plugin)
+    assert host.pm.is_blocked("module-name") and host.unmatched_blocks() == []
+
+
 def test_trace_writes_hook_calls(monkeypatch, capsys):
     monkeypatch.setenv("CHIPBENCH_TRACE_HOOKS", "1")
     host = build_host(load_entry_points=False)
+    err = capsys.readouterr().err
+    assert err.count("vendor_detect") >= 3  # one traced call per built-in vendor
     select_device(host, "cpu").count()
-    assert "device_count" in capsys.readouterr().err
+    host.notify("on_epoch_end", run={}, epoch=0, metrics={})
+    err = capsys.readouterr().err
+    assert "device_count" in err and "on_epoch_end" in err
 
 
 def test_device_hook_raising_or_returning_wrong_type_is_plugin_error():
@@ -128,6 +145,41 @@ def test_only_chosen_vendor_answers_device_hooks():
     host.add(vendor_module("other", priority=1, device_count=lambda: 99), "other", "test")
     assert select_device(host, "cpu").count() == 1
     assert host.record("other") is not None and "other" not in host._vendor_plugins
+
+
+def observer_module(name, calls, fail=False, **marks):
+    """An observer of on_epoch_end that appends ``name`` to ``calls`` (and raises if ``fail``)."""
+    module = types.ModuleType(name)
+
+    def on_epoch_end(run, epoch, metrics):
+        calls.append(name)
+        if fail:
+            raise ValueError("{} bug".format(name))
+
+    module.on_epoch_end = hookimpl(**marks)(on_epoch_end)
+    return module
+
+
+def test_lifecycle_hooks_follow_pluggy_order():
+    calls = []
+    host = build_host(load_entry_points=False)
+    host.add(observer_module("first", calls, tryfirst=True), "first", "test")
+    host.add(observer_module("last", calls, trylast=True), "last", "test")
+    host.add(observer_module("early", calls), "early", "test")
+    host.add(observer_module("late", calls), "late", "test")
+    assert host.notify("on_epoch_end", run={}, epoch=0, metrics={}) == []
+    assert calls == ["first", "late", "early", "last"]  # pluggy: tryfirst, LIFO, trylast
+
+
+def test_raising_observer_does_not_stop_the_others():
+    calls = []
+    host = build_host(load_entry_points=False)
+    host.add(observer_module("after", calls), "after", "test")
+    host.add(observer_module("boom", calls, fail=True, tryfirst=True), "boom", "test")
+    failures = host.notify("on_epoch_end", run={}, epoch=0, metrics={})
+    assert calls == ["boom", "after"]
+    assert failures == ["plugin 'boom' failed in on_epoch_end: ValueError: boom bug"]
+    assert host.notify("on_epoch_end", run={}, epoch=1, metrics={}) == [failures[0]]
 
 
 def test_observer_failure_is_reported_not_raised():
@@ -156,6 +208,10 @@ def test_selection_errors():
     with pytest.raises(UserError) as err:
         select_device(host, "does_not_exist")
     assert "broken" in err.value.one_line()
+    host.add(vendor_module("shown"), "module-name", "test")
+    with pytest.raises(UserError) as err:
+        select_device(host, "module-name")
+    assert "use --vendor shown" in err.value.one_line()
 
 
 def test_auto_selection_takes_priority_and_announces_cpu(monkeypatch):
@@ -166,6 +222,10 @@ def test_auto_selection_takes_priority_and_announces_cpu(monkeypatch):
     host = build_host(load_entry_points=False)
     host.add(vendor_module("fast", priority=70), "fast", "test")
     assert select_device(host, None, announce=lines.append).vendor == "fast"
+    # names the vendor it picked, calls only the unavailable ones unavailable
+    assert lines[1].startswith("auto-selected vendor 'fast'")
+    assert "(metax, cuda not available here)" in lines[1]
+    assert "fast not" not in lines[1] and "cpu" not in lines[1].split(";", 1)[1]
     monkeypatch.setenv("CHIPBENCH_VENDOR", "cpu")
     host = build_host(load_entry_points=False)
     host.add(vendor_module("fast", priority=70), "fast", "test")

@@ -1,6 +1,7 @@
 """Every registered vendor's hooks return the documented types (on the vendors available here,
 plus MetaX and CUDA simulated)."""
 
+import os
 
 import pytest
 import torch
@@ -131,3 +132,52 @@ def test_real_metax_contract():
     if not host.record("metax").info.available:
         pytest.skip("no MetaX GPU here: " + host.record("metax").info.reason)
     check_contract(select_device(host, "metax"))
+
+
+def test_optional_run_switches_default_without_a_vendor_hook():
+    facade = select_device(build_host(load_entry_points=False), "cpu")
+    device = torch.device("cpu")
+    assert not facade.implements("device_configure")
+    assert facade.configure(device, deterministic=True, autotune=True) is None
+    assert facade.grad_scaler(device, "fp32") is None and facade.grad_scaler(device, "bf16") is None
+    if hasattr(torch.amp, "GradScaler"):
+        assert isinstance(facade.grad_scaler(device, "fp16"), torch.amp.GradScaler)
+
+
+def test_optional_run_switches_reach_the_vendor():
+    from tests.test_manager import vendor_module
+
+    calls = []
+    scaler = object()
+
+    def device_configure(device, deterministic, autotune):
+        calls.append((device, deterministic, autotune))
+
+    def device_grad_scaler(precision):  # a subset of the spec's arguments
+        return scaler if precision == "fp16" else None
+
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("switchy", device_configure=device_configure,
+                           device_grad_scaler=device_grad_scaler), "switchy", "test")
+    facade = select_device(host, "switchy")
+    facade.configure(torch.device("cpu"), deterministic=False, autotune=True)
+    assert calls == [(torch.device("cpu"), False, True)]
+    assert facade.grad_scaler(torch.device("cpu"), "fp16") is scaler
+    assert facade.grad_scaler(torch.device("cpu"), "fp32") is None  # never asked
+
+
+def test_cuda_like_switches(monkeypatch):
+    import chipbench.plugins.cuda
+    import chipbench.plugins.metax
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    for plugin in (chipbench.plugins.cuda, chipbench.plugins.metax):
+        plugin.device_configure(torch.device("cuda", 0), deterministic=False, autotune=True)
+        assert torch.backends.cudnn.benchmark is True
+        plugin.device_configure(torch.device("cuda", 0), deterministic=True, autotune=True)
+        assert torch.backends.cudnn.benchmark is False
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+        scaler = plugin.device_grad_scaler(torch.device("cuda", 0), "fp16")
+        assert scaler is None if hasattr(torch.amp, "GradScaler") else scaler is not None

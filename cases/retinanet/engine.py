@@ -27,17 +27,10 @@ def autocast_factory(device: torch.device, precision: str) -> Callable[[], Any]:
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_grad_scaler(device: torch.device, precision: str) -> Optional[Any]:
-    """A dynamic loss scaler for fp16 training; None for fp32 and bf16."""
-    if precision not in ("amp", "fp16"):
-        return None
-    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(device.type)
-    if device.type != "cuda":  # torch 2.0-2.2 scale losses on CUDA-type devices only
-        raise UserError("{} training on device type '{}' needs torch 2.3 or later (this is {})"
-                        .format(precision, device.type, torch.__version__),
-                        "use fp32 or bf16, or a newer torch")
-    return torch.cuda.amp.GradScaler()
+def make_grad_scaler(facade: Any, device: torch.device, precision: str) -> Optional[Any]:
+    """A dynamic loss scaler for fp16 training (the vendor's, else torch's); None for fp32 and
+    bf16."""
+    return facade.grad_scaler(device, precision)
 
 
 def progress_bar(epoch: int, step: int, total: int, loss: float, images_per_s: float) -> str:

@@ -24,14 +24,14 @@ from chipbench.context import RunContext
 from chipbench.metrics import RunMeter
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(ctx: RunContext, seed: int, deterministic: bool, autotune: bool) -> None:
+    """Seed every RNG; determinism and kernel autotuning are the vendor's switches (its hook)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    ctx.facade.configure(ctx.device, deterministic, autotune)
 
 
 def build_loaders(ctx: RunContext, data_dir: Path):
@@ -94,7 +94,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     """The seed's recipe: SGD + warm-up + MultiStepLR, evaluation every epoch, stop at target."""
     cfg, train_cfg = ctx.config, ctx.config["train"]
     prepared = ctx.spec["prepared"]
-    seed_everything(train_cfg["seed"] + ctx.rank, train_cfg["deterministic"])
+    seed_everything(ctx, train_cfg["seed"] + ctx.rank, train_cfg["deterministic"],
+                    bool(train_cfg["autotune"]))
     train_set, val_set, sampler, train_loader, val_loader = build_loaders(
         ctx, Path(prepared["data_dir"]))
     num_classes = max(train_set.coco.getCatIds() or [0]) + 1
@@ -113,7 +114,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
                                                      gamma=train_cfg["lr_gamma"])
     precision = train_cfg["precision"]
     autocast = autocast_factory(ctx.device, precision)
-    scaler = make_grad_scaler(ctx.device, precision)
+    scaler = make_grad_scaler(ctx.facade, ctx.device, precision)
     meter = RunMeter(skip_iters=train_cfg["throughput_skip_iters"])
     start_epoch = 0
     state = None
