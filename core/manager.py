@@ -204,7 +204,9 @@ class PluginHost:
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin and not (impl.hookwrapper or getattr(impl, "wrapper",
                                                                                False)):
-                    impl.function = self._guarded(impl.function, impl.plugin_name, caller.name)
+                    # pluggy calls whatever ``function`` holds (typed Final: assigned once, here)
+                    impl.function = self._guarded(  # type: ignore[misc]
+                        impl.function, impl.plugin_name, caller.name)
 
     def _guarded(self, function: Callable[..., Any], plugin_name: str,
                  hook_name: str) -> Callable[..., Any]:

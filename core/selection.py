@@ -44,13 +44,17 @@ def choose_vendor(host: PluginHost, requested: Optional[str] = None) -> VendorIn
                     requested, record.name, record.origin),
                 "use --vendor {}".format(record.name),
             )
-        if not record.info.available:
+        info = record.info
+        if info is None:
+            raise UserError("'{}' is a plugin that observes runs, not a vendor".format(requested),
+                            "choose a vendor: {}".format(_available_list(host)))
+        if not info.available:
             raise UserError(
-                "vendor '{}' is not available here: {}".format(requested, record.info.reason),
+                "vendor '{}' is not available here: {}".format(requested, info.reason),
                 "run on a machine where it is, or choose an available vendor: {}".format(
                     _available_list(host)),
             )
-        return record.info
+        return info
     for info in host.vendors():
         if info.available:
             return info

@@ -329,8 +329,9 @@ def device_sample(device: torch.device) -> Dict[str, float]:
     physical = _physical(device)
     for entry in _devices():
         if entry["index"] == physical:
-            sample = {k: float(entry[k]) for k in ("util_percent", "power_w", "temperature_c")
-                      if k in entry}
+            sample: Dict[str, float] = {
+                k: float(entry[k]) for k in ("util_percent", "power_w", "temperature_c")
+                if k in entry}
             if "memory_used_mib" in entry:
                 sample["memory_used_bytes"] = float(entry["memory_used_mib"] * MIB)
             return sample

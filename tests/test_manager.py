@@ -212,6 +212,9 @@ def test_selection_errors():
     with pytest.raises(UserError) as err:
         select_device(host, "module-name")
     assert "use --vendor shown" in err.value.one_line()
+    with pytest.raises(UserError) as err:
+        select_device(host, "report")
+    assert "observes runs, not a vendor" in err.value.one_line()
 
 
 def test_auto_selection_takes_priority_and_announces_cpu(monkeypatch):
