@@ -2,6 +2,8 @@
 plus MetaX and CUDA simulated)."""
 
 import os
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +183,35 @@ def test_cuda_like_switches(monkeypatch):
         monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
         scaler = plugin.device_grad_scaler(torch.device("cuda", 0), "fp16")
         assert scaler is None if hasattr(torch.amp, "GradScaler") else scaler is not None
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_minimal_plugin_honours_the_contract(tmp_path, monkeypatch):
+    from tests.conftest import write_tool
+
+    section = README.read_text(encoding="utf-8").split("### Writing a vendor plugin", 1)[1]
+    source = section.split("```python\n")[2].split("```")[0]  # [1] is the import line
+    module = types.ModuleType("mychip_chipbench")
+    exec(compile(source, "README:mychip_chipbench", "exec"), module.__dict__)
+    host = build_host(load_entry_points=False)
+    record = host.add(module, "mychip", "README")
+    assert not record.broken and not record.info.available  # no mychip-smi here
+    write_tool(tmp_path / "bin", "mychip-smi", script="#!/bin/sh\n")
+    monkeypatch.setenv("PATH", "{}:{}".format(tmp_path / "bin", os.environ["PATH"]))
+    host = build_host(load_entry_points=False)
+    assert host.add(module, "mychip", "README").info.available
+    facade = select_device(host, "mychip")
+    check_contract(facade)
+    assert facade.implements("device_configure") and not facade.implements("device_grad_scaler")
+    facade.configure(torch.device("cpu"), deterministic=True, autotune=False)
+
+
+def test_readme_hook_table_lists_every_hook():
+    from chipbench import hookspecs
+
+    table = README.read_text(encoding="utf-8").split("### The hooks", 1)[1].split("\n\n")[1]
+    for name in ("vendor_detect",) + hookspecs.DEVICE_HOOKS + hookspecs.OPTIONAL_HOOKS + \
+            hookspecs.LIFECYCLE_HOOKS:
+        assert "`{}(".format(name) in table, name

@@ -1,8 +1,10 @@
 """A third-party chipbench vendor, installed on its own and found through the entry-point group
 ``chipbench.vendors``. It pretends to be a chip called "FakeChip F1" and runs on the CPU.
 
-Copy this file to start a real vendor plugin: every hook of ``chipbench.hookspecs`` is here, one line
-of work each. Priority -10 keeps it below the CPU, so it is only used when asked for by name.
+Copy this file to start a real vendor plugin: every required hook of ``chipbench.hookspecs`` is
+here, one line of work each, imported from ``chipbench``'s public surface only. The optional hooks
+(``device_configure``, ``device_grad_scaler``, API 1.1) are left to chipbench's defaults. Priority
+-10 keeps it below the CPU, so it is only used when asked for by name.
 """
 
 from typing import Any, Dict, List
