@@ -383,7 +383,8 @@ ROWS = [
         env={"CHIPBENCH_VENDOR": "metax"}),
     # signals (subprocess)
     Row("signal-sigterm-after-an-epoch", RUN + ["--set", "train.max_iters=0",
-                                                "--set", "train.epochs=4"],
+                                                "--set", "data.synthetic.train_images=4",
+                                                "--set", "train.epochs=3"],
         "interrupted (SIGTERM)", code=143, folder="interrupted", signal_after="epoch 0 recorded",
         check=epochs_kept),
     Row("signal-sigint-before-training", RUN, "interrupted", code=130, folder="interrupted",
@@ -450,7 +451,12 @@ def run_with_signal(row: Row, args: List[str], env: Dict[str, str]) -> Any:
     return proc.returncode, "".join(lines) + rest
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+TRAINS = {"signal-sigterm-after-an-epoch", "data-invalid-boxes-counted"}
+"""Rows that train (an iteration or an epoch): marked slow; every other row fails before."""
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, marks=pytest.mark.slow) if r.id in TRAINS else r
+                                 for r in ROWS], ids=[r.id for r in ROWS])
 def test_bad_input(row: Row, tmp_path, monkeypatch, capsys, request) -> None:
     needs = " ".join(row.args) + json.dumps(row.env or {})
     coco = tmp_path / "coco"
