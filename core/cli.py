@@ -6,12 +6,21 @@ Errors are one line on stderr (``error: <problem>; <fix>``) with exit code 2 for
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import traceback
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from chipbench import __version__
-from chipbench.errors import EXIT_USER_ERROR, ChipbenchError, UserError
+from chipbench.errors import (
+    EXIT_USER_ERROR,
+    ChipbenchError,
+    Interrupted,
+    UserError,
+    interrupt_exit_code,
+    user_os_error,
+)
 
 
 def _print_err(line: str) -> None:
@@ -116,7 +125,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                         master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
                         join_timeout_s=args.join_timeout, devices=args.devices)
     if args.resume:
+        refuse_with_resume(args)
         run = Run.resume(args.resume, args.vendor, announce=_print_err)
+        if run.done:
+            _print_err("nothing to resume: {} finished already (left unchanged)".format(
+                run.run_dir))
+            return 0
         topology = run.topology
     elif args.case:
         run = Run(args.case, args.vendor, topology, config_name=args.config, sets=args.set,
@@ -139,18 +153,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+RESUME_FIXED = {"case": "a case", "config": "--config", "data_dir": "--data-dir", "set": "--set",
+                "precision": "--precision", "output": "--output",
+                "nproc_per_node": "--nproc-per-node", "devices": "--devices", "nnodes": "--nnodes",
+                "node_rank": "--node-rank", "master_addr": "--master-addr",
+                "master_port": "--master-port", "rdzv_endpoint": "--rdzv-endpoint",
+                "join_timeout": "--join-timeout"}
+"""What ``--resume`` takes from the run folder's spec.json: giving any of them with it is refused
+(the run continues exactly as it started, and its result says what it ran)."""
+
+
+def refuse_with_resume(args: argparse.Namespace) -> None:
+    """Refuse ``--resume`` combined with settings that the resumed run would not apply."""
+    defaults = vars(build_parser().parse_args(["run"]))
+    given = [flag for dest, flag in RESUME_FIXED.items()
+             if getattr(args, dest, None) != defaults.get(dest)]
+    if given:
+        raise UserError("--resume continues a run with the settings it started with; "
+                        "{} cannot be combined with it".format(", ".join(given)),
+                        "drop {0}, or start a new run with {0}".format(
+                            "it" if len(given) == 1 else "them"))
+
+
 # --------------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are chipbench's one line (``error: ...; see core run --help``)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UserError(message, "see {} --help".format(self.prog))
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def interrupt_on_sigterm() -> Any:
+    """Make SIGTERM (a batch system's cancel) stop a run like Ctrl-C: the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="core", description="chipbench: the same AI training benchmark on any accelerator.")
     parser.add_argument("--version", action="version", version="chipbench " + __version__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks of errors")
 
@@ -198,25 +252,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``core`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USER_ERROR
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    previous = interrupt_on_sigterm()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USER_ERROR
         return args.func(args)
     except ChipbenchError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         _print_err("error: " + exc.one_line())
         return exc.exit_code
-    except KeyboardInterrupt:
-        _print_err("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        _print_err("interrupted" + (" (SIGTERM)" if isinstance(exc, Interrupted)
+                                    and exc.signum == signal.SIGTERM else ""))
+        return interrupt_exit_code(exc)
     except Exception as exc:  # a bug: still one line unless --debug
-        if args.debug:
+        if debug:
             traceback.print_exc()
+        error = user_os_error(exc)
+        if error is not None:
+            _print_err("error: " + error.one_line())
+            return error.exit_code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _print_err("error: internal error {}: {}; rerun with --debug and report it".format(
             type(exc).__name__, first))
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -2,10 +2,12 @@
 
 The defaults file is the schema: a key it does not have is an error, and a value must have the
 type of the default (an int where a float is expected is fine; a ``null`` default takes anything).
-No config is ever executed as code: YAML is read with ``yaml.safe_load``.
+No config is ever executed as code: YAML is read with a ``yaml.SafeLoader`` that also refuses a
+key set twice. Every number must be finite (no NaN, no inf).
 """
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple
 
@@ -16,15 +18,47 @@ from chipbench.errors import UserError
 Config = Dict[str, Any]
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that sets the same key twice (YAML would keep the last one in silence)."""
+
+    def __init__(self, key: Any, mark: Any) -> None:
+        super().__init__("duplicate key {!r}".format(key))
+        self.key = key
+        self.problem_mark = mark
+        self.problem = "key {!r} is set twice".format(key)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys in a mapping."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise DuplicateKeyError(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: Path) -> Config:
-    """Read one YAML mapping; a missing, unreadable or broken file is a one-line error."""
+    """Read one YAML mapping; a missing, unreadable or broken file, or a key set twice, is a
+    one-line error."""
     path = Path(path)
     try:
         with open(path) as handle:
-            data = yaml.safe_load(handle)
+            data = yaml.load(handle, Loader=StrictLoader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise UserError("cannot read config {} ({})".format(path, exc.strerror),
                         "check the path") from None
+    except DuplicateKeyError as exc:
+        raise UserError("config {} sets key {!r} twice (line {})".format(
+            path, exc.key, exc.problem_mark.line + 1),
+            "keep one of them: YAML would silently drop the first") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = " at line {}".format(mark.line + 1) if mark is not None else ""
@@ -77,6 +111,10 @@ def merge(base: Config, layer: Config, source: str, schema: Config = None, prefi
                 "fix the value")
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise UserError("config key '{}' in {} must be a finite number, not {}".format(
+                dotted, source, value), "give a finite value")
         merged[key] = value
     return merged
 

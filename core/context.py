@@ -39,6 +39,9 @@ class RunContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("chipbench"))
     monitor: Any = None
     epochs: List[Dict[str, Any]] = field(default_factory=list)
+    data: Dict[str, Any] = field(default_factory=dict)
+    """What the case trains and evaluates on (images, annotations, boxes dropped): result.json's
+    ``data``."""
 
     @property
     def is_main(self) -> bool:
@@ -105,7 +108,8 @@ class RunContext:
             return
         latest = metrics if metrics is not None else (self.epochs[-1] if self.epochs else {})
         write_json_atomic(self.run_dir / PROGRESS_FILE,
-                          {"final": final, "epochs": self.epochs, "metrics": latest})
+                          {"final": final, "epochs": self.epochs, "metrics": latest,
+                         "data": self.data})
 
     def run_info(self) -> Dict[str, Any]:
         return {"run_dir": str(self.run_dir), "case": self.spec["case"],

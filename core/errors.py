@@ -1,9 +1,13 @@
 """Errors that the CLI turns into one line and an exit code, never a traceback (unless ``--debug``)."""
 
+import errno
+import signal
 from typing import Optional
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)."""
 
 
 class ChipbenchError(Exception):
@@ -43,3 +47,53 @@ class RunFailed(ChipbenchError):
     """A run started but did not finish: a worker died, a rank hung, a loss became non-finite."""
 
     exit_code = EXIT_RUN_FAILED
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops a run as Ctrl-C does (SIGTERM from a batch system's cancel)."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def interrupt_exit_code(exc: BaseException) -> int:
+    """130 for Ctrl-C, 128 + the signal number for an :class:`Interrupted`."""
+    return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+
+
+USER_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+               errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a part of the path is a file",
+               errno.EEXIST: "it exists and is not a folder",
+               errno.EISDIR: "it is a folder", errno.ENAMETOOLONG: "the name is too long"}
+"""File-system errors that a user fixes (a path, a permission, free space), not a bug."""
+
+
+def user_os_error(exc: BaseException, what: Optional[str] = None,
+                  fix: Optional[str] = None) -> Optional[UserError]:
+    """``exc`` as a one-line :class:`UserError` when it is a file-system error the user fixes
+    (permission, read-only, full disk, a file where a folder should be); else None."""
+    if not isinstance(exc, OSError) or exc.errno not in USER_ERRNOS:
+        return None
+    what = what or str(exc.filename or "a file")
+    where = " ({})".format(exc.filename) if exc.filename and str(exc.filename) not in what else ""
+    return UserError("cannot write {}{}: {}".format(what, where, USER_ERRNOS[exc.errno]),
+                     fix or "check that path: its permissions, free space, and that no part of "
+                            "it is a file")
+
+
+ALLOCATION_FAILURES = ("out of memory", "can't allocate memory", "cannot allocate memory",
+                       "failed to allocate")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a host or device allocation that failed (any vendor's wording)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(f in text for f in ALLOCATION_FAILURES)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
-from chipbench.errors import RunFailed, UserError
+from chipbench.errors import Interrupted, RunFailed, UserError
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _interrupt_on_sigterm() -> Any:
         return None
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("SIGTERM")
+        raise Interrupted(signum)
 
     return signal.signal(signal.SIGTERM, interrupt)
 

@@ -20,7 +20,8 @@ from chipbench import __version__
 from chipbench.case import Case, load_case
 from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
 from chipbench.context import PROGRESS_FILE, write_json_atomic
-from chipbench.errors import ChipbenchError, RunFailed, UserError
+from chipbench.errors import ChipbenchError, Interrupted, RunFailed, UserError, user_os_error
+from chipbench.hookspecs import PRECISIONS
 from chipbench.launcher import Topology, launch_workers
 from chipbench.manager import build_host
 from chipbench.metrics import gib, mem_text
@@ -93,14 +94,39 @@ def row_labels(hardware: HardwareId, topology: Topology) -> Tuple[str, str]:
 # --------------------------------------------------------------------------------------------------
 
 
+def precheck_config(case: Case, sets: List[str], flags: Config) -> None:
+    """Check ``--set`` and the flags over the case defaults before torch or a plugin is loaded:
+    they win over every other layer, so a value that is bad here is bad in the run too."""
+    defaults = load_yaml(case.config_dir / "defaults.yaml")
+    tail = [("--set", parse_set(sets)), ("command-line flags", flags)]
+    config = resolve(defaults, case.overlays(resolve(defaults, tail)) + tail)
+    case.validate(config, list(PRECISIONS))
+
+
+def check_output(output: Optional[str]) -> None:
+    """Refuse an ``--output`` that is a file, lies under a file or already holds a run."""
+    if not output:
+        return
+    run_dir = Path(output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError("--output {} is a file, not a folder".format(run_dir),
+                        "give a new folder for the run")
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError("--output {} lies under {}, which is a file".format(
+                    run_dir, parent), "give a folder whose parents are folders")
+            break
+    if (run_dir / RESULT_FILE).exists() or (run_dir / SPEC_FILE).exists():
+        raise UserError("run folder {} already holds a run".format(run_dir),
+                        "choose another --output, or continue it with --resume {}".format(run_dir))
+
+
 def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
     """Create the run folder; never reuse one that already holds a run."""
+    check_output(output)
     if output:
         run_dir = Path(output)
-        if (run_dir / RESULT_FILE).exists() or (run_dir / SPEC_FILE).exists():
-            raise UserError("run folder {} already holds a run".format(run_dir),
-                            "choose another --output, or continue it with --resume {}".format(
-                                run_dir))
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / "{}-{}-{}".format(case, vendor, stamp)
@@ -108,8 +134,15 @@ def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
         while run_dir.exists():
             suffix += 1
             run_dir = Path("runs") / "{}-{}-{}-{}".format(case, vendor, stamp, suffix)
-    for sub in ("logs", "monitor", "checkpoints"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        for sub in ("logs", "monitor", "checkpoints"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = user_os_error(exc, "the run folder {}".format(run_dir),
+                              "give --output a folder you can write to")
+        if error is None:
+            raise
+        raise error from None
     return run_dir
 
 
@@ -178,18 +211,21 @@ class Run:
         self.started = time.time()
         self.announce = announce
         self.topology = topology
-        self.host = build_host()
-        self.facade = select_device(self.host, vendor, announce=announce)
-        if topology.devices and not self.facade.visible_devices_env():
-            raise UserError("vendor '{}' has no way to restrict devices".format(self.facade.vendor),
-                            "drop --devices")
+        self.done = False
         self.case = load_case(case_arg)
-        self.hardware = self.facade.hardware_id()
         flags: Config = {}
         if data_dir:
             flags["data"] = {"dir": str(Path(data_dir).expanduser())}
         if precision:
             flags["train"] = {"precision": precision}
+        precheck_config(self.case, sets or [], flags)  # before torch: a typo fails at once
+        check_output(output)
+        self.host = build_host()
+        self.facade = select_device(self.host, vendor, announce=announce)
+        if topology.devices and not self.facade.visible_devices_env():
+            raise UserError("vendor '{}' has no way to restrict devices".format(self.facade.vendor),
+                            "drop --devices")
+        self.hardware = self.facade.hardware_id()
         self.config, self.sources = resolve_run_config(
             self.case, config_name, self.hardware, topology, sets or [], flags)
         self.case.validate(self.config, self.facade.supported_precisions())
@@ -200,15 +236,19 @@ class Run:
     @classmethod
     def resume(cls, run_dir: str, vendor: Optional[str] = None,
                announce: Callable[[str], None] = print) -> "Run":
-        """A run that continues ``run_dir`` from its last epoch checkpoint, same config."""
+        """A run that continues ``run_dir`` from its last epoch checkpoint, same config.
+
+        ``run.done`` is True (and nothing is touched) when the run finished already.
+        """
         self = cls.__new__(cls)
         self.started = time.time()
         self.announce = announce
         self.run_dir = Path(run_dir)
-        spec = _read_json(self.run_dir / SPEC_FILE)
-        if not spec:
-            raise UserError("{} holds no run to resume (no spec.json)".format(run_dir),
-                            "give the folder of an earlier `core run`")
+        spec = read_spec(self.run_dir)
+        self.previous = _read_json(self.run_dir / RESULT_FILE)
+        self.done = self.previous.get("status") == "finished"
+        if self.done:
+            return self
         if spec["topology"].get("node_rank", 0) == 0 and not (
                 self.run_dir / "checkpoints" / "last.pt").is_file():
             raise UserError("{} has no checkpoint to resume from".format(run_dir),
@@ -216,13 +256,21 @@ class Run:
         if vendor and vendor != spec["vendor"]:
             raise UserError("{} was run on vendor '{}', not '{}'".format(
                 run_dir, spec["vendor"], vendor), "resume it without --vendor, or start a new run")
-        self.topology = Topology(**spec["topology"])
+        self.case = load_case(spec["case"])
+        self.config = checked_spec_config(self.case, spec, self.run_dir / SPEC_FILE)
+        try:
+            self.topology = Topology(**spec["topology"])
+        except TypeError as exc:
+            raise UserError("{} has a bad topology ({})".format(self.run_dir / SPEC_FILE, exc),
+                            "restore the spec.json that core run wrote, or start a new run"
+                            ) from None
         self.host = build_host()
         self.facade = select_device(self.host, spec["vendor"], announce=announce)
-        self.case = load_case(spec["case"])
+        self.case.validate(self.config, self.facade.supported_precisions())
         self.hardware = self.facade.hardware_id()
-        self.config = spec["config"]
-        self.previous = _read_json(self.run_dir / RESULT_FILE)
+        check = getattr(self.case, "check_resume", None)
+        if check is not None and self.topology.node_rank == 0:
+            check(self.run_dir)  # an unreadable or unsafe checkpoint: refused, nothing written
         self.sources = self.previous.get("config_sources", [])
         self.result = {}
         return self
@@ -260,20 +308,31 @@ class Run:
                 self.announce("warning: " + failure)
             self._run_workers()
             self.result["status"] = "finished"
-        except KeyboardInterrupt:
-            self.result.update(status="interrupted", error="interrupted (Ctrl-C)")
+        except KeyboardInterrupt as exc:
+            how = "SIGTERM" if isinstance(exc, Interrupted) and exc.signum != 2 else "Ctrl-C"
+            self.result.update(status="interrupted", error="interrupted ({})".format(how))
             raise
         except ChipbenchError as exc:
             self.result.update(status="failed", error=exc.one_line())
             raise
+        except OSError as exc:
+            error = user_os_error(exc)
+            if error is None:
+                self._record_failure(exc)
+                raise
+            self.result.update(status="failed", error=error.one_line())
+            raise error from None
         except BaseException as exc:
-            TRACE.error("run failed:\n%s", traceback.format_exc())
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.result.update(status="failed", error="{}: {}".format(type(exc).__name__, first))
+            self._record_failure(exc)
             raise
         finally:
             self._finish()
         return self.result
+
+    def _record_failure(self, exc: BaseException) -> None:
+        TRACE.error("run failed:\n%s", traceback.format_exc())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self.result.update(status="failed", error="{}: {}".format(type(exc).__name__, first))
 
     def _run_workers(self) -> None:
         """One process in place; more, or a device restriction, through torchrun (a device
@@ -312,6 +371,9 @@ class Run:
             metrics["allocator_peak_gib"] = gib(metrics["allocator_peak_bytes"])
         self.result["metrics"] = metrics
         self.result["epochs"] = progress.get("epochs", [])
+        data = progress.get("data") or (self.previous or {}).get("data")
+        if data:
+            self.result["data"] = data
         if self.topology.nnodes > 1 and not progress and self.result["status"] == "finished":
             self.result["note"] = ("this node did not hold rank 0: the figures of the run are in "
                                    "the run folder of the node that did; this folder holds this "
@@ -327,6 +389,41 @@ class Run:
     def _run_info(self) -> Dict[str, Any]:
         return {"run_dir": str(self.run_dir), "case": self.case.name,
                 "vendor": self.facade.vendor, "config": self.config}
+
+
+def read_spec(run_dir: Path) -> Dict[str, Any]:
+    """The ``spec.json`` of a run folder; missing, unreadable or malformed is a one-line error."""
+    path = Path(run_dir) / SPEC_FILE
+    fix = "give the folder of an earlier `core run`"
+    if not Path(run_dir).is_dir():
+        raise UserError("{} is not a run folder ({})".format(
+            run_dir, "a file" if Path(run_dir).exists() else "it does not exist"), fix)
+    if not path.is_file():
+        raise UserError("{} holds no run to resume (no spec.json)".format(run_dir), fix)
+    try:
+        with open(path) as handle:
+            spec = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise UserError("{} is unreadable ({})".format(path, exc),
+                        "it is truncated or corrupt: restore it, or start a new run") from None
+    kinds = {"case": str, "vendor": str, "config": dict, "topology": dict}
+    bad = [k for k, kind in kinds.items() if not isinstance(spec, dict)
+           or not isinstance(spec.get(k), kind)]
+    if bad:
+        raise UserError("{} lacks a valid {}".format(path, ", ".join(bad)),
+                        "restore the spec.json that core run wrote, or start a new run")
+    return spec
+
+
+def checked_spec_config(case: Case, spec: Dict[str, Any], source: Path) -> Config:
+    """The config of a ``spec.json``, checked like a new one (keys, types, values)."""
+    config = resolve(load_yaml(case.config_dir / "defaults.yaml"), [(str(source), spec["config"])])
+    try:
+        case.validate(config, list(PRECISIONS))
+    except UserError as exc:
+        raise UserError("{} (in {})".format(exc.problem, source),
+                        "restore the spec.json that core run wrote, or start a new run") from None
+    return config
 
 
 def _read_json(path: Path) -> Dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from chipbench.context import RunContext
-from chipbench.errors import ChipbenchError, RunFailed
+from chipbench.errors import ChipbenchError, RunFailed, UserError, is_allocation_failure, user_os_error
 
 SPEC_FILE = "spec.json"
 TRACE = logging.getLogger("chipbench.trace")
@@ -82,8 +82,14 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     ctx = RunContext(spec=spec, config=spec["config"], run_dir=run_dir, host=host, facade=facade,
                      device=device, rank=rank, local_rank=local_rank, world_size=world_size,
                      log=log, monitor=monitor)
+    case = load_case(spec["case"])
     try:
-        metrics = load_case(spec["case"]).run(ctx)
+        try:
+            metrics = case.run(ctx)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_allocation_failure(exc):
+                raise
+            raise allocation_error(case, spec["config"], exc) from None
         ctx.save_progress(final=True, metrics=metrics)
         return metrics
     finally:
@@ -93,6 +99,15 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def allocation_error(case: Any, config: Dict[str, Any], exc: BaseException) -> UserError:
+    """A failed host or device allocation as one line naming the sizes and what to lower."""
+    hint = getattr(case, "memory_hint", None)
+    what, settings = hint(config) if hint is not None else ("the run", "the input or batch size")
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return UserError("cannot allocate memory for {} ({})".format(what, first),
+                     "lower {}; the finished epochs are kept".format(settings))
 
 
 def record_error(run_dir: Path, rank: int, message: str) -> None:
@@ -112,17 +127,24 @@ def main(argv: Optional[list] = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         run_worker(run_dir)
-    except ChipbenchError as exc:
-        record_error(run_dir, rank, exc.one_line())
-        TRACE.error("error: %s\n%s", exc.one_line(), traceback.format_exc())
-        return exc.exit_code
+    except (ChipbenchError, OSError) as exc:
+        error = exc if isinstance(exc, ChipbenchError) else user_os_error(exc)
+        if error is None:
+            return _failed(run_dir, rank, exc)
+        record_error(run_dir, rank, error.one_line())
+        TRACE.error("error: %s\n%s", error.one_line(), traceback.format_exc())
+        return error.exit_code
     except BaseException as exc:  # noqa: B902 - every failure must reach the launcher
-        text = "{}: {}".format(type(exc).__name__, str(exc).strip().splitlines()[0]
-                               if str(exc).strip() else "")
-        record_error(run_dir, rank, "rank {} failed: {}".format(rank, text))
-        TRACE.error("rank %d failed: %s\n%s", rank, text, traceback.format_exc())
-        return RunFailed.exit_code
+        return _failed(run_dir, rank, exc)
     return 0
+
+
+def _failed(run_dir: Path, rank: int, exc: BaseException) -> int:
+    text = "{}: {}".format(type(exc).__name__, str(exc).strip().splitlines()[0]
+                           if str(exc).strip() else "")
+    record_error(run_dir, rank, "rank {} failed: {}".format(rank, text))
+    TRACE.error("rank %d failed: %s\n%s", rank, text, traceback.format_exc())
+    return RunFailed.exit_code
 
 
 if __name__ == "__main__":

@@ -74,3 +74,23 @@ def test_yaml_is_never_executed(tmp_path):
 
 def test_flatten():
     assert flatten(DEFAULTS)["train.lr"] == 0.01
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(UserError) as err:
+        merge(DEFAULTS, {"train": {"lr": value}}, "--set")
+    assert "train.lr" in err.value.one_line() and "finite" in err.value.one_line()
+    with pytest.raises(UserError):
+        merge({"x": [0.5]}, {"x": [1.0, value]}, "--set")
+
+
+def test_duplicate_yaml_keys_name_file_line_and_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("data:\n  dir: /a\ntrain:\n  lr: 0.1\n  amp: true\n  lr: 0.2\n")
+    with pytest.raises(UserError) as err:
+        load_yaml(path)
+    line = err.value.one_line()
+    assert str(path) in line and "'lr' twice" in line and "line 6" in line
+    path.write_text("train:\n  lr: 0.1\ndata:\n  dir: /a\n")  # the same key in two sections: fine
+    assert load_yaml(path)["train"]["lr"] == 0.1

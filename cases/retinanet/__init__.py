@@ -112,6 +112,19 @@ class RetinaNetCase(Case):
             ("额外修改项 extra", "none", ""),
         ]
 
+    def check_resume(self, run_dir: Path) -> None:
+        """Refuse an unreadable or unsafe ``checkpoints/last.pt`` before anything is written."""
+        from chipbench.cases.retinanet.checkpoint import load
+
+        load(Path(run_dir) / "checkpoints" / "last.pt")
+
+    def memory_hint(self, config: Config) -> Tuple[str, str]:
+        """What failed to fit in memory, and the settings that make it smaller."""
+        return ("batches of {} image(s) resized to {}-{} px".format(
+            config["train"]["batch_size"], config["model"]["min_size"],
+            config["model"]["max_size"]),
+            "lower model.min_size/model.max_size or train.batch_size")
+
     def target(self, config: Config) -> Any:
         return config["target"]["mAP"]
 

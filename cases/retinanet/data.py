@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import io
 import json
+import math
 import os
 import random
 import warnings
@@ -55,6 +56,8 @@ def check_data_dir(data_dir: Path) -> None:
     fix = ("point --data-dir at a COCO2017 folder (train2017/, val2017/, "
            "annotations/instances_{train,val}2017.json from cocodataset.org), or omit --data-dir "
            "to use the embedded synthetic set")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError("data dir {} is a file, not a folder".format(data_dir), fix)
     if not data_dir.is_dir():
         raise UserError("data dir {} does not exist".format(data_dir), fix)
     for split in SPLITS:
@@ -67,7 +70,11 @@ def check_data_dir(data_dir: Path) -> None:
 
 
 def load_coco_api(annotation_file: Path) -> Any:
-    """Load an instances JSON with pycocotools (quietly); a broken file is a one-line error."""
+    """Load an instances JSON with pycocotools (quietly); a broken file is a one-line error.
+
+    Invalid boxes (not 4 finite numbers, under 1 px, or outside the image) are removed; how many
+    is ``coco.boxes_dropped``.
+    """
     from pycocotools.coco import COCO
 
     try:
@@ -76,15 +83,71 @@ def load_coco_api(annotation_file: Path) -> Any:
     except (OSError, ValueError) as exc:
         raise UserError("annotation file {} is not valid JSON ({})".format(annotation_file, exc),
                         "re-download or regenerate it") from None
+    if not isinstance(dataset, dict):
+        raise UserError("annotation file {} is not a COCO instances mapping".format(
+            annotation_file), "use a COCO instances file (instances_*2017.json)")
     missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
     if missing:
         raise UserError("annotation file {} lacks {}".format(annotation_file, ", ".join(missing)),
                         "use a COCO instances file (instances_*2017.json)")
+    dataset["annotations"], dropped = check_instances(dataset, Path(annotation_file))
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
+    coco.boxes_dropped = dropped
     return coco
+
+
+def check_instances(dataset: Dict[str, Any], annotation_file: Path
+                    ) -> Tuple[List[Dict[str, Any]], int]:
+    """Refuse images without a positive size and annotations of unknown categories; return the
+    annotations whose boxes are valid and how many were not."""
+    name = annotation_file.name
+    fix = "fix or remove that entry in {}".format(annotation_file)
+    try:
+        categories = {c["id"] for c in dataset["categories"]}
+        sizes = {}
+        for image in dataset["images"]:
+            width, height = image.get("width"), image.get("height")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                       and math.isfinite(v) for v in (width, height)):
+                raise UserError("image {} in {} has width {} and height {}; both must be "
+                                "positive".format(image.get("id"), name, width, height), fix)
+            sizes[image["id"]] = (width, height)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError("annotation file {} has a malformed image or category entry ({}: {})"
+                        .format(annotation_file, type(exc).__name__, exc), fix) from None
+    kept, dropped = [], 0
+    for ann in dataset["annotations"]:
+        if not isinstance(ann, dict):
+            raise UserError("annotation file {} holds an annotation that is not a mapping".format(
+                annotation_file), fix)
+        if ann.get("category_id") not in categories:
+            raise UserError("annotation {} in {} has category_id {!r}, which is not among its "
+                            "categories ({})".format(ann.get("id"), name, ann.get("category_id"),
+                                                     ", ".join(str(c) for c in sorted(categories))),
+                            fix)
+        if _box_ok(ann.get("bbox"), sizes.get(ann.get("image_id"))):
+            kept.append(ann)
+        else:
+            dropped += 1
+    return kept, dropped
+
+
+def _box_ok(bbox: Any, size: Optional[Tuple[float, float]]) -> bool:
+    """A COCO ``[x, y, w, h]`` of finite numbers, at least 1 px wide and high inside the image."""
+    if size is None or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in bbox):
+        return False
+    x, y, w, h = bbox
+    width, height = size
+    inside_w = min(x + w, width) - max(x, 0)
+    inside_h = min(y + h, height) - max(y, 0)
+    return w >= MIN_BOX_SIDE and h >= MIN_BOX_SIDE and inside_w >= MIN_BOX_SIDE \
+        and inside_h >= MIN_BOX_SIDE
 
 
 class CocoDetection(torchvision.datasets.CocoDetection):
@@ -106,9 +169,18 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         self.train = train
         self.hflip = hflip if train else 0.0
         ids = sorted(self.coco.imgs.keys())
+        self.images_listed = len(ids)
+        if not ids:
+            raise UserError("{} lists no images".format(self.annotation_file),
+                            "use an annotation file with images in it")
         if train:
             ids = [i for i in ids if _usable(self.coco.imgToAnns.get(i, []))]
+            if not ids:
+                raise UserError("no image in {} has a usable annotation (a box of 1 px or more, "
+                                "not crowd)".format(self.annotation_file),
+                                "training needs annotated images: fix the annotation file")
         self.ids = ids
+        self.boxes_dropped = int(getattr(self.coco, "boxes_dropped", 0))
         missing = [self.coco.imgs[i]["file_name"] for i in ids
                    if not os.path.isfile(os.path.join(self.root, self.coco.imgs[i]["file_name"]))]
         if missing:
@@ -200,6 +272,35 @@ def convert_target(annotations: List[Dict[str, Any]], image_id: int, width: int,
     keep = ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE) & ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE)
     return {"boxes": boxes[keep], "labels": labels[keep],
             "image_id": torch.tensor(image_id, dtype=torch.int64)}
+
+
+def annotation_count(dataset: "CocoDetection") -> int:
+    """Annotations (boxes kept) of the images that ``dataset`` uses."""
+    return sum(len(dataset.coco.imgToAnns.get(i, [])) for i in dataset.ids)
+
+
+def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes: int,
+               config: Dict[str, Any], world_size: int) -> Dict[str, Any]:
+    """What the run trains and evaluates on (``result.json``'s ``data``); refuses a batch size
+    that the training images of one process cannot fill."""
+    batch = config["train"]["batch_size"]
+    per_process = -(-len(train_set) // world_size)
+    if batch > per_process:
+        raise UserError(
+            "train.batch_size {} is larger than the {} usable training image(s) each of the {} "
+            "process(es) gets from {}".format(batch, per_process, world_size,
+                                              train_set.annotation_file),
+            "set --set train.batch_size={} or less, or use more data".format(per_process))
+    return {"train_images": len(train_set), "val_images": len(val_set),
+            "train_annotations": annotation_count(train_set),
+            "val_annotations": annotation_count(val_set),
+            "train_images_dropped": train_set.images_listed - len(train_set),
+            "boxes_dropped": train_set.boxes_dropped + val_set.boxes_dropped,
+            "train_boxes_dropped": train_set.boxes_dropped,
+            "val_boxes_dropped": val_set.boxes_dropped,
+            "num_classes": num_classes, "min_size": config["model"]["min_size"],
+            "max_size": config["model"]["max_size"], "batch_size": batch,
+            "train_file": str(train_set.annotation_file), "val_file": str(val_set.annotation_file)}
 
 
 def collate(batch: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> Tuple[tuple, tuple]:

@@ -47,7 +47,13 @@ def resolve_backbone_weights(setting: str) -> Optional[Path]:
     if setting.lower() == "imagenet":
         target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_URL)
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError("cannot write the weights cache {} ({})".format(
+                    target.parent, exc.strerror or type(exc).__name__),
+                    "set TORCH_HOME to a folder you can write to, or set "
+                    "model.backbone_weights=file:///path/to/resnet50-0676ba61.pth") from None
             try:
                 torch.hub.download_url_to_file(IMAGENET_URL, str(target), progress=False)
             except Exception as exc:

@@ -6,6 +6,7 @@ through exactly the same code path as the real dataset. The generator is determi
 parameters give the same files, byte for byte, on the same libjpeg.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from chipbench.errors import UserError
 
 CATEGORIES = [
     {"id": 1, "name": "red square", "supercategory": "shape"},
@@ -122,7 +125,23 @@ def ensure_synthetic_coco(train_images: int = 64, val_images: int = 32, image_si
     target = cache_root / "synthetic-coco-{}".format(digest)
     if (target / COMPLETE_MARKER).is_file():
         return target
+    try:
+        return _generate(params, target, cache_root)
+    except OSError as exc:
+        raise UserError(
+            "cannot write the data cache {} ({})".format(
+                cache_root, exc.strerror or type(exc).__name__),
+            "set CHIPBENCH_CACHE to a folder you can write to (default ~/.cache/chipbench)"
+        ) from None
+
+
+def _generate(params: Dict[str, Any], target: Path, cache_root: Path) -> Path:
+    """Write the set into a staging folder under ``cache_root`` and rename it to ``target``."""
+    if cache_root.exists() and not cache_root.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(cache_root))
     cache_root.mkdir(parents=True, exist_ok=True)
+    train_images, val_images = params["train_images"], params["val_images"]
+    image_size, seed = params["image_size"], params["seed"]
     staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=str(cache_root)))
     try:
         _write_split(staging, "train", train_images, image_size, seed)

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from chipbench.cases.retinanet import checkpoint
 from chipbench.cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
-from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate
+from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate, data_facts
 from chipbench.cases.retinanet.engine import autocast_factory, make_grad_scaler, train_one_epoch
 from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict
 from chipbench.cases.retinanet.model import build_retinanet
@@ -71,23 +72,26 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, val_set: CocoDetection, va
 
 
 def save_checkpoint(ctx: RunContext, state: Dict[str, Any]) -> None:
-    """Write ``checkpoints/last.pt`` atomically (rank 0)."""
-    path = ctx.checkpoint_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, str(tmp))
-    os.replace(tmp, path)
+    """Write ``checkpoints/last.pt`` whole before it replaces the previous one (rank 0)."""
+    checkpoint.save(state, ctx.checkpoint_path)
 
 
 def rng_state() -> Dict[str, Any]:
+    """This process's RNG states as tensors and plain containers (a checkpoint loads them with
+    ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()[:5]
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state()}
+            "numpy": [str(name), [int(k) for k in keys], int(pos), int(has_gauss),
+                      float(cached)]}
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
@@ -99,6 +103,12 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     train_set, val_set, sampler, train_loader, val_loader = build_loaders(
         ctx, Path(prepared["data_dir"]))
     num_classes = max(train_set.coco.getCatIds() or [0]) + 1
+    ctx.data = data_facts(train_set, val_set, num_classes, cfg, ctx.world_size)
+    if ctx.is_main and ctx.data["boxes_dropped"]:
+        ctx.log.warning("warning: %d invalid box(es) dropped (%d in %s, %d in %s): not 4 finite "
+                        "numbers, under 1 px, or outside the image", ctx.data["boxes_dropped"],
+                        train_set.boxes_dropped, train_set.annotation_file.name,
+                        val_set.boxes_dropped, val_set.annotation_file.name)
     weights = prepared.get("backbone_weights_path")
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
@@ -120,7 +130,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     state = None
     if ctx.spec.get("resume"):  # every rank continues from rank 0's checkpoint
         if ctx.is_main and ctx.checkpoint_path.is_file():
-            state = torch.load(str(ctx.checkpoint_path), map_location="cpu", weights_only=False)
+            state = checkpoint.load(ctx.checkpoint_path)
         state = ctx.broadcast(state)
     if state is not None:
         bare_model.load_state_dict(state["model"])
@@ -134,6 +144,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         start_epoch = state["epoch"] + 1
         ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, state["epoch"])
         del state
+    ctx.save_progress(final=False)  # the data facts, and the checkpoint's epochs on a resume
     ctx.facade.memory_reset_peak(ctx.device)
     target = cfg["target"]["mAP"]
     metrics: Dict[str, Any] = dict(ctx.epochs[-1]) if ctx.epochs else {}
@@ -185,13 +196,15 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         ctx.log.info("epoch %d done: loss %.4f, mAP %.4f (target %.2f), %.1f img/s train, "
                      "%.1f img/s core", epoch, stats["loss"], metrics.get("mAP", 0.0), target,
                      metrics.get("p_train") or 0.0, metrics.get("p_core") or 0.0)
-        ctx.epoch_end(epoch, metrics)
         states = ctx.all_gather(rng_state())  # every rank's RNG; also the epoch-end meeting point
-        if ctx.is_main and cfg["run"]["checkpoint"]:
-            save_checkpoint(ctx, {"model": bare_model.state_dict(),
+        if ctx.is_main and cfg["run"]["checkpoint"]:  # the checkpoint first, then the record of
+            save_checkpoint(ctx, {"model": bare_model.state_dict(),  # the epoch: they agree
                                   "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(),
                                   "scaler": scaler.state_dict() if scaler is not None else None,
-                                  "meter": meter.state(), "epochs": ctx.epochs, "epoch": epoch,
-                                  "rng": states})
+                                  "meter": meter.state(), "epoch": epoch, "rng": states,
+                                  "epochs": ctx.epochs + [dict(metrics, epoch=epoch)]})
+        ctx.epoch_end(epoch, metrics)
+        ctx.log.info("epoch %d recorded%s", epoch,
+                     " (checkpoint and progress.json)" if cfg["run"]["checkpoint"] else "")
     return metrics
