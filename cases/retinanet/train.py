@@ -4,7 +4,6 @@ Flat on purpose (torchvision's detection references are the model): every step o
 recipe is visible here, and every device call goes through ``ctx`` (the vendor's hooks).
 """
 
-import os
 import random
 import sys
 import time
