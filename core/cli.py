@@ -92,17 +92,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Call every hook on the real device and print a pass/fail list a hardware owner can send."""
-    from chipbench.doctor import run_doctor
+    """Run the conformance kit on the real device: a table (or JSON) a hardware owner can send;
+    exit 1 when any check failed."""
+    from chipbench.doctor import as_json, as_table, run_doctor
 
     facade = _selected(args)
-    checks = run_doctor(facade, alloc_mib=args.alloc_mib)
-    print("chipbench {} doctor, vendor {}".format(__version__, facade.vendor))
-    for check in checks:
-        print("{} {:<28} {}".format("PASS" if check.ok else "FAIL", check.name, check.detail))
-    failed = sum(not c.ok for c in checks)
-    print("{} passed, {} failed".format(len(checks) - failed, failed))
-    return 0 if failed == 0 else 1
+    results = run_doctor(facade, alloc_mib=args.alloc_mib, live=not args.static)
+    print(as_json(facade.vendor, results) if args.json else as_table(facade.vendor, results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -164,9 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
 
-    doctor = sub.add_parser("doctor", parents=[common], help="exercise every hook on the real device")
+    doctor = sub.add_parser("doctor", parents=[common],
+                            help="run the vendor conformance checks on the real device")
     doctor.add_argument("--vendor", help="vendor name (default: auto-detect)")
-    doctor.add_argument("--alloc-mib", type=int, default=256, help="test allocation (MiB)")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument("--static", action="store_true",
+                        help="only checks that run no work on the device and start no process")
+    doctor.add_argument("--alloc-mib", type=int, default=64, help="test allocation (MiB)")
     doctor.set_defaults(func=cmd_doctor)
 
     run = sub.add_parser("run", parents=[common], help="run a benchmark case (e.g. cases/retinanet)")
