@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from chipbench.config import Config
-from chipbench.errors import UserError
+from chipbench.errors import PluginError, UserError
 
 
 class Case:
@@ -72,3 +72,22 @@ def load_case(argument: str) -> Case:
         raise UserError("case package chipbench.cases.{} has no CASE object".format(name),
                         "define CASE = YourCase() in its __init__.py")
     return case
+
+
+def plugin_config_dirs(host: Any, case_name: str) -> List[Tuple[Path, str]]:
+    """``(folder, plugin name)`` for each folder that a plugin ships configs of ``case_name`` in
+    (hook ``case_config_dirs``); a plugin that answers something else is a one-line PluginError."""
+    found: List[Tuple[Path, str]] = []
+    for impl in host.pm.hook.case_config_dirs.get_hookimpls():
+        try:
+            folders = impl.function(case_name=case_name)
+        except Exception as exc:
+            raise PluginError("plugin '{}' failed in hook case_config_dirs: {}: {}".format(
+                impl.plugin_name, type(exc).__name__, exc), "report it to the plugin's authors") from exc
+        if not isinstance(folders, (list, tuple)) or not all(
+                isinstance(f, (str, Path)) and Path(f).is_dir() for f in folders):
+            raise PluginError("plugin '{}' returned {!r} from case_config_dirs, expected a list "
+                              "of existing folders".format(impl.plugin_name, folders),
+                              "report it to the plugin's authors")
+        found.extend((Path(f), impl.plugin_name) for f in folders)
+    return found
