@@ -1,4 +1,4 @@
-"""The ``core`` command: ``vendors``, ``info``, ``doctor`` and ``run``.
+"""The ``core`` command: ``vendors``, ``info``, ``doctor``, ``cases`` and ``run``.
 
 Errors are one line on stderr (``error: <problem>; <fix>``) with exit code 2 for bad input; add
 ``--debug`` for the traceback. ``core --help`` imports neither torch nor any plugin.
@@ -102,10 +102,39 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_cases(args: argparse.Namespace) -> int:
+    """Table of every case: name, origin, title, hardware configs found (the case's own and those
+    shipped by vendor plugins), broken ones with their reason."""
+    from chipbench.case import discover_cases, plugin_config_dirs
+    from chipbench.manager import build_host
+
+    host = build_host()
+    rows = []
+    for record in discover_cases():
+        configs: List[str] = []
+        if record.case is not None:
+            configs = sorted(p.stem for p in record.case.config_dir.glob("*.yaml")
+                             if p.stem not in ("defaults", "embedded"))
+            for folder, plugin in plugin_config_dirs(host, record.name):
+                configs += ["{} ({})".format(p.stem, plugin) for p in sorted(folder.glob("*.yaml"))]
+        rows.append({"name": record.name, "origin": record.origin,
+                     "status": "broken" if record.broken else "ok",
+                     "title": record.error if record.broken else record.case.title,
+                     "configs": ", ".join(configs) or "none"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("name", "status", "origin", "title", "configs")
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    for row in [dict(zip(columns, columns))] + rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a case and print the seed's performance table."""
     from chipbench.launcher import Topology
-    from chipbench.report import perf_row, text_table
+    from chipbench.report import perf_columns, perf_row, text_table
     from chipbench.runner import Run
 
     topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
@@ -127,11 +156,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.get("note"):
         print(result["note"])
     else:
-        print(text_table([perf_row(result)]))
+        print(text_table([perf_row(result)], perf_columns(result)))
         metrics = result["metrics"]
-        print("converged: {}  (target mAP {}, reached {:.4f})".format(
-            str(bool(metrics.get("converged"))).lower(), result.get("target"),
-            metrics.get("mAP") or 0.0))
+        metric = result.get("target_metric", "mAP")
+        print("converged: {}  (target {} {}, reached {:.4f})".format(
+            str(bool(metrics.get("converged"))).lower(), metric, result.get("target"),
+            metrics.get(metric) or 0.0))
         print("result: {}/result.json  report: {}/report.md".format(run.run_dir, run.run_dir))
     return 0
 
@@ -169,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only checks that run no work on the device and start no process")
     doctor.add_argument("--alloc-mib", type=int, default=64, help="test allocation (MiB)")
     doctor.set_defaults(func=cmd_doctor)
+
+    cases = sub.add_parser("cases", parents=[common],
+                           help="list benchmark cases (bundled and from installed packages)")
+    cases.add_argument("--json", action="store_true", help="print JSON")
+    cases.set_defaults(func=cmd_cases)
 
     run = sub.add_parser("run", parents=[common], help="run a benchmark case (e.g. cases/retinanet)")
     run.add_argument("case", nargs="?", help="case name or folder: retinanet, cases/retinanet")

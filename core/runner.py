@@ -268,6 +268,7 @@ class Run:
                                                        "config_tag": self.hardware.config_tag},
             "topology": self.topology.as_dict(), "row_label": english, "row_label_zh": chinese,
             "precision": self.case.precision(self.config), "target": self.case.target(self.config),
+            "target_metric": self.case.metric_name, "sample_unit": self.case.sample_unit,
             "config": self.config, "config_sources": self.sources,
             "command": " ".join(shlex.quote(a) for a in sys.argv),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
