@@ -2,6 +2,7 @@
 from outside packages (entry-point group chipbench.cases) and how a case argument is read."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -134,7 +135,7 @@ def test_case_arguments(tmp_path, monkeypatch):
     assert load_case("retinanet").name == "retinanet"
     assert load_case("spirals").name == "spirals"
     assert load_case("cases/retinanet/").name == "retinanet"
-    package = load_case(str(__import__("pathlib").Path(retinanet_pkg.__file__).parent))
+    package = load_case(str(Path(retinanet_pkg.__file__).parent))
     assert package.name == "retinanet"
     from chipbench.errors import UserError
 
