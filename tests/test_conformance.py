@@ -135,3 +135,26 @@ def test_a_check_that_raises_is_one_failed_line():
 
 def _raise(index):
     raise RuntimeError("no name")
+
+
+def test_shipped_configs_are_checked(tmp_path):
+    from chipbench import hookimpl
+
+    (tmp_path / "Z1x1x1.yaml").write_text("train:\n  no_such_key: 1\n")
+
+    class Shipper:
+        @hookimpl
+        def case_config_dirs(self, case_name):
+            return [str(tmp_path)] if case_name == "retinanet" else []
+
+    facade = select_device(build_host(load_entry_points=False), "cpu")
+    facade.host.add(Shipper(), "shipper", "test")
+    (result,) = run_checks(facade, live=False, only=["shipped_configs"])
+    assert result.status == "fail" and result.expected == "Z1x1x1.yaml to fit case retinanet"
+    assert "no_such_key" in result.got
+    (tmp_path / "Z1x1x1.yaml").write_text("train:\n  lr: 0.5\n")
+    (result,) = run_checks(facade, live=False, only=["shipped_configs"])
+    assert result.status == "pass" and result.got == "retinanet/Z1x1x1"
+    (tmp_path / "z1-big.yaml").write_text("train:\n  lr: 0.5\n")
+    (result,) = run_checks(facade, live=False, only=["shipped_configs"])
+    assert result.status == "fail" and result.got.endswith("z1-big.yaml")

@@ -428,6 +428,35 @@ def check_environment_report(subject: Subject) -> str:
     return ", ".join(sorted(report))
 
 
+def check_shipped_configs(subject: Subject) -> str:
+    """Configs shipped through case_config_dirs are named <tag>x<N>x<M>.yaml and fit the case's
+    defaults (no unknown keys, no bad YAML)."""
+    import re
+
+    from chipbench.case import discover_cases, plugin_config_dirs
+    from chipbench.config import load_yaml, resolve
+    from chipbench.errors import ChipbenchError
+
+    host, shipped = subject.facade.host, []
+    if not host.pm.hook.case_config_dirs.get_hookimpls():
+        raise CheckSkipped("the vendor ships no configs (optional hook case_config_dirs)")
+    for record in discover_cases():
+        if record.case is None:
+            continue
+        defaults = load_yaml(record.case.config_dir / "defaults.yaml")
+        for folder, _ in plugin_config_dirs(host, record.name):
+            for path in sorted(folder.glob("*.yaml")):
+                if not re.match(r"^[A-Za-z0-9]+x[0-9]+x[0-9]+$", path.stem):
+                    raise CheckFailed("config files named <tag>x<N>x<M>.yaml", str(path))
+                try:
+                    resolve(defaults, [(str(path), load_yaml(path))])
+                except ChipbenchError as exc:  # a UserError: one line naming the key
+                    raise CheckFailed("{} to fit case {}".format(path.name, record.name),
+                                      exc.one_line()) from None
+                shipped.append("{}/{}".format(record.name, path.stem))
+    return ", ".join(shipped) or "no files for any case"
+
+
 # --------------------------------------------------------------------------------------------------
 # call overhead of the facade
 # --------------------------------------------------------------------------------------------------
@@ -493,6 +522,7 @@ CHECKS: Tuple[Tuple[str, Callable[[Subject], str]], ...] = (
     ("collective_all_reduce", check_collective),
     ("device_sample", check_device_sample),
     ("environment_report", check_environment_report),
+    ("shipped_configs", check_shipped_configs),
     ("call_overhead", check_overhead),
 )
 """Every check, in the order they run: (name, function)."""
@@ -501,7 +531,10 @@ CHECK_NAMES = tuple(name for name, _ in CHECKS)
 
 
 def _expectation(fn: Callable[[Subject], str]) -> str:
-    return (fn.__doc__ or "").strip().splitlines()[0].rstrip(".")
+    """The first paragraph of a check's docstring, as one line: what the check expects."""
+    paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]
+    text = " ".join(line.strip() for line in paragraph.splitlines()).rstrip(".")
+    return text[0].lower() + text[1:] if text[1:2].islower() else text
 
 
 def run_check(subject: Subject, name: str, fn: Callable[[Subject], str]) -> Result:
