@@ -1,16 +1,23 @@
-"""Find a benchmark case by name or path, and the contract a case implements.
+"""The contract a case implements, and where cases come from.
 
-``core run cases/retinanet`` and ``core run retinanet`` both name the package ``chipbench.cases.retinanet``,
-whose module-level ``CASE`` object is a :class:`Case`.
+Cases are the packages bundled in ``chipbench.cases`` (``chipbench.cases.retinanet``) and those that
+other distributions add through the entry-point group ``chipbench.cases`` (each entry point names
+a module with a module-level ``CASE``, or a :class:`Case` object itself). Loading is isolated like
+the vendors': a case that fails to import is listed as broken by ``core cases``, the others work.
+
+A case is named by its bare name (``retinanet``), by the documented spelling ``cases/<name>``, or by
+an existing folder that is a registered case's package; anything else is a one-line error.
 """
 
 import importlib
+import os
 import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from chipbench.config import Config
-from chipbench.errors import UserError
+from chipbench.errors import PluginError, UserError
 
 
 class Case:
@@ -23,6 +30,12 @@ class Case:
     name = "case"
     title = "case"
     config_dir: Path = Path(".")
+    metric_name = "score"
+    """The key of the final metrics that is compared with :meth:`target` ("converged") and shown
+    in the result table where the seed shows mAP ("mAP", "accuracy", ...)."""
+    sample_unit = "samples"
+    """What the throughputs count: p_whole/p_train/p_core are ``sample_unit`` per second (the
+    metrics' ``images`` counter holds that many)."""
     fix_hp_keys: Dict[str, str] = {}
     """Config keys that count as hyper-parameters in ``fix_hp``, with their short names."""
 
@@ -53,22 +66,127 @@ class Case:
         raise NotImplementedError
 
 
-def available_cases() -> List[str]:
-    """Names of the case packages that ship with chipbench."""
-    from chipbench import cases
+CASE_ENTRY_POINT_GROUP = "chipbench.cases"
+"""Entry-point group through which other distributions add cases."""
 
-    return sorted(m.name for m in pkgutil.iter_modules(cases.__path__) if m.ispkg)
+
+@dataclass
+class CaseRecord:
+    """A registered (or broken) case as ``core cases`` lists it."""
+
+    name: str
+    origin: str
+    case: Optional[Case] = None
+    error: str = ""
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.error)
+
+
+def _case_of(obj: Any) -> Case:
+    case = getattr(obj, "CASE", obj)
+    if not isinstance(case, Case):
+        raise TypeError("{!r} is not a chipbench.case.Case (define CASE = YourCase() in the "
+                        "module)".format(case))
+    return case
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return "{}: {}".format(type(exc).__name__, text[0]) if text else type(exc).__name__
+
+
+def discover_cases() -> List[CaseRecord]:
+    """Every case: the bundled ones, then those of the ``chipbench.cases`` entry points, each
+    loaded on its own (a failure is a broken record, a name taken twice too)."""
+    from chipbench import cases
+    from chipbench.manager import iter_entry_points
+
+    found: List[Tuple[str, str, Any]] = []
+    for module in sorted(m.name for m in pkgutil.iter_modules(cases.__path__) if m.ispkg):
+        found.append((module, "built-in",
+                      lambda m=module: importlib.import_module("chipbench.cases." + m)))
+    for ep, dist in iter_entry_points(CASE_ENTRY_POINT_GROUP):
+        found.append((ep.name, "entry point '{}' from {}".format(ep.name, dist), ep.load))
+    records: List[CaseRecord] = []
+    taken = set()
+    for name, origin, load in found:
+        try:
+            case = _case_of(load())
+        except Exception as exc:
+            records.append(CaseRecord(name, origin, error="cannot load: " + _describe(exc)))
+            continue
+        if case.name in taken:
+            records.append(CaseRecord(case.name, origin, error="case name '{}' is already "
+                                      "taken".format(case.name)))
+            continue
+        taken.add(case.name)
+        records.append(CaseRecord(case.name, origin, case=case))
+    return records
+
+
+def available_cases() -> List[str]:
+    """Names of every working case (bundled and from entry points)."""
+    return sorted(r.name for r in discover_cases() if not r.broken)
+
+
+def case_folder(case: Case) -> Path:
+    """The folder of the package that defines ``case``."""
+    module = importlib.import_module(type(case).__module__)
+    return Path(module.__file__).resolve().parent
 
 
 def load_case(argument: str) -> Case:
-    """The :class:`Case` named by ``argument`` ("retinanet", "cases/retinanet", a path to it)."""
-    name = Path(argument.rstrip("/\\")).name
-    if name not in available_cases():
-        raise UserError("unknown case '{}'".format(argument),
-                        "available cases: {}".format(", ".join(available_cases()) or "none"))
-    module = importlib.import_module("chipbench.cases." + name)
-    case = getattr(module, "CASE", None)
-    if not isinstance(case, Case):
-        raise UserError("case package chipbench.cases.{} has no CASE object".format(name),
-                        "define CASE = YourCase() in its __init__.py")
-    return case
+    """The :class:`Case` named by ``argument``: a bare name ("retinanet"), ``cases/<name>``, or an
+    existing folder that is a registered case's package. Anything else is a one-line error (a
+    file or a missing path that merely ends in a case name is never taken for that case)."""
+    records: Dict[str, CaseRecord] = {}
+    for record in discover_cases():  # a working case wins over a broken one of the same name
+        if record.name not in records or records[record.name].broken:
+            records[record.name] = record
+    working = ", ".join(sorted(n for n, r in records.items() if not r.broken)) or "none"
+    text = argument.rstrip("/\\")
+    parts = Path(text).parts
+    name: Optional[str] = None
+    if len(parts) == 1 and os.sep not in text and "/" not in text:
+        name = text
+    elif len(parts) == 2 and parts[0] == "cases" and not Path(text).is_file():
+        name = parts[1]
+    elif Path(text).is_dir():
+        folder = Path(text).resolve()
+        for record in records.values():
+            if record.case is not None and case_folder(record.case) == folder:
+                return record.case
+        raise UserError("folder '{}' is not a registered case's package".format(argument),
+                        "name the case instead: {}".format(working))
+    else:
+        what = "a file" if Path(text).exists() else "a path that does not exist"
+        raise UserError("case '{}' is {}".format(argument, what),
+                        "name a case ({}), cases/<name>, or its package folder".format(working))
+    record = records.get(name)
+    if record is None:
+        raise UserError("unknown case '{}'".format(argument), "available cases: " + working)
+    if record.broken:
+        raise UserError("case '{}' ({}) is broken: {}".format(name, record.origin, record.error),
+                        "fix or reinstall it (see `core cases`)")
+    return record.case
+
+
+def plugin_config_dirs(host: Any, case_name: str) -> List[Tuple[Path, str]]:
+    """``(folder, plugin name)`` for each folder that a plugin ships configs of ``case_name`` in
+    (hook ``case_config_dirs``); a plugin that answers something else is a one-line PluginError."""
+    found: List[Tuple[Path, str]] = []
+    for impl in host.pm.hook.case_config_dirs.get_hookimpls():
+        try:
+            folders = impl.function(case_name=case_name)
+        except Exception as exc:
+            raise PluginError("plugin '{}' failed in hook case_config_dirs: {}: {}".format(
+                impl.plugin_name, type(exc).__name__, exc), "report it to the plugin's authors") from exc
+        if not isinstance(folders, (list, tuple)) or not all(
+                isinstance(f, (str, Path)) and Path(f).is_dir() for f in folders):
+            raise PluginError("plugin '{}' returned {!r} from case_config_dirs, expected a list "
+                              "of existing folders".format(impl.plugin_name, folders),
+                              "report it to the plugin's authors")
+        found.extend((Path(f), impl.plugin_name) for f in folders)
+    return found

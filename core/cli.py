@@ -1,4 +1,4 @@
-"""The ``core`` command: ``vendors``, ``info``, ``doctor`` and ``run``.
+"""The ``core`` command: ``vendors``, ``info``, ``doctor``, ``cases`` and ``run``.
 
 Errors are one line on stderr (``error: <problem>; <fix>``) with exit code 2 for bad input; add
 ``--debug`` for the traceback. ``core --help`` imports neither torch nor any plugin.
@@ -101,23 +101,53 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Call every hook on the real device and print a pass/fail list a hardware owner can send."""
-    from chipbench.doctor import run_doctor
+    """Run the conformance kit on the real device: a table (or JSON) a hardware owner can send;
+    exit 1 when any check failed."""
+    from chipbench.doctor import as_json, as_table, run_doctor
 
     facade = _selected(args)
-    checks = run_doctor(facade, alloc_mib=args.alloc_mib)
-    print("chipbench {} doctor, vendor {}".format(__version__, facade.vendor))
-    for check in checks:
-        print("{} {:<28} {}".format("PASS" if check.ok else "FAIL", check.name, check.detail))
-    failed = sum(not c.ok for c in checks)
-    print("{} passed, {} failed".format(len(checks) - failed, failed))
-    return 0 if failed == 0 else 1
+    results = run_doctor(facade, alloc_mib=args.alloc_mib, live=not args.static)
+    print(as_json(facade.vendor, results) if args.json else as_table(facade.vendor, results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_cases(args: argparse.Namespace) -> int:
+    """Table of every case: name, origin, title, hardware configs found (the case's own and those
+    shipped by vendor plugins), broken ones with their reason."""
+    from chipbench.case import discover_cases, plugin_config_dirs
+    from chipbench.manager import build_host
+
+    host = build_host()
+    rows = []
+    for record in discover_cases():
+        configs: List[str] = []
+        if record.case is not None:
+            configs = sorted(p.stem for p in record.case.config_dir.glob("*.yaml")
+                             if p.stem not in ("defaults", "embedded"))
+            try:
+                for folder, plugin in plugin_config_dirs(host, record.name):
+                    configs += ["{} ({})".format(p.stem, plugin)
+                                for p in sorted(folder.glob("*.yaml"))]
+            except ChipbenchError as exc:  # one bad plugin does not hide the list
+                configs.append("[{}]".format(exc.one_line()))
+        rows.append({"name": record.name, "origin": record.origin,
+                     "status": "broken" if record.broken else "ok",
+                     "title": record.error if record.broken else record.case.title,
+                     "configs": ", ".join(configs) or "none"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("name", "status", "origin", "title", "configs")
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    for row in [dict(zip(columns, columns))] + rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a case and print the seed's performance table."""
     from chipbench.launcher import Topology
-    from chipbench.report import perf_row, text_table
+    from chipbench.report import perf_columns, perf_row, text_table
     from chipbench.runner import Run
 
     topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
@@ -144,11 +174,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.get("note"):
         print(result["note"])
     else:
-        print(text_table([perf_row(result)]))
+        print(text_table([perf_row(result)], perf_columns(result)))
         metrics = result["metrics"]
-        print("converged: {}  (target mAP {}, reached {:.4f})".format(
-            str(bool(metrics.get("converged"))).lower(), result.get("target"),
-            metrics.get("mAP") or 0.0))
+        metric = result.get("target_metric", "mAP")
+        print("converged: {}  (target {} {}, reached {:.4f})".format(
+            str(bool(metrics.get("converged"))).lower(), metric, result.get("target"),
+            metrics.get(metric) or 0.0))
         print("result: {}/result.json  report: {}/report.md".format(run.run_dir, run.run_dir))
     return 0
 
@@ -218,10 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
 
-    doctor = sub.add_parser("doctor", parents=[common], help="exercise every hook on the real device")
+    doctor = sub.add_parser("doctor", parents=[common],
+                            help="run the vendor conformance checks on the real device")
     doctor.add_argument("--vendor", help="vendor name (default: auto-detect)")
-    doctor.add_argument("--alloc-mib", type=int, default=256, help="test allocation (MiB)")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument("--static", action="store_true",
+                        help="only checks that run no work on the device and start no process")
+    doctor.add_argument("--alloc-mib", type=int, default=64, help="test allocation (MiB)")
     doctor.set_defaults(func=cmd_doctor)
+
+    cases = sub.add_parser("cases", parents=[common],
+                           help="list benchmark cases (bundled and from installed packages)")
+    cases.add_argument("--json", action="store_true", help="print JSON")
+    cases.set_defaults(func=cmd_cases)
 
     run = sub.add_parser("run", parents=[common], help="run a benchmark case (e.g. cases/retinanet)")
     run.add_argument("case", nargs="?", help="case name or folder: retinanet, cases/retinanet")

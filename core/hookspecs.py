@@ -294,3 +294,21 @@ LIFECYCLE_HOOKS = ("on_run_start", "on_epoch_end", "on_run_end")
 """Hooks called on every plugin, whose failures are reported but never stop a run."""
 
 PRECISIONS = ("fp32", "amp", "fp16", "bf16")
+
+
+# --------------------------------------------------------------------------------------------------
+# configs shipped by plugins (optional; every plugin answers; the answers are collected). Only the
+# chosen vendor is registered during a run, so a vendor's configs apply to its own runs.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def case_config_dirs(case_name: str) -> List[str]:
+    """Return folders holding hardware/topology configs that this plugin ships for ``case_name``.
+
+    Optional. A folder holds files named like the case's own configs, ``<config_tag>x<N>x<M>.yaml``
+    (``F1x1x8.yaml``), each a partial YAML layer over the case's ``defaults.yaml``. They are found
+    exactly like the case's built-in ones (``--config NAME`` and the automatic choice from the
+    hardware tag and topology), searched after the case's own folder. Return ``[]`` for a case
+    you ship nothing for. Called once per run on every registered plugin.
+    """

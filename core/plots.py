@@ -53,15 +53,16 @@ def _monitor_points(path: Path) -> List[Tuple[float, float]]:
     return points
 
 
-def write_plots(run_dir: Path, epochs: List[dict]) -> List[Path]:
-    """Write ``plots/epochs.svg`` and ``plots/memory.svg``; returns the files written."""
+def write_plots(run_dir: Path, epochs: List[dict], metric: str = "mAP") -> List[Path]:
+    """Write ``plots/epochs.svg`` (loss and the case's ``metric``) and ``plots/memory.svg``;
+    returns the files written."""
     folder = Path(run_dir) / "plots"
     folder.mkdir(exist_ok=True)
     written = []
     if epochs:
-        chart = line_chart("loss and mAP per epoch", [
+        chart = line_chart("loss and {} per epoch".format(metric), [
             ("loss", "#c0392b", [(e["epoch"], e.get("loss", 0.0)) for e in epochs]),
-            ("mAP", "#2471a3", [(e["epoch"], e.get("mAP", 0.0)) for e in epochs])], "epoch")
+            (metric, "#2471a3", [(e["epoch"], e.get(metric, 0.0)) for e in epochs])], "epoch")
         (folder / "epochs.svg").write_text(chart)
         written.append(folder / "epochs.svg")
     monitor = sorted((Path(run_dir) / "monitor").glob("rank*.jsonl"))

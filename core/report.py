@@ -6,7 +6,7 @@ already written to ``result.json`` (blocking the plugin drops the Markdown, neve
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from chipbench.hookspecs import hookimpl
 from chipbench.metrics import mem_text
@@ -25,9 +25,16 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def perf_columns(result: Dict[str, Any]) -> Tuple[str, ...]:
+    """The table's columns: the seed's, with the case's target metric where the seed has mAP."""
+    metric = result.get("target_metric", "mAP")
+    return tuple(metric if c == "mAP" else c for c in PERF_COLUMNS)
+
+
 def perf_row(result: Dict[str, Any]) -> Dict[str, str]:
-    """The seed's performance row of one result, as strings."""
+    """The seed's performance row of one result, as strings (the metric under its own name)."""
     metrics = result.get("metrics", {})
+    metric = result.get("target_metric", "mAP")
     return {
         "config": result.get("row_label", "/"),
         "precision": result.get("precision", "/"),
@@ -36,7 +43,7 @@ def perf_row(result: Dict[str, Any]) -> Dict[str, str]:
         "p_whole": _fmt(metrics.get("p_whole")),
         "p_train": _fmt(metrics.get("p_train")),
         "p_core": _fmt(metrics.get("p_core")),
-        "mAP": _fmt(metrics.get("mAP"), 4),
+        metric: _fmt(metrics.get(metric), 4),
         "mem": mem_text(metrics.get("mem_used_peak_bytes"), metrics.get("mem_total_bytes")),
     }
 
@@ -71,11 +78,15 @@ def render(result: Dict[str, Any]) -> str:
     lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
     for name, value, note in general.get("rows", []):
         lines.append("| {} | {} | {} |".format(name, value, note))
-    lines += ["", "## Performance indicators", "", markdown_table([perf_row(result)]), ""]
-    lines += ["- converged: {} (target mAP {}, reached {})".format(
-        _fmt(metrics.get("converged")), _fmt(result.get("target")), _fmt(metrics.get("mAP"), 4)),
-        "- images trained (all ranks): {}; epochs: {}; iterations: {}".format(
-            _fmt(metrics.get("images")), _fmt(metrics.get("epochs")), _fmt(metrics.get("iterations"))),
+    metric, unit = result.get("target_metric", "mAP"), result.get("sample_unit", "images")
+    lines += ["", "## Performance indicators", "",
+              markdown_table([perf_row(result)], perf_columns(result)), ""]
+    lines += ["- converged: {} (target {} {}, reached {})".format(
+        _fmt(metrics.get("converged")), metric, _fmt(result.get("target")),
+        _fmt(metrics.get(metric), 4)),
+        "- {} trained (all ranks): {}; epochs: {}; iterations: {}; throughputs in {}/s".format(
+            unit, _fmt(metrics.get("images")), _fmt(metrics.get("epochs")),
+            _fmt(metrics.get("iterations")), unit),
         "- allocator peak: {} GiB; memory source: {}".format(
             _fmt(metrics.get("allocator_peak_gib")), _fmt(metrics.get("mem_source"))),
         "- times (slowest rank): train {} s, evaluation {} s, core {} s".format(
@@ -107,5 +118,6 @@ def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """Render ``report.md`` (and its SVG plots) next to ``result.json``."""
     from chipbench.plots import write_plots
 
-    plots = write_plots(Path(run["run_dir"]), result.get("epochs", []))
+    plots = write_plots(Path(run["run_dir"]), result.get("epochs", []),
+                        metric=result.get("target_metric", "mAP"))
     write_report(Path(run["run_dir"]), dict(result, plots=[p.name for p in plots]))

@@ -14,10 +14,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from chipbench import __version__
-from chipbench.case import Case, load_case
+from chipbench.case import Case, load_case, plugin_config_dirs
 from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
 from chipbench.context import PROGRESS_FILE, write_json_atomic
 from chipbench.errors import ChipbenchError, Interrupted, RunFailed, UserError, user_os_error
@@ -38,35 +38,66 @@ ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}
 # --------------------------------------------------------------------------------------------------
 
 
+def _hardware_files(dirs: Sequence[Path]) -> List[str]:
+    return sorted({p.stem for d in dirs for p in d.glob("*.yaml")
+                   if p.stem not in ("defaults", "embedded")})
+
+
 def hardware_config_path(case: Case, explicit: Optional[str], hardware: HardwareId,
-                         topology: Topology) -> Optional[Path]:
-    """The hardware/topology config: ``--config`` (name or path), else ``<tag>x<N>x<M>.yaml``."""
+                         topology: Topology, extra_dirs: Sequence[Path] = ()) -> Optional[Path]:
+    """The hardware/topology config: ``--config`` (name or path), else ``<tag>x<N>x<M>.yaml``;
+    names are looked up in the case's config folder, then in ``extra_dirs`` (plugins' folders)."""
+    dirs = [case.config_dir] + list(extra_dirs)
     if explicit:
-        candidates = [Path(explicit), case.config_dir / explicit,
-                      case.config_dir / (explicit + ".yaml")]
+        candidates = [Path(explicit)] + [d / name for d in dirs
+                                         for name in (explicit, explicit + ".yaml")]
         for path in candidates:
             if path.is_file():
                 return path
-        names = sorted(p.stem for p in case.config_dir.glob("*.yaml")
-                       if p.stem not in ("defaults", "embedded"))
         raise UserError("config '{}' not found".format(explicit),
-                        "give a YAML path or one of: {}".format(", ".join(names)))
-    auto = case.config_dir / "{}x{}.yaml".format(hardware.config_tag, topology.label)
-    return auto if auto.is_file() else None
+                        "give a YAML path or one of: {}".format(", ".join(_hardware_files(dirs))))
+    for folder in dirs:
+        auto = folder / "{}x{}.yaml".format(hardware.config_tag, topology.label)
+        if auto.is_file():
+            return auto
+    return None
 
 
 def resolve_run_config(case: Case, explicit_config: Optional[str], hardware: HardwareId,
-                       topology: Topology, sets: List[str], flags: Config
+                       topology: Topology, sets: List[str], flags: Config,
+                       extra_dirs: Sequence[Tuple[Path, str]] = (),
+                       announce: Optional[Callable[[str], None]] = None
                        ) -> Tuple[Config, List[str]]:
-    """Case defaults < hardware file < case overlays < ``--set`` < command-line flags."""
-    defaults = load_yaml(case.config_dir / "defaults.yaml")
+    """Case defaults < hardware file < case overlays < ``--set`` < command-line flags.
+
+    ``extra_dirs`` are ``(folder, plugin)`` pairs of plugin-shipped configs
+    (:func:`chipbench.case.plugin_config_dirs`). ``announce`` gets a line naming the files
+    layered, and one when no hardware file exists for the tag and topology.
+    """
+    say = announce or (lambda line: None)
+    folders = [folder for folder, _ in extra_dirs]
+    defaults_path = case.config_dir / "defaults.yaml"
+    defaults = load_yaml(defaults_path)
     base: List[Tuple[str, Config]] = []
-    hw_path = hardware_config_path(case, explicit_config, hardware, topology)
+    hw_path = hardware_config_path(case, explicit_config, hardware, topology, folders)
     if hw_path is not None:
         base.append((str(hw_path), load_yaml(hw_path)))
+    else:
+        wanted = "{}x{}".format(hardware.config_tag, topology.label)
+        names = _hardware_files([case.config_dir] + folders)
+        same_tag = [n for n in names if n.startswith(hardware.config_tag + "x")]
+        say("no hardware config {}.yaml for tag {} and topology {} (case {} has: {}); using the "
+            "case defaults".format(wanted, hardware.config_tag, topology.label, case.name,
+                                   ", ".join(same_tag or names) or "none"))
     tail = [("--set", parse_set(sets)), ("command-line flags", flags)]
     provisional = resolve(defaults, base + tail)
     layers = base + case.overlays(provisional) + tail
+    origins = {str(folder): plugin for folder, plugin in extra_dirs}
+    shown = [str(defaults_path)] + [
+        "{} (from plugin {})".format(source, origins[str(Path(source).parent)])
+        if str(Path(source).parent) in origins else source
+        for source, layer in layers if layer or source not in ("--set", "command-line flags")]
+    say("config layers: " + " < ".join(shown))
     return resolve(defaults, layers), [source for source, _ in layers]
 
 
@@ -227,7 +258,8 @@ class Run:
                             "drop --devices")
         self.hardware = self.facade.hardware_id()
         self.config, self.sources = resolve_run_config(
-            self.case, config_name, self.hardware, topology, sets or [], flags)
+            self.case, config_name, self.hardware, topology, sets or [], flags,
+            extra_dirs=plugin_config_dirs(self.host, self.case.name), announce=announce)
         self.case.validate(self.config, self.facade.supported_precisions())
         self.run_dir = make_run_dir(output, self.case.name, self.facade.vendor)
         self.result: Dict[str, Any] = {}
@@ -284,6 +316,7 @@ class Run:
                                                        "config_tag": self.hardware.config_tag},
             "topology": self.topology.as_dict(), "row_label": english, "row_label_zh": chinese,
             "precision": self.case.precision(self.config), "target": self.case.target(self.config),
+            "target_metric": self.case.metric_name, "sample_unit": self.case.sample_unit,
             "config": self.config, "config_sources": self.sources,
             "command": " ".join(shlex.quote(a) for a in sys.argv),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),

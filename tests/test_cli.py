@@ -115,9 +115,9 @@ def test_vendors_lists_builtins_with_reasons(capsys):
 def test_info_and_doctor_on_cpu(capsys):
     assert main(["info", "--vendor", "cpu"]) == 0
     assert "collective_backend: gloo" in capsys.readouterr().out
-    assert main(["doctor", "--vendor", "cpu", "--alloc-mib", "64"]) == 0
+    assert main(["doctor", "--vendor", "cpu", "--static"]) == 0  # live: tests/test_conformance.py
     out = capsys.readouterr().out
-    assert "PASS collective all_reduce x1" in out and " 0 failed" in out
+    assert "PASS  returns:device_count" in out and " 0 failed" in out
     assert "FAIL" not in out
 
 

@@ -18,6 +18,8 @@ class RetinaNetCase(Case):
     name = "retinanet"
     title = "RetinaNet R50-FPN, COCO2017 bbox mAP"
     config_dir = HERE / "configs"
+    metric_name = "mAP"
+    sample_unit = "images"
     fix_hp_keys = {"train.batch_size": "bs", "train.lr": "lr", "train.epochs": "epochs",
                    "train.lr_steps": "lr_steps", "train.momentum": "momentum",
                    "train.weight_decay": "wd", "train.warmup_iters": "warmup_iters",

@@ -7,6 +7,7 @@ here, one line of work each, imported from ``chipbench``'s public surface only. 
 -10 keeps it below the CPU, so it is only used when asked for by name.
 """
 
+from pathlib import Path
 from typing import Any, Dict, List
 
 import psutil
@@ -90,3 +91,11 @@ def environment_report() -> Dict[str, Any]:
 @hookimpl
 def device_sample(device) -> Dict[str, float]:
     return {"util_percent": 50.0, "power_w": 1.0, "temperature_c": 30.0}
+
+
+@hookimpl
+def case_config_dirs(case_name: str) -> List[str]:
+    import chipbench_fakechip_configs
+
+    folder = Path(chipbench_fakechip_configs.__file__).parent / case_name
+    return [str(folder)] if folder.is_dir() else []

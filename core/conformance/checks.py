@@ -1,0 +1,562 @@
+"""The contract checks of a vendor plugin: one copy, behind ``core doctor``, the pytest entry
+(``pytest --pyargs chipbench.conformance --vendor X``) and chipbench's own contract tests.
+
+A check is a function of a :class:`Subject` that returns what it saw (a short string) when the
+plugin honours the contract, raises :class:`CheckFailed` (expected, got) when it does not, and
+:class:`CheckSkipped` when the check cannot apply here. *Live* checks run work on the device or
+start processes; ``live=False`` leaves them out (for simulated machines, where there is no device).
+"""
+
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from chipbench.hookspecs import DEVICE_HOOKS, PRECISIONS
+from chipbench.records import HardwareId, MemoryInfo, VendorInfo
+
+SAMPLE_KEYS = ("util_percent", "power_w", "temperature_c", "memory_used_bytes")
+"""The keys ``device_sample`` may answer (see its hook spec)."""
+
+ENVIRONMENT_KEYS = {"device_model": (str,), "device_count": (int,),
+                    "device_memory_gib": (int, float), "driver_version": (str,),
+                    "runtime_version": (str,), "framework": (str,)}
+"""The documented keys of ``environment_report`` and their types; ``device_model`` is required."""
+
+OVERHEAD_LIMIT_US = 5.0
+"""What the facade may add to a hook call, in microseconds."""
+
+
+class CheckFailed(Exception):
+    """The plugin breaks the contract: what the check ``expected`` and what it ``got``."""
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__("expected {}, got {}".format(expected, got))
+        self.expected = expected
+        self.got = got
+
+
+class CheckSkipped(Exception):
+    """The check does not apply here (say why)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one check: ``status`` is ``pass``, ``fail`` or ``skip``."""
+
+    vendor: str
+    check: str
+    status: str
+    expected: str
+    got: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "fail"
+
+    def line(self) -> str:
+        """One line: ``FAIL fakechip device_count: expected ..., got ...``."""
+        if self.status == "skip":
+            return "SKIP {} {}: {}".format(self.vendor, self.check, self.got)
+        return "{} {} {}: expected {}, got {}".format(
+            self.status.upper(), self.vendor, self.check, self.expected, self.got)
+
+    def as_dict(self) -> Dict[str, str]:
+        return asdict(self)
+
+
+class Subject:
+    """The vendor under test: its facade, raw hook calls, and its device once initialised."""
+
+    def __init__(self, facade: Any, live: bool = True, alloc_mib: int = 64) -> None:
+        self.facade = facade
+        self.info: VendorInfo = facade.info
+        self.live = live
+        self.alloc_mib = alloc_mib
+        self._device: Any = None
+
+    def raw(self, hook: str, **kwargs: Any) -> Any:
+        """Call ``hook`` on the vendor without the facade's type checks."""
+        return getattr(self.facade.host.pm.hook, hook)(**kwargs)
+
+    def impl(self, hook: str) -> Callable[..., Any]:
+        """The vendor's own function for ``hook`` (for direct, facade-less calls)."""
+        return getattr(self.facade.host.pm.hook, hook).get_hookimpls()[-1].function
+
+    def device(self) -> Any:
+        """``device_init_backend(0)``, checked to be a ``torch.device``."""
+        import torch
+
+        if self._device is None:
+            device = self.raw("device_init_backend", local_rank=0)
+            if not isinstance(device, torch.device):
+                raise CheckFailed("device_init_backend(0) to return a torch.device",
+                                  repr(device))
+            self._device = device
+        return self._device
+
+    def count(self) -> int:
+        """``device_count()``, checked to be an int."""
+        count = self.raw("device_count")
+        if not _is_int(count):
+            raise CheckFailed("device_count() to return an int", repr(count))
+        return count
+
+    def need_live(self) -> None:
+        if not self.live:
+            raise CheckSkipped("not live: runs work on the device or starts processes")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mib(value: float) -> str:
+    return "{:.0f} MiB".format(value / 2**20)
+
+
+# --------------------------------------------------------------------------------------------------
+# types and units of every hook
+# --------------------------------------------------------------------------------------------------
+
+
+def _hook_kwargs(subject: Subject, hook: str) -> Dict[str, Any]:
+    if hook in ("device_synchronize", "device_memory_query", "device_memory_peak",
+                "device_memory_reset_peak", "device_sample"):
+        return {"device": subject.device()}
+    if hook == "device_init_backend":
+        return {"local_rank": 0}
+    if hook == "device_name":
+        return {"index": 0}
+    return {}
+
+
+def _expected_type(hook: str) -> Tuple[str, Callable[[Any], bool]]:
+    import torch
+
+    table: Dict[str, Tuple[str, Callable[[Any], bool]]] = {
+        "device_init_backend": ("a torch.device", lambda v: isinstance(v, torch.device)),
+        "device_count": ("an int", _is_int),
+        "device_name": ("a str", lambda v: isinstance(v, str)),
+        "hardware_id": ("a HardwareId", lambda v: isinstance(v, HardwareId)),
+        "device_synchronize": ("None", lambda v: v is None),
+        "device_memory_query": ("a MemoryInfo of int bytes", lambda v: isinstance(v, MemoryInfo)
+                                and _is_int(v.used_bytes) and _is_int(v.total_bytes)),
+        "device_memory_peak": ("an int (bytes)", _is_int),
+        "device_memory_reset_peak": ("None", lambda v: v is None),
+        "collective_backend": ("a non-empty str", lambda v: isinstance(v, str) and bool(v)),
+        "visible_devices_env": ("a str", lambda v: isinstance(v, str)),
+        "supported_precisions": ("a list of str", lambda v: isinstance(v, (list, tuple))
+                                 and all(isinstance(p, str) for p in v)),
+        "environment_report": ("a dict", lambda v: isinstance(v, dict)),
+        "device_sample": ("a dict", lambda v: isinstance(v, dict)),
+    }
+    return table[hook]
+
+
+def _returns(hook: str) -> Callable[[Subject], str]:
+    def check(subject: Subject) -> str:
+        expected, ok = _expected_type(hook)
+        value = subject.raw(hook, **_hook_kwargs(subject, hook))
+        if not ok(value):
+            raise CheckFailed("{}() to return {}".format(hook, expected), repr(value)[:120])
+        return repr(value)[:80]
+
+    check.__doc__ = "{} returns the documented type.".format(hook)
+    return check
+
+
+# --------------------------------------------------------------------------------------------------
+# identity and capabilities
+# --------------------------------------------------------------------------------------------------
+
+
+def check_vendor_detect(subject: Subject) -> str:
+    """vendor_detect answers a VendorInfo that says available, with a device type."""
+    info = subject.info
+    if not info.available:
+        raise CheckFailed("an available vendor", "unavailable: " + info.reason)
+    if not info.device_type or not isinstance(info.device_type, str):
+        raise CheckFailed("a device_type such as 'cpu' or 'cuda'", repr(info.device_type))
+    return "{} (device type {}, priority {})".format(info.name, info.device_type, info.priority)
+
+
+def check_device_count(subject: Subject) -> str:
+    """An available vendor sees at least one device."""
+    count = subject.count()
+    if count < 1:
+        raise CheckFailed("device_count() >= 1 while vendor_detect says available", str(count))
+    return str(count)
+
+
+def check_init_backend(subject: Subject) -> str:
+    """device_init_backend(r) gives a device of the detected type for every visible local rank."""
+    import torch
+
+    count = subject.count()
+    devices = []
+    for rank in range(max(count, 1)):
+        device = subject.raw("device_init_backend", local_rank=rank)
+        if not isinstance(device, torch.device) or device.type != subject.info.device_type:
+            raise CheckFailed("device_init_backend({}) to return a torch.device of type '{}'"
+                              .format(rank, subject.info.device_type), repr(device))
+        devices.append(device)
+    subject.raw("device_init_backend", local_rank=0)  # leave rank 0's device current
+    if count > 1 and devices[0].type != "cpu" and len(set(devices)) != count:
+        raise CheckFailed("a different device for each of the {} local ranks".format(count),
+                          ", ".join(str(d) for d in devices))
+    return ", ".join(str(d) for d in devices[:4]) + (" ..." if count > 4 else "")
+
+
+def check_device_name(subject: Subject) -> str:
+    """Every visible device has a non-empty name."""
+    names = [subject.raw("device_name", index=i) for i in range(max(subject.count(), 1))]
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise CheckFailed("device_name({}) to be a non-empty str".format(index), repr(name))
+    return ", ".join(sorted(set(names)))
+
+
+def check_hardware_id(subject: Subject) -> str:
+    """hardware_id has a non-empty label and a config tag usable in a file name."""
+    hardware = subject.raw("hardware_id")
+    if not isinstance(hardware, HardwareId):
+        raise CheckFailed("a HardwareId", repr(hardware))
+    tag = hardware.config_tag
+    if not hardware.label or not isinstance(tag, str) or not tag.isalnum():
+        raise CheckFailed("a non-empty label and an alphanumeric config_tag", repr(hardware))
+    return "label {}, config tag {}".format(hardware.label, tag)
+
+
+def check_precisions(subject: Subject) -> str:
+    """supported_precisions names only known precisions, fp32 among them."""
+    precisions = subject.raw("supported_precisions")
+    if not isinstance(precisions, (list, tuple)):
+        raise CheckFailed("a list of precisions", repr(precisions))
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise CheckFailed("only {}".format(", ".join(PRECISIONS)), repr(list(precisions)))
+    if "fp32" not in precisions:
+        raise CheckFailed("fp32 among the precisions", repr(list(precisions)))
+    return ", ".join(precisions)
+
+
+def check_collective_backend(subject: Subject) -> str:
+    """collective_backend names a backend torch.distributed knows or a registered one."""
+    backend = subject.raw("collective_backend")
+    if not isinstance(backend, str) or not backend:
+        raise CheckFailed("a backend name such as 'gloo'", repr(backend))
+    return backend
+
+
+# --------------------------------------------------------------------------------------------------
+# memory and synchronisation
+# --------------------------------------------------------------------------------------------------
+
+
+def check_memory_query(subject: Subject) -> str:
+    """device_memory_query: int bytes with 0 < used <= total (and a total of at least 1 MiB)."""
+    memory = subject.raw("device_memory_query", device=subject.device())
+    if not isinstance(memory, MemoryInfo):
+        raise CheckFailed("a MemoryInfo", repr(memory))
+    used, total = memory.used_bytes, memory.total_bytes
+    if not (_is_int(used) and _is_int(total)):
+        raise CheckFailed("used_bytes and total_bytes as int bytes", repr(memory))
+    if not 0 < used <= total:
+        raise CheckFailed("0 < used_bytes <= total_bytes", "used {} > total {}".format(
+            used, total) if used > total else "used {}".format(used))
+    if total < 2**20:
+        raise CheckFailed("total_bytes in bytes (at least 1 MiB)", "{} (MiB or GiB?)".format(total))
+    return "{} of {} ({})".format(_mib(used), _mib(total), memory.source or "no source")
+
+
+def _empty_cache(device: Any) -> None:
+    """Return cached blocks to the device (the device module's ``empty_cache``, where it has one)."""
+    import torch
+
+    module = getattr(torch, device.type, None)
+    empty = getattr(module, "empty_cache", None)
+    if callable(empty):
+        empty()
+
+
+def check_memory_peak(subject: Subject) -> str:
+    """Allocating N MiB raises the allocator peak by at least N; a reset after freeing lowers it."""
+    import gc
+
+    import torch
+
+    subject.need_live()
+    device, facade = subject.device(), subject.facade
+    size = subject.alloc_mib * 2**20
+    _empty_cache(device)
+    facade.memory_reset_peak(device)
+    base = facade.memory_peak(device)
+    tensor = torch.ones(size // 4, device=device)
+    facade.synchronize(device)
+    high = facade.memory_peak(device)
+    del tensor
+    gc.collect()
+    _empty_cache(device)
+    facade.memory_reset_peak(device)
+    low = facade.memory_peak(device)
+    if high - base < size:
+        raise CheckFailed("the peak to rise by >= {} after allocating it".format(_mib(size)),
+                          "{} -> {} (+{})".format(_mib(base), _mib(high), _mib(high - base)))
+    if not low < high:
+        raise CheckFailed("device_memory_reset_peak after freeing to lower the peak",
+                          "{} -> {}".format(_mib(high), _mib(low)))
+    return "+{} for {}, reset {} -> {}".format(_mib(high - base), _mib(size), _mib(high), _mib(low))
+
+
+def check_synchronize(subject: Subject) -> str:
+    """device_synchronize waits for queued work: after it, reading the result takes no time."""
+    import torch
+
+    subject.need_live()
+    device, facade = subject.device(), subject.facade
+    x = torch.randn(1024, 1024, device=device) / 32.0
+    facade.synchronize(device)
+    launch = total = read = 0.0
+    for steps in (1, 2, 4, 8, 16, 32, 64, 128, 256):  # until the work takes 20 ms
+        start = time.perf_counter()
+        y = x
+        for _ in range(steps):
+            y = torch.tanh(y @ x)
+        result = y.sum()
+        launch = time.perf_counter() - start
+        if facade.synchronize(device) is not None:
+            raise CheckFailed("device_synchronize to return None", "a value")
+        total = time.perf_counter() - start
+        before = time.perf_counter()
+        float(result)
+        read = time.perf_counter() - before
+        if total > 0.02:
+            break
+    if device.type == "cpu":
+        return ("CPU work runs synchronously (queued {:.3f} s, sync after {:.3f} s): a no-op "
+                "sync is right and cannot be told apart".format(launch, total))
+    if read > 0.5 * total:
+        raise CheckFailed("reading after synchronize to take < 50% of the work time",
+                          "read {:.4f} s of {:.4f} s: synchronize did not wait".format(read, total))
+    return "queued {:.4f} s, synchronize returned after {:.4f} s, read {:.4f} s".format(
+        launch, total, read)
+
+
+# --------------------------------------------------------------------------------------------------
+# processes: visible devices, collectives
+# --------------------------------------------------------------------------------------------------
+
+
+def check_visible_devices(subject: Subject) -> str:
+    """A child process started with the vendor's visible-devices variable set to '0' sees 1 device."""
+    from chipbench.conformance.probes import child_device_count
+
+    name = subject.raw("visible_devices_env")
+    if not isinstance(name, str):
+        raise CheckFailed("visible_devices_env() to return a str", repr(name))
+    if not name:
+        raise CheckSkipped("the vendor has no visible-devices variable")
+    subject.need_live()
+    seen = child_device_count(subject.info.name, {name: "0"})
+    if seen != 1:
+        raise CheckFailed("a child with {}=0 to see 1 device".format(name), str(seen))
+    return "a child with {}=0 sees 1 device (this process sees {})".format(name, subject.count())
+
+
+def check_collective(subject: Subject) -> str:
+    """The collective backend all-reduces among 2 processes (1 where one non-CPU device only)."""
+    from chipbench.conformance.probes import all_reduce
+
+    backend = subject.raw("collective_backend")
+    if not isinstance(backend, str) or not backend:
+        raise CheckFailed("a backend name from collective_backend()", repr(backend))
+    subject.need_live()
+    count = subject.count()
+    world = 2 if count >= 2 or subject.info.device_type == "cpu" else 1
+    got = all_reduce(subject.info.name, backend, world)
+    expected = float(world * (world + 1) // 2)
+    if got != expected:
+        raise CheckFailed("all_reduce of 1..{} to give {}".format(world, expected), str(got))
+    return "{} all_reduce over {} processes = {}".format(backend, world, got)
+
+
+# --------------------------------------------------------------------------------------------------
+# monitoring and environment
+# --------------------------------------------------------------------------------------------------
+
+
+def check_device_sample(subject: Subject) -> str:
+    """device_sample: known keys, numbers as values, util within 0..100."""
+    sample = subject.raw("device_sample", device=subject.device())
+    if not isinstance(sample, dict):
+        raise CheckFailed("a dict", repr(sample))
+    unknown = sorted(set(sample) - set(SAMPLE_KEYS))
+    if unknown:
+        raise CheckFailed("keys among {}".format(", ".join(SAMPLE_KEYS)), ", ".join(unknown))
+    for key, value in sample.items():
+        if not _is_number(value):
+            raise CheckFailed("{} to be a number".format(key), repr(value))
+    util = sample.get("util_percent")
+    if util is not None and not 0 <= util <= 100:
+        raise CheckFailed("util_percent within 0..100", repr(util))
+    return ", ".join("{}={}".format(k, v) for k, v in sorted(sample.items())) or "{} (cannot tell)"
+
+
+def check_environment_report(subject: Subject) -> str:
+    """environment_report: JSON-able, device_model present, documented keys of the right type."""
+    report = subject.raw("environment_report")
+    if not isinstance(report, dict):
+        raise CheckFailed("a dict", repr(report))
+    try:
+        json.dumps(report)
+    except (TypeError, ValueError) as exc:
+        raise CheckFailed("a JSON-able dict", str(exc)) from None
+    if not isinstance(report.get("device_model"), str) or not report["device_model"]:
+        raise CheckFailed("a non-empty device_model", repr(report.get("device_model")))
+    for key, types in ENVIRONMENT_KEYS.items():
+        if key in report and (isinstance(report[key], bool) or
+                              not isinstance(report[key], types)):
+            raise CheckFailed("{} of type {}".format(key, "/".join(t.__name__ for t in types)),
+                              repr(report[key]))
+    return ", ".join(sorted(report))
+
+
+def check_shipped_configs(subject: Subject) -> str:
+    """Configs shipped through case_config_dirs are named <tag>x<N>x<M>.yaml and fit the case's
+    defaults (no unknown keys, no bad YAML)."""
+    import re
+
+    from chipbench.case import discover_cases, plugin_config_dirs
+    from chipbench.config import load_yaml, resolve
+    from chipbench.errors import ChipbenchError
+
+    host, shipped = subject.facade.host, []
+    if not host.pm.hook.case_config_dirs.get_hookimpls():
+        raise CheckSkipped("the vendor ships no configs (optional hook case_config_dirs)")
+    for record in discover_cases():
+        if record.case is None:
+            continue
+        defaults = load_yaml(record.case.config_dir / "defaults.yaml")
+        for folder, _ in plugin_config_dirs(host, record.name):
+            for path in sorted(folder.glob("*.yaml")):
+                if not re.match(r"^[A-Za-z0-9]+x[0-9]+x[0-9]+$", path.stem):
+                    raise CheckFailed("config files named <tag>x<N>x<M>.yaml", str(path))
+                try:
+                    resolve(defaults, [(str(path), load_yaml(path))])
+                except ChipbenchError as exc:  # a UserError: one line naming the key
+                    raise CheckFailed("{} to fit case {}".format(path.name, record.name),
+                                      exc.one_line()) from None
+                shipped.append("{}/{}".format(record.name, path.stem))
+    return ", ".join(shipped) or "no files for any case"
+
+
+# --------------------------------------------------------------------------------------------------
+# call overhead of the facade
+# --------------------------------------------------------------------------------------------------
+
+
+def _min_call_time(fn: Callable[[], Any], calls: int = 20, samples: int = 25) -> float:
+    best = float("inf")
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def check_overhead(subject: Subject) -> str:
+    """Each hook called through the facade costs < 5 us more than a direct call of the vendor's
+    function (hooks that themselves take over 0.2 ms are not timed: noise would swamp 5 us)."""
+    facade = subject.facade
+    added: Dict[str, float] = {}
+    untimed = []
+    for hook in DEVICE_HOOKS:
+        kwargs = _hook_kwargs(subject, hook)
+        direct = subject.impl(hook)
+        start = time.perf_counter()
+        direct(**kwargs)
+        if time.perf_counter() - start > 2e-4:
+            untimed.append(hook)
+            continue
+        via = _min_call_time(lambda h=hook, k=kwargs: facade._call(h, None, **k))
+        own = _min_call_time(lambda f=direct, k=kwargs: f(**k))
+        added[hook] = (via - own) * 1e6
+    if not added:
+        raise CheckSkipped("every hook takes over 0.2 ms")
+    slow = {h: us for h, us in added.items() if us >= OVERHEAD_LIMIT_US}
+    worst = max(added, key=lambda h: added[h])
+    if slow:
+        raise CheckFailed("the facade to add < {} us per call".format(OVERHEAD_LIMIT_US),
+                          ", ".join("{} +{:.1f} us".format(h, us) for h, us in slow.items()))
+    return "at most +{:.1f} us ({}); {} hooks timed{}".format(
+        added[worst], worst, len(added),
+        ", not timed: " + ", ".join(untimed) if untimed else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# the list, and running it
+# --------------------------------------------------------------------------------------------------
+
+
+CHECKS: Tuple[Tuple[str, Callable[[Subject], str]], ...] = (
+    ("vendor_detect", check_vendor_detect),
+) + tuple(("returns:" + hook, _returns(hook)) for hook in DEVICE_HOOKS) + (
+    ("device_count", check_device_count),
+    ("device_init_backend", check_init_backend),
+    ("device_name", check_device_name),
+    ("hardware_id", check_hardware_id),
+    ("supported_precisions", check_precisions),
+    ("collective_backend", check_collective_backend),
+    ("device_memory_query", check_memory_query),
+    ("device_memory_peak", check_memory_peak),
+    ("device_synchronize", check_synchronize),
+    ("visible_devices_env", check_visible_devices),
+    ("collective_all_reduce", check_collective),
+    ("device_sample", check_device_sample),
+    ("environment_report", check_environment_report),
+    ("shipped_configs", check_shipped_configs),
+    ("call_overhead", check_overhead),
+)
+"""Every check, in the order they run: (name, function)."""
+
+CHECK_NAMES = tuple(name for name, _ in CHECKS)
+
+
+def _expectation(fn: Callable[[Subject], str]) -> str:
+    """The first paragraph of a check's docstring, as one line: what the check expects."""
+    paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]
+    text = " ".join(line.strip() for line in paragraph.splitlines()).rstrip(".")
+    return text[0].lower() + text[1:] if text[1:2].islower() else text
+
+
+def run_check(subject: Subject, name: str, fn: Callable[[Subject], str]) -> Result:
+    """Run one check; whatever it raises becomes a one-line :class:`Result`."""
+    vendor = subject.info.name
+    try:
+        got = fn(subject)
+    except CheckFailed as exc:
+        return Result(vendor, name, "fail", exc.expected, exc.got)
+    except CheckSkipped as exc:
+        return Result(vendor, name, "skip", _expectation(fn), str(exc))
+    except Exception as exc:  # the plugin raised: that is a failure of this check
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = " (in {})".format(frames[-1].name) if frames else ""
+        text = str(exc).strip().splitlines()
+        return Result(vendor, name, "fail", _expectation(fn), "{}{}: {}".format(
+            type(exc).__name__, where, text[0] if text else ""))
+    return Result(vendor, name, "pass", _expectation(fn), got)
+
+
+def run_checks(facade: Any, live: bool = True, alloc_mib: int = 64,
+               only: Optional[Sequence[str]] = None) -> List[Result]:
+    """Run the checks (all, or those named in ``only``) on the vendor of ``facade``."""
+    subject = Subject(facade, live=live, alloc_mib=alloc_mib)
+    return [run_check(subject, name, fn) for name, fn in CHECKS if only is None or name in only]

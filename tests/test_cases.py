@@ -1,0 +1,184 @@
+"""Cases and their configs: vendor-shipped configs (hook case_config_dirs), `core cases`, cases
+from outside packages (entry-point group chipbench.cases) and how a case argument is read."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chipbench.case import load_case, plugin_config_dirs
+from chipbench.cli import main
+from chipbench.errors import PluginError
+from chipbench.launcher import Topology
+from chipbench.manager import build_host
+from chipbench.runner import resolve_run_config
+from chipbench.selection import select_device
+
+TINY = ["--set", "train.max_iters=1", "--set", "data.synthetic.train_images=8",
+        "--set", "data.synthetic.val_images=4", "--set", "data.synthetic.image_size=64",
+        "--set", "run.monitor_interval_s=0.2"]
+
+
+def fakechip_dirs(case_name="retinanet"):
+    host = build_host()
+    select_device(host, "fakechip")
+    return plugin_config_dirs(host, case_name)
+
+
+def test_fakechip_ships_a_retinanet_config():
+    dirs = fakechip_dirs()
+    assert [plugin for _, plugin in dirs] == ["fakechip"]
+    assert (dirs[0][0] / "F1x1x1.yaml").is_file()
+    assert fakechip_dirs("no-such-case") == []
+
+
+def test_only_the_chosen_vendors_configs_count():
+    host = build_host()
+    select_device(host, "cpu")
+    assert plugin_config_dirs(host, "retinanet") == []
+
+
+def test_missing_hardware_file_is_announced_with_those_that_exist():
+    case = load_case("retinanet")
+    facade = select_device(build_host(), "fakechip")
+    lines = []
+    config, sources = resolve_run_config(case, None, facade.hardware_id(), Topology(nproc_per_node=2),
+                                         [], {}, extra_dirs=fakechip_dirs(), announce=lines.append)
+    assert lines[0] == ("no hardware config F1x1x2.yaml for tag F1 and topology 1x2 (case "
+                        "retinanet has: F1x1x1); using the case defaults")
+    assert lines[1].startswith("config layers: ") and lines[1].endswith("embedded.yaml")
+    assert config["eval"]["batch_size"] == 8  # the case default, not fakechip's 2
+    assert not any("F1x1x1" in s for s in sources)
+
+
+def test_plugin_config_found_by_name_too():
+    case = load_case("retinanet")
+    facade = select_device(build_host(), "fakechip")
+    config, sources = resolve_run_config(case, "F1x1x1", facade.hardware_id(),
+                                         Topology(nproc_per_node=2), [], {},
+                                         extra_dirs=fakechip_dirs())
+    assert config["eval"]["batch_size"] == 2 and sources[0].endswith("retinanet/F1x1x1.yaml")
+
+
+def test_a_plugin_answering_garbage_is_one_line():
+    class Bad:
+        from chipbench import hookimpl
+
+        @hookimpl
+        def case_config_dirs(self, case_name):
+            return "/no/such/folder"
+
+    host = build_host(load_entry_points=False)
+    host.add(Bad(), "bad", "test")
+    with pytest.raises(PluginError, match="plugin 'bad' returned '/no/such/folder'"):
+        plugin_config_dirs(host, "retinanet")
+
+
+@pytest.mark.slow
+def test_core_run_fakechip_uses_and_announces_its_shipped_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "retinanet", "--vendor", "fakechip", "--output", str(out)] + TINY) == 0
+    result = json.loads((out / "result.json").read_text())
+    shipped = [s for s in result["config_sources"] if s.endswith("retinanet/F1x1x1.yaml")]
+    assert len(shipped) == 1 and "chipbench_fakechip_configs" in shipped[0]
+    assert result["config"]["eval"]["batch_size"] == 2 and result["config"]["run"]["log_every"] == 5
+    err = capsys.readouterr().err
+    assert "F1x1x1.yaml (from plugin fakechip)" in err and "config layers: " in err
+
+
+# --------------------------------------------------------------------------------------------------
+# cases from outside packages
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def odd_cases(tmp_path, monkeypatch):
+    """Two more `chipbench.cases` entry points, as if installed: one that fails to import and one
+    whose case takes a name already taken."""
+    site = tmp_path / "site"
+    info = site / "odd_cases-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "odd_broken_case.py").write_text("import no_such_module_here\n")
+    (site / "odd_dup_case.py").write_text(
+        "from chipbench.case import Case\n\n\nclass Dup(Case):\n    name = 'retinanet'\n\n\n"
+        "CASE = Dup()\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: odd-cases\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[chipbench.cases]\noddbroken = odd_broken_case\n"
+                                           "odddup = odd_dup_case\n")
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_core_cases_lists_every_case(odd_cases, capsys):
+    assert main(["cases", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in listed if "odd-cases" not in r["origin"]}
+    odd = {r["name"]: r for r in listed if "odd-cases" in r["origin"]}
+    assert rows["retinanet"]["origin"] == "built-in" and rows["retinanet"]["status"] == "ok"
+    assert "A100x1x8" in rows["retinanet"]["configs"]
+    assert "F1x1x1 (fakechip)" in rows["retinanet"]["configs"]
+    assert rows["spirals"]["origin"].startswith("entry point 'spirals' from chipbench-spirals")
+    assert rows["spirals"]["title"].startswith("Three spirals")
+    assert odd["oddbroken"]["status"] == "broken"
+    assert "ModuleNotFoundError: No module named 'no_such_module_here'" in odd["oddbroken"]["title"]
+    assert odd["retinanet"]["status"] == "broken"
+    assert odd["retinanet"]["title"] == "case name 'retinanet' is already taken"
+    assert load_case("retinanet").title.startswith("RetinaNet")  # the others keep working
+    assert main(["cases"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["name", "status", "origin", "title", "configs"]
+
+
+def test_case_arguments(tmp_path, monkeypatch):
+    import chipbench.cases.retinanet as retinanet_pkg
+
+    assert load_case("retinanet").name == "retinanet"
+    assert load_case("spirals").name == "spirals"
+    assert load_case("cases/retinanet/").name == "retinanet"
+    package = load_case(str(Path(retinanet_pkg.__file__).parent))
+    assert package.name == "retinanet"
+    from chipbench.errors import UserError
+
+    (tmp_path / "retinanet").write_text("not a case")
+    (tmp_path / "other" / "retinanet").mkdir(parents=True)
+    bad = {str(tmp_path / "retinanet"): "is a file",
+           str(tmp_path / "missing" / "retinanet"): "is a path that does not exist",
+           str(tmp_path / "other" / "retinanet"): "is not a registered case's package",
+           "nosuchcase": "unknown case 'nosuchcase'"}
+    for argument, problem in bad.items():
+        with pytest.raises(UserError, match=problem) as caught:
+            load_case(argument)
+        assert "\n" not in caught.value.one_line() and "spirals" in caught.value.one_line()
+
+
+def run_spirals(out, *extra):
+    return main(["run", "spirals", "--vendor", "cpu", "--output", str(out)] + list(extra))
+
+
+def check_spirals_result(out, ranks):
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "finished" and result["case"] == "spirals"
+    assert result["target_metric"] == "accuracy" and result["sample_unit"] == "points"
+    metrics = result["metrics"]
+    assert metrics["converged"] is True and metrics["accuracy"] >= result["target"] == 0.9
+    assert metrics["ranks"] == ranks and metrics["p_train"] > 0 and metrics["images"] > 0
+    report = (out / "report.md").read_text()
+    assert "| p_core | accuracy | mem |" in report and "points trained (all ranks)" in report
+    assert "mAP" not in report
+    return result
+
+
+def test_outside_case_trains_to_its_target(tmp_path, capsys):
+    assert run_spirals(tmp_path / "run") == 0
+    check_spirals_result(tmp_path / "run", ranks=1)
+    captured = capsys.readouterr()
+    assert "converged: true  (target accuracy 0.9" in captured.out
+    assert "no hardware config CPUx1x1.yaml for tag CPU and topology 1x1" in captured.err
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_outside_case_with_two_processes(tmp_path):
+    assert run_spirals(tmp_path / "run", "--nproc-per-node", "2") == 0
+    result = check_spirals_result(tmp_path / "run", ranks=2)
+    assert result["topology"]["nproc_per_node"] == 2

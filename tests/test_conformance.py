@@ -1,0 +1,160 @@
+"""The conformance kit: its two front ends (`core doctor`, the pytest entry) pass on cpu, fakechip
+and the simulated MetaX and CUDA machines, and fail with one precise line per check on the broken
+twin of fakechip (examples/brokenchip, found through a real entry point)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chipbench.cli import main
+from chipbench.conformance import CHECK_NAMES, run_checks
+from chipbench.manager import build_host
+from chipbench.selection import select_device
+
+REPO = Path(__file__).resolve().parents[1]
+
+BROKEN = {  # check -> a piece of its one-line failure
+    "returns:hardware_id": "got ('BROKEN', 'B1')",
+    "returns:device_memory_peak": "got 1.5",
+    "device_count": "expected device_count() >= 1 while vendor_detect says available, got 0",
+    "device_name": "expected device_name(0) to be a non-empty str, got ''",
+    "hardware_id": "expected a HardwareId",
+    "supported_precisions": "expected fp32 among the precisions, got ['fp16']",
+    "device_memory_query": "got used 34359738368 > total 17179869184",
+    "device_memory_peak": "returned 1.5 from hook device_memory_peak, expected int",
+    "device_sample": "expected util_percent to be a number, got '93%'",
+    "environment_report": "expected driver_version of type str, got 1.0",
+}
+
+
+@pytest.fixture
+def brokenchip(tmp_path, monkeypatch):
+    """examples/brokenchip on sys.path (and PYTHONPATH, for child processes) with its entry point,
+    as if installed."""
+    site = tmp_path / "site"
+    info = site / "chipbench_brokenchip-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "brokenchip" / "chipbench_brokenchip.py", site)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: chipbench-brokenchip\n"
+                                   "Version: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[chipbench.vendors]\n"
+                                           "brokenchip = chipbench_brokenchip\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return site
+
+
+def run_pytest_entry(vendor, *extra, cwd):
+    """`pytest --pyargs chipbench.conformance --vendor X` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "chipbench.conformance", "--vendor", vendor,
+         "-p", "no:cacheprovider", "-q"] + list(extra),
+        cwd=str(cwd), capture_output=True, text=True, timeout=300)
+
+
+def test_doctor_json_passes_on_cpu(capsys):
+    assert main(["doctor", "--vendor", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["vendor"] == "cpu" and report["summary"]["fail"] == 0
+    assert [c["check"] for c in report["checks"]] == list(CHECK_NAMES)
+    statuses = {c["check"]: c["status"] for c in report["checks"]}
+    assert statuses["collective_all_reduce"] == "pass" and statuses["device_memory_peak"] == "pass"
+    assert statuses["visible_devices_env"] == "skip"  # the CPU has no such variable
+    for check in report["checks"]:
+        assert set(check) == {"vendor", "check", "status", "expected", "got"}
+
+
+def test_pytest_entry_passes_on_fakechip(tmp_path):
+    done = run_pytest_entry("fakechip", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "{} passed".format(len(CHECK_NAMES)) in done.stdout
+
+
+def test_broken_twin_fails_one_precise_line_per_check(brokenchip, capsys):
+    assert main(["doctor", "--vendor", "brokenchip", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    failed = {c["check"]: "expected {}, got {}".format(c["expected"], c["got"])
+              for c in report["checks"] if c["status"] == "fail"}
+    assert set(failed) == set(BROKEN)
+    for check, piece in BROKEN.items():
+        assert piece in failed[check] and "\n" not in failed[check], (check, failed[check])
+    assert main(["doctor", "--vendor", "brokenchip", "--static"]) == 1
+    table = capsys.readouterr().out
+    assert "FAIL  device_count" in table and "9 failed" in table  # the peak check is live
+
+
+def test_pytest_entry_fails_on_broken_twin(brokenchip, tmp_path):
+    done = run_pytest_entry("brokenchip", "--static", cwd=tmp_path)
+    assert done.returncode == 1
+    for check, piece in BROKEN.items():
+        if check != "device_memory_peak":  # live: not run with --static
+            lines = [line for line in done.stdout.splitlines()
+                     if line.startswith("FAIL brokenchip {}: ".format(check))]
+            assert len(lines) == 1 and piece in lines[0], check
+
+
+def test_simulated_metax_passes_both_front_ends(metax_machine, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    assert main(["doctor", "--vendor", "metax", "--static", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["fail"] == 0 and report["summary"]["pass"] >= 20
+    assert pytest.main(["--pyargs", "chipbench.conformance", "--vendor", "metax", "--static",
+                        "-p", "no:cacheprovider", "-q"]) == 0
+
+
+def test_simulated_cuda_passes_both_front_ends(tmp_path, monkeypatch, capsys):
+    from tests.test_vendor_contract import simulate_cuda
+
+    simulate_cuda(tmp_path, monkeypatch)
+    assert main(["doctor", "--vendor", "cuda", "--static", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["fail"] == 0
+    got = {c["check"]: c["got"] for c in report["checks"]}
+    assert "cuda:0, cuda:1" in got["device_init_backend"]
+    assert pytest.main(["--pyargs", "chipbench.conformance", "--vendor", "cuda", "--static",
+                        "-p", "no:cacheprovider", "-q"]) == 0
+
+
+def test_a_check_that_raises_is_one_failed_line():
+    facade = select_device(build_host(load_entry_points=False), "cpu")
+    facade.host.pm.hook.device_name.get_hookimpls()[-1].function = _raise
+    (result,) = run_checks(facade, live=False, only=["device_name"])
+    assert result.status == "fail" and "RuntimeError (in _raise): no name" in result.got
+
+
+def _raise(index):
+    raise RuntimeError("no name")
+
+
+def test_shipped_configs_are_checked(tmp_path):
+    from chipbench import hookimpl
+
+    (tmp_path / "Z1x1x1.yaml").write_text("train:\n  no_such_key: 1\n")
+
+    class Shipper:
+        @hookimpl
+        def case_config_dirs(self, case_name):
+            return [str(tmp_path)] if case_name == "retinanet" else []
+
+    facade = select_device(build_host(load_entry_points=False), "cpu")
+    facade.host.add(Shipper(), "shipper", "test")
+    (result,) = run_checks(facade, live=False, only=["shipped_configs"])
+    assert result.status == "fail" and result.expected == "Z1x1x1.yaml to fit case retinanet"
+    assert "no_such_key" in result.got
+    (tmp_path / "Z1x1x1.yaml").write_text("train:\n  lr: 0.5\n")
+    (result,) = run_checks(facade, live=False, only=["shipped_configs"])
+    assert result.status == "pass" and result.got == "retinanet/Z1x1x1"
+    (tmp_path / "z1-big.yaml").write_text("train:\n  lr: 0.5\n")
+    (result,) = run_checks(facade, live=False, only=["shipped_configs"])
+    assert result.status == "fail" and result.got.endswith("z1-big.yaml")
