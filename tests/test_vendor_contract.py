@@ -193,7 +193,7 @@ def test_readme_minimal_plugin_honours_the_contract(tmp_path, monkeypatch):
     host = build_host(load_entry_points=False)
     assert host.add(module, "mychip", "README").info.available
     facade = select_device(host, "mychip")
-    check_contract(facade)
+    check_contract(facade, with_device_calls=False)  # not installed: child processes can't load it
     assert facade.implements("device_configure") and not facade.implements("device_grad_scaler")
     facade.configure(torch.device("cpu"), deterministic=True, autotune=False)
 
