@@ -57,6 +57,18 @@ def text_table(rows: List[Dict[str, str]], columns=PERF_COLUMNS) -> str:
     return "\n".join(out)
 
 
+def not_measured_lines(metrics: Dict[str, Any]) -> List[str]:
+    """Lines naming each figure a misbehaving vendor hook cost, with the hook's error."""
+    failures = metrics.get("monitor_failures") or {}
+    lines = []
+    for hook in sorted(failures):
+        entry = failures[hook]
+        lines.append("- **not measured: {}**: hook {} of the vendor failed {} time(s) during the "
+                     "run: {}".format(entry.get("lost", hook), hook, entry.get("count", "?"),
+                                      entry.get("error", "?")))
+    return lines
+
+
 def render(result: Dict[str, Any]) -> str:
     """The whole ``report.md`` of one result."""
     general = result.get("general", {})
@@ -83,6 +95,7 @@ def render(result: Dict[str, Any]) -> str:
             _fmt(metrics.get("core_seconds"), 1))]
     if metrics.get("throughput_note"):
         lines.append("- " + metrics["throughput_note"])
+    lines += not_measured_lines(metrics)
     for name in result.get("plots", []):
         lines += ["", "![{}](plots/{})".format(name[:-4], name)]
     lines += ["", "## Hardware and software", ""]
