@@ -61,7 +61,8 @@ def write_plots(run_dir: Path, epochs: List[dict]) -> List[Path]:
     if epochs:
         chart = line_chart("loss and mAP per epoch", [
             ("loss", "#c0392b", [(e["epoch"], e.get("loss", 0.0)) for e in epochs]),
-            ("mAP", "#2471a3", [(e["epoch"], e.get("mAP", 0.0)) for e in epochs])], "epoch")
+            ("mAP", "#2471a3", [(e["epoch"], e["mAP"]) for e in epochs
+                                if e.get("mAP") is not None])], "epoch")
         (folder / "epochs.svg").write_text(chart)
         written.append(folder / "epochs.svg")
     monitor = sorted((Path(run_dir) / "monitor").glob("rank*.jsonl"))

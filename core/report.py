@@ -69,19 +69,79 @@ def not_measured_lines(metrics: Dict[str, Any]) -> List[str]:
     return lines
 
 
+FULL_COCO_IMAGES = (118287, 5000)
+"""Train and val image counts of the full COCO2017 detection set."""
+
+DATA_FACTS = (("train_images", "train images"), ("val_images", "val images"),
+              ("train_annotations", "train annotations (boxes)"),
+              ("val_annotations", "val annotations (boxes)"),
+              ("train_images_dropped", "train images dropped (no annotations)"),
+              ("boxes_dropped", "boxes dropped (invalid)"), ("num_classes", "classes"),
+              ("min_size", "input min_size (px)"), ("max_size", "input max_size (px)"))
+
+
+def data_note(data: Dict[str, Any]) -> str:
+    """"COCO layout, not the full COCO2017" when the image counts are not COCO2017's."""
+    counts = (data.get("train_images"), data.get("val_images"))
+    if None in counts or counts == FULL_COCO_IMAGES:
+        return ""
+    return "COCO layout, not the full COCO2017: {} train / {} val images (COCO2017 has {} / {})" \
+        .format(counts[0], counts[1], *FULL_COCO_IMAGES)
+
+
+def data_lines(result: Dict[str, Any]) -> List[str]:
+    """The data facts section: image and box counts, what was dropped, classes, input size."""
+    data = result.get("data")
+    lines = ["", "## Data", ""]
+    if not isinstance(data, dict) or not data:
+        return lines + ["Data facts were not recorded by this run (older chipbench, or the case "
+                        "does not report them)."]
+    note = data_note(data)
+    if note:
+        lines += ["> " + note, ""]
+    lines += ["| fact | value |", "| --- | --- |"]
+    known = [key for key, _ in DATA_FACTS]
+    for key, label in DATA_FACTS:
+        lines.append("| {} | {} |".format(label, _fmt(data.get(key))))
+    for key in sorted(k for k in data if k not in known):
+        value = data[key]
+        lines.append("| {} | {} |".format(key, json.dumps(value) if isinstance(
+            value, (dict, list)) else _fmt(value)))
+    return lines
+
+
+def run_facts_lines(result: Dict[str, Any]) -> List[str]:
+    """How the figures were taken: evaluation backend and time, warm-up left out of throughput."""
+    config = result.get("config") or {}
+    metrics = result.get("metrics") or {}
+    evaluation = config.get("eval") or {}
+    train = config.get("train") or {}
+    evals = sum(1 for e in result.get("epochs", []) if e.get("mAP") is not None)
+    return ["- evaluation backend: {}; evaluation time: {} s over {} evaluation(s)".format(
+                _fmt(evaluation.get("backend")), _fmt(metrics.get("eval_seconds"), 1), evals),
+            "- warm-up iterations left out of p_whole/p_train/p_core: {}".format(
+                _fmt(train.get("throughput_skip_iters", 0)))]
+
+
 def render(result: Dict[str, Any]) -> str:
     """The whole ``report.md`` of one result."""
     general = result.get("general", {})
     metrics = result.get("metrics", {})
     env = result.get("environment", {})
+    data = result.get("data") if isinstance(result.get("data"), dict) else {}
     lines = ["# {} on {}".format(result.get("case", "?"), result.get("row_label", "?")), ""]
     status = result.get("status", "?")
     lines.append("Status: **{}**{}".format(
         status, " ({})".format(result["error"]) if result.get("error") else ""))
     if result.get("dataset_note"):
         lines += ["", "> " + result["dataset_note"]]
+    if data_note(data):
+        lines += ["", "> " + data_note(data)]
     lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
     for name, value, note in general.get("rows", []):
+        if "dataset" in name and data_note(data):
+            note = (note + "; " if note else "") + "COCO layout, {} train / {} val images".format(
+                data.get("train_images"), data.get("val_images"))
         lines.append("| {} | {} | {} |".format(name, value, note))
     lines += ["", "## Performance indicators", "", markdown_table([perf_row(result)]), ""]
     lines += ["- converged: {} (target mAP {}, reached {})".format(
@@ -96,9 +156,11 @@ def render(result: Dict[str, Any]) -> str:
     if metrics.get("throughput_note"):
         lines.append("- " + metrics["throughput_note"])
     lines += not_measured_lines(metrics)
+    lines += data_lines(result)
     for name in result.get("plots", []):
         lines += ["", "![{}](plots/{})".format(name[:-4], name)]
     lines += ["", "## Hardware and software", ""]
+    lines += run_facts_lines(result)
     for key in sorted(env):
         value = env[key]
         if isinstance(value, (dict, list)):

@@ -83,11 +83,25 @@ def supported_precisions() -> List[str]:
     return ["fp32", "bf16"]
 
 
+def cpu_model() -> str:
+    """The processor's model name ("AMD EPYC 7B13"): /proc/cpuinfo, else platform.processor()."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware")) and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
 @hookimpl
 def environment_report() -> Dict[str, Any]:
     report: Dict[str, Any] = {}
     report.update({
-        "device_model": device_name(0),
+        "device_model": cpu_model(),
         "device_count": 1,
         "cpu_cores": os.cpu_count(),
         "device_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),

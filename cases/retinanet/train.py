@@ -171,11 +171,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         metrics = ctx.reduce_counters(counters)
         metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
                         "lr": stats["lr"]})
-        if scores:
-            metrics.update(scores)
-        elif ctx.epochs:
-            metrics.update({k: ctx.epochs[-1][k] for k in ("mAP", "AP50", "AP75")
-                            if k in ctx.epochs[-1]})
+        metrics.update(scores)  # an epoch without evaluation has no mAP
         metrics["converged"] = bool(metrics.get("mAP", 0.0) >= target)
         if train_cfg["throughput_skip_iters"]:
             metrics["throughput_note"] = ("the first {} iterations are left out of p_whole, "
