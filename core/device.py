@@ -4,7 +4,7 @@ Every call checks what the vendor returned; a hook that raises or returns the wr
 one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 """
 
-from typing import Any, Dict, List, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from chipbench.errors import PluginError
 from chipbench.hookspecs import PRECISIONS
@@ -111,6 +111,13 @@ class Device:
     def sample(self, device: "torch.device") -> Dict[str, float]:  # noqa: F821
         """One monitoring sample (util, power, temperature) of ``device``."""
         return self._call("device_sample", dict, device=device)
+
+    def peak_flops(self, device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
+        """Peak FLOP/s of one device in ``precision`` (optional hook); None when the vendor
+        does not implement it or cannot tell."""
+        result = self._call("device_peak_flops", (int, float, type(None)), device=device,
+                            precision=precision)
+        return None if result is None else float(result)
 
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:

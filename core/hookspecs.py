@@ -193,3 +193,25 @@ DEVICE_HOOKS = (
 """Every hook a vendor plugin must implement besides ``vendor_detect``."""
 
 PRECISIONS = ("fp32", "amp", "fp16", "bf16")
+
+
+# --------------------------------------------------------------------------------------------------
+# performance facts (optional: a vendor may leave these out; callers then get None)
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def device_peak_flops(device: "torch.device", precision: str) -> "Optional[float]":  # noqa: F821
+    """Return the peak FLOP/s of one device ``device`` when training in ``precision`` (one of
+    :data:`PRECISIONS`), or None when the vendor cannot tell.
+
+    Dense figures (no structured sparsity) of the units the precision runs on: tensor/matrix
+    units where torch uses them (``fp32`` may mean TF32 where the vendor's switches turn it on;
+    say so in the plugin). The MFU of a run is its achieved FLOP/s over this peak times the
+    number of devices. Called once per run by the rank-0 worker, after ``device_init_backend``;
+    it may take a few seconds (a measured peak). Optional: added after API 1.0.
+    """
+
+
+OPTIONAL_HOOKS = ("device_peak_flops",)
+"""Hooks a vendor plugin may leave out."""

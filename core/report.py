@@ -57,6 +57,24 @@ def text_table(rows: List[Dict[str, str]], columns=PERF_COLUMNS) -> str:
     return "\n".join(out)
 
 
+def flops_lines(metrics: Dict[str, Any]) -> List[str]:
+    """FLOPs per image, achieved TFLOP/s and MFU, or "n/a" with the reason (README, Metrics)."""
+    per_image = metrics.get("flops_per_image")
+    if not per_image:
+        return ["- FLOPs per image (training step): n/a{}; achieved TFLOP/s and MFU: n/a".format(
+            " (" + metrics["flops_note"] + ")" if metrics.get("flops_note") else "")]
+    achieved = metrics.get("achieved_tflops")
+    lines = ["- FLOPs per image (training step, forward + backward): {:.3g} GFLOP; achieved: {} "
+             "TFLOP/s (FLOPs per image x p_core)".format(
+                 per_image / 1e9, "/" if achieved is None else "{:.3g}".format(achieved))]
+    if metrics.get("mfu") is not None:
+        lines.append("- MFU: {:.2%} of a peak of {:.3g} TFLOP/s (all devices)".format(
+            metrics["mfu"], metrics["peak_tflops"]))
+    else:
+        lines.append("- MFU: n/a ({})".format(metrics.get("peak_note") or "no peak known"))
+    return lines
+
+
 def not_measured_lines(metrics: Dict[str, Any]) -> List[str]:
     """Lines naming each figure a misbehaving vendor hook cost, with the hook's error."""
     failures = metrics.get("monitor_failures") or {}
@@ -155,6 +173,7 @@ def render(result: Dict[str, Any]) -> str:
             _fmt(metrics.get("core_seconds"), 1))]
     if metrics.get("throughput_note"):
         lines.append("- " + metrics["throughput_note"])
+    lines += flops_lines(metrics)
     lines += not_measured_lines(metrics)
     lines += data_lines(result)
     for name in result.get("plots", []):

@@ -1,7 +1,7 @@
 """The CPU vendor: always available, lowest priority, gloo collectives, psutil memory."""
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import psutil
 
@@ -124,3 +124,41 @@ def _linux_peak_rss() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+ENV_PEAK_GEMM = "CHIPBENCH_CPU_PEAK_GEMM_S"
+"""Seconds the CPU's peak is measured for at run start (default 1; 0 turns the measurement off)."""
+_measured_peaks: Dict[str, float] = {}
+
+
+def measure_gemm_flops(seconds: float, precision: str = "fp32", size: int = 512) -> float:
+    """FLOP/s of square matrix products on this CPU, measured for about ``seconds``."""
+    import time
+
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    b = a.t().contiguous()
+    torch.mm(a, b)  # warm-up
+    count, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2.0 * size ** 3 * count / elapsed
+
+
+@hookimpl
+def device_peak_flops(device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
+    # measured, not a datasheet figure: a short GEMM at run start, once per process
+    try:
+        seconds = float(os.environ.get(ENV_PEAK_GEMM, "1"))
+    except ValueError:
+        seconds = 1.0
+    if seconds <= 0:
+        return None
+    if precision not in _measured_peaks:
+        _measured_peaks[precision] = measure_gemm_flops(seconds, precision)
+    return _measured_peaks[precision]

@@ -3,6 +3,7 @@
 import json
 
 from chipbench.cli import main
+from chipbench.flops import flop_counter_available
 from chipbench.report import data_note, render
 
 SMALL_DATA = {"train_images": 6, "val_images": 1, "train_annotations": 14, "val_annotations": 2,
@@ -44,7 +45,8 @@ def test_environment_names_eval_backend_time_and_warmup():
     assert "device_model: AMD EPYC 7B13" in report
 
 
-def test_run_without_eval_epoch_and_changed_settings(tmp_path):
+def test_run_without_eval_epoch_and_changed_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHIPBENCH_CPU_PEAK_GEMM_S", "0.05")
     out = tmp_path / "run"
     code = main(["run", "retinanet", "--vendor", "cpu", "--output", str(out),
                  "--set", "data.synthetic.train_images=4", "--set", "data.synthetic.val_images=2",
@@ -63,3 +65,9 @@ def test_run_without_eval_epoch_and_changed_settings(tmp_path):
     assert result["environment"]["device_model"] not in ("x86_64", "aarch64", "")
     report = (out / "report.md").read_text()
     assert "evaluation backend: pycocotools" in report and "over 1 evaluation(s)" in report
+    metrics = result["metrics"]
+    if flop_counter_available():
+        assert metrics["flops_per_image"] > 1e6 and metrics["achieved_tflops"] > 0
+        assert 0 < metrics["mfu"] and "MFU: " in report and "GFLOP" in report
+    else:
+        assert metrics["flops_per_image"] is None and "FLOPs per image (training step): n/a" in report

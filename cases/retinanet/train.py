@@ -21,6 +21,8 @@ from chipbench.cases.retinanet.engine import autocast_factory, make_grad_scaler,
 from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict
 from chipbench.cases.retinanet.model import build_retinanet
 from chipbench.context import RunContext
+from chipbench.flops import figures as flops_figures
+from chipbench.flops import run_start_facts
 from chipbench.metrics import RunMeter
 
 
@@ -133,6 +135,13 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         start_epoch = state["epoch"] + 1
         ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, state["epoch"])
         del state
+    perf: Dict[str, Any] = {}
+    if ctx.is_main:  # FLOPs of one training step on a real image, and the vendor's peak
+        def first_image():
+            image, target = train_set[0]
+            return [image.to(ctx.device)], [{k: v.to(ctx.device) for k, v in target.items()}]
+
+        perf = run_start_facts(ctx.facade, ctx.device, precision, bare_model, 1, first_image)
     ctx.facade.memory_reset_peak(ctx.device)
     target = cfg["target"]["mAP"]
     metrics: Dict[str, Any] = dict(ctx.epochs[-1]) if ctx.epochs else {}
@@ -172,6 +181,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
                         "lr": stats["lr"]})
         metrics.update(scores)  # an epoch without evaluation has no mAP
+        metrics.update(flops_figures(perf, metrics.get("p_core"), ctx.world_size))
         metrics["converged"] = bool(metrics.get("mAP", 0.0) >= target)
         if train_cfg["throughput_skip_iters"]:
             metrics["throughput_note"] = ("the first {} iterations are left out of p_whole, "
