@@ -34,15 +34,25 @@ class HostSampler:
         self.psutil = psutil
         self.process = psutil.Process()
         self._children: Dict[int, Any] = {}
+        self._times = psutil.cpu_times()
         self.process.cpu_percent(None)
-        psutil.cpu_percent(None)
+
+    def _host_cpu_percent(self) -> float:
+        """Busy share of all CPUs since the last sample (own bookkeeping: psutil's module-wide
+        ``cpu_percent`` state is shared with vendor plugins that call it too)."""
+        now = self.psutil.cpu_times()
+        before, self._times = self._times, now
+        idle = getattr(now, "idle", 0.0) + getattr(now, "iowait", 0.0) - (
+            getattr(before, "idle", 0.0) + getattr(before, "iowait", 0.0))
+        total = sum(now) - sum(before)
+        return max(0.0, min(100.0, 100.0 * (1.0 - idle / total))) if total > 0 else 0.0
 
     def sample(self) -> Dict[str, float]:
         """One host sample; empty when psutil is missing."""
         if self.process is None:
             return {}
         psutil = self.psutil
-        record = {"host_cpu_percent": psutil.cpu_percent(None),
+        record = {"host_cpu_percent": self._host_cpu_percent(),
                   "host_mem_used_bytes": float(psutil.virtual_memory().used),
                   "proc_cpu_percent": self.process.cpu_percent(None),
                   "proc_rss_bytes": float(self.process.memory_info().rss)}

@@ -201,5 +201,5 @@ def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """Render ``report.md`` (and its SVG plots) next to ``result.json``."""
     from chipbench.plots import write_plots
 
-    plots = write_plots(Path(run["run_dir"]), result.get("epochs", []))
+    plots = write_plots(Path(run["run_dir"]), result.get("epochs", []), result.get("target"))
     write_report(Path(run["run_dir"]), dict(result, plots=[p.name for p in plots]))
