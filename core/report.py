@@ -75,6 +75,21 @@ def flops_lines(metrics: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def monitor_lines(summary: Optional[Dict[str, List[Dict[str, Any]]]]) -> List[str]:
+    """Mean and maximum of every sampled figure, per rank (one rank per device)."""
+    if not summary:
+        return []
+    lines = ["", "## Monitor", "", "Sampled every `run.monitor_interval_s` through the vendor's "
+             "hooks (device) and psutil (host); the timeline plot shades the evaluation and "
+             "checkpoint phases.", "", "| rank | figure | mean | max | samples |",
+             "| --- | --- | --- | --- | --- |"]
+    for rank in sorted(summary, key=lambda r: int(r[4:]) if r[4:].isdigit() else 0):
+        for row in summary[rank]:
+            lines.append("| {} | {} ({}) | {:.1f} | {:.1f} | {} |".format(
+                rank, row["figure"], row["unit"], row["mean"], row["max"], row["samples"]))
+    return lines
+
+
 def not_measured_lines(metrics: Dict[str, Any]) -> List[str]:
     """Lines naming each figure a misbehaving vendor hook cost, with the hook's error."""
     failures = metrics.get("monitor_failures") or {}
@@ -176,6 +191,7 @@ def render(result: Dict[str, Any]) -> str:
     lines += flops_lines(metrics)
     lines += not_measured_lines(metrics)
     lines += data_lines(result)
+    lines += monitor_lines(result.get("monitor_summary"))
     for name in result.get("plots", []):
         lines += ["", "![{}](plots/{})".format(name[:-4], name)]
     lines += ["", "## Hardware and software", ""]
@@ -199,7 +215,10 @@ def write_report(run_dir: Path, result: Dict[str, Any]) -> Optional[Path]:
 @hookimpl
 def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """Render ``report.md`` (and its SVG plots) next to ``result.json``."""
-    from chipbench.plots import write_plots
+    from chipbench.monitor import summarize
+    from chipbench.plots import monitor_files, write_plots
 
-    plots = write_plots(Path(run["run_dir"]), result.get("epochs", []), result.get("target"))
-    write_report(Path(run["run_dir"]), dict(result, plots=[p.name for p in plots]))
+    run_dir = Path(run["run_dir"])
+    plots = write_plots(run_dir, result.get("epochs", []), result.get("target"))
+    summary = {name: summarize(samples) for name, samples in monitor_files(run_dir) if samples}
+    write_report(run_dir, dict(result, plots=[p.name for p in plots], monitor_summary=summary))

@@ -59,6 +59,11 @@ def test_wrong_type_from_memory_hook_is_warned_counted_and_reported(tmp_path, mo
     samples = [json.loads(line) for line in (out / "monitor" / "rank0.jsonl").read_text().splitlines()]
     assert any("util_percent" in s for s in samples)
     assert all("mem_used_bytes" not in s for s in samples)
+    # the timeline: samples labelled with the training phase, summary and plot in the report
+    assert {"train", "eval"} <= {s["phase"] for s in samples}
+    assert all("host_cpu_percent" in s and "time" in s for s in samples)
+    assert "## Monitor" in report and "| rank0 | util (%) |" in report
+    assert (out / "plots" / "timeline.svg").is_file() and "![timeline]" in report
 
 
 def test_raising_sample_hook_keeps_memory_and_warns_once(tmp_path, capsys):

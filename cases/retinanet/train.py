@@ -148,6 +148,11 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     ctx.log.info("training %s: %d train / %d val images, %d classes, %d iterations per epoch, "
                  "%s, %d process(es)", "retinanet", len(train_set), len(val_set), num_classes,
                  len(train_loader), precision, ctx.world_size)
+
+    def phase(name: str) -> None:  # what the monitor's samples are labelled with
+        if ctx.monitor is not None:
+            ctx.monitor.set_phase(name)
+
     def iterations_spent() -> bool:
         return bool(train_cfg["max_iters"]) and meter.seen_iterations >= train_cfg["max_iters"]
 
@@ -161,6 +166,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             if warmup_iters > 0:
                 warmup = torch.optim.lr_scheduler.LinearLR(
                     optimizer, start_factor=train_cfg["warmup_factor"], total_iters=warmup_iters)
+        phase("train")
         stats = train_one_epoch(model, optimizer, train_loader, ctx.device, epoch, meter,
                                 ctx.synchronize, autocast, scaler, train_cfg["clip_grad_norm"],
                                 warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"],
@@ -169,6 +175,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         last_epoch = epoch + 1 == train_cfg["epochs"] or iterations_spent()
         scores: Dict[str, float] = {}
         if (epoch + 1) % cfg["eval"]["every"] == 0 or last_epoch:
+            phase("eval")
             ctx.synchronize()
             eval_start = time.perf_counter()
             scores = evaluate(ctx, bare_model, val_set, val_loader, autocast)  # no DDP sync
@@ -193,6 +200,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         ctx.epoch_end(epoch, metrics)
         states = ctx.all_gather(rng_state())  # every rank's RNG; also the epoch-end meeting point
         if ctx.is_main and cfg["run"]["checkpoint"]:
+            phase("checkpoint")
             save_checkpoint(ctx, {"model": bare_model.state_dict(),
                                   "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(),

@@ -1,0 +1,74 @@
+"""What the monitor costs the training: p_core with and without its sampling thread, in one run.
+
+Runs the RetinaNet case on the embedded set in this process, alternating "monitor off" (the
+sampling thread does nothing; the start, epoch-end and stop samples stay) and "monitor on" at the
+given intervals, and prints the median p_core of each mode and, last, the ratios on / off.
+
+    python benchmarks/monitor_cost.py [--iters 12] [--repeats 3] [--intervals 2.0,0.2]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str) -> float:
+    """p_core of one short run; ``interval`` None switches the sampling thread off."""
+    import chipbench.monitor
+    from chipbench.cli import main
+
+    original = chipbench.monitor.DeviceMonitor._loop
+    if interval is None:
+        chipbench.monitor.DeviceMonitor._loop = lambda self: None  # type: ignore
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            code = main(["run", "retinanet", "--vendor", vendor, "--output", str(folder),
+                         "--set", "train.max_iters={}".format(iters),
+                         "--set", "train.throughput_skip_iters=2", "--set", "run.checkpoint=false",
+                         "--set", "target.mAP=1.0", "--set", "data.synthetic.val_images=4",
+                         "--set", "run.monitor_interval_s={}".format(interval or 2.0)])
+    finally:
+        chipbench.monitor.DeviceMonitor._loop = original
+    if code != 0:
+        raise SystemExit("run failed with exit code {}".format(code))
+    return json.loads((folder / "result.json").read_text())["metrics"]["p_core"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=12, help="iterations per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode (alternating)")
+    parser.add_argument("--intervals", default="2.0,0.2", help="sampling intervals to test (s)")
+    parser.add_argument("--vendor", default="cpu")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    modes: List[Optional[float]] = [None] + [float(v) for v in args.intervals.split(",") if v]
+    p_core: Dict[str, List[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for mode in modes:
+                name = "off" if mode is None else "on {:g} s".format(mode)
+                folder = Path(tmp) / "{}-{}".format(name.replace(" ", ""), repeat)
+                p_core.setdefault(name, []).append(one_run(folder, args.iters, mode, args.vendor))
+    medians = {name: statistics.median(values) for name, values in p_core.items()}
+    ratios = {name: medians[name] / medians["off"] for name in medians if name != "off"}
+    print("{:<10} {:>10}  {}".format("monitor", "p_core", "runs (img/s)"))
+    for name, values in p_core.items():
+        print("{:<10} {:>10.3f}  {}".format(name, medians[name],
+                                            " ".join("{:.3f}".format(v) for v in values)))
+    print("ratio on/off: " + "  ".join("{} {:.3f}x".format(k, v) for k, v in ratios.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"iters": args.iters, "p_core": p_core,
+                                               "median": medians, "ratio_on_over_off": ratios},
+                                              indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
