@@ -104,6 +104,13 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
                             cfg["model"]["trainable_backbone_layers"]).to(ctx.device)
+    perf: Dict[str, Any] = {}  # FLOPs of a training step on a real image, the vendor's peak
+    if ctx.is_main:  # counted before DDP wraps the model
+        def first_image():
+            image, target = train_set[0]
+            return [image.to(ctx.device)], [{k: v.to(ctx.device) for k, v in target.items()}]
+
+        perf = run_start_facts(ctx.facade, ctx.device, train_cfg["precision"], model, 1, first_image)
     bare_model = model
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type != "cpu" else None
@@ -135,13 +142,6 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         start_epoch = state["epoch"] + 1
         ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, state["epoch"])
         del state
-    perf: Dict[str, Any] = {}
-    if ctx.is_main:  # FLOPs of one training step on a real image, and the vendor's peak
-        def first_image():
-            image, target = train_set[0]
-            return [image.to(ctx.device)], [{k: v.to(ctx.device) for k, v in target.items()}]
-
-        perf = run_start_facts(ctx.facade, ctx.device, precision, bare_model, 1, first_image)
     ctx.facade.memory_reset_peak(ctx.device)
     target = cfg["target"]["mAP"]
     metrics: Dict[str, Any] = dict(ctx.epochs[-1]) if ctx.epochs else {}
