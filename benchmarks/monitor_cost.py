@@ -4,7 +4,7 @@ Runs the RetinaNet case on the embedded set in this process, alternating "monito
 sampling thread does nothing; the start, epoch-end and stop samples stay) and "monitor on" at the
 given intervals, and prints the median p_core of each mode and, last, the ratios on / off.
 
-    python benchmarks/monitor_cost.py [--iters 12] [--repeats 3] [--intervals 2.0,0.2]
+    python benchmarks/monitor_cost.py [--iters 12] [--repeats 3] [--intervals 2.0,0.2] [--size 128]
 """
 
 import argparse
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
-def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str) -> float:
+def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str, size: int) -> float:
     """p_core of one short run; ``interval`` None switches the sampling thread off."""
     import chipbench.monitor
     from chipbench.cli import main
@@ -32,6 +32,8 @@ def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str) ->
                          "--set", "train.max_iters={}".format(iters),
                          "--set", "train.throughput_skip_iters=2", "--set", "run.checkpoint=false",
                          "--set", "target.mAP=1.0", "--set", "data.synthetic.val_images=4",
+                         "--set", "model.min_size={}".format(size),
+                         "--set", "model.max_size={}".format(size),
                          "--set", "run.monitor_interval_s={}".format(interval or 2.0)])
     finally:
         chipbench.monitor.DeviceMonitor._loop = original
@@ -45,6 +47,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=12, help="iterations per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode (alternating)")
     parser.add_argument("--intervals", default="2.0,0.2", help="sampling intervals to test (s)")
+    parser.add_argument("--size", type=int, default=128, help="input size (model.min/max_size)")
     parser.add_argument("--vendor", default="cpu")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -55,7 +58,8 @@ def main() -> int:
             for mode in modes:
                 name = "off" if mode is None else "on {:g} s".format(mode)
                 folder = Path(tmp) / "{}-{}".format(name.replace(" ", ""), repeat)
-                p_core.setdefault(name, []).append(one_run(folder, args.iters, mode, args.vendor))
+                p_core.setdefault(name, []).append(one_run(folder, args.iters, mode, args.vendor,
+                                                          args.size))
     medians = {name: statistics.median(values) for name, values in p_core.items()}
     ratios = {name: medians[name] / medians["off"] for name in medians if name != "off"}
     print("{:<10} {:>10}  {}".format("monitor", "p_core", "runs (img/s)"))

@@ -80,7 +80,8 @@ def _get(config: Dict[str, Any], dotted: str) -> Any:
 def dataset_fact(result: Dict[str, Any]) -> str:
     """The data set a run trained on, with its image counts where known."""
     config = result.get("config") or {}
-    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    found = result.get("data")
+    data: Dict[str, Any] = found if isinstance(found, dict) else {}
     name = next((row[1] for row in (result.get("general") or {}).get("rows", [])
                  if "dataset" in str(row[0])), "?")
     if data.get("train_images") is not None:

@@ -118,7 +118,7 @@ def chart(title: str, x_label: str, panels: List[Panel],
     xs += [x for p in panels for b in p.bands for x in b[:2]]
     if x_range is None:
         x_range = (min(xs), max(xs)) if xs else (0.0, 1.0)
-    x_ticks = nice_ticks(x_range[0], x_range[1], 6, integer_x)
+    x_ticks = nice_ticks(x_range[0], x_range[1], 8, integer_x)
     x_lo, x_hi = x_ticks[0], x_ticks[-1]
 
     def px(x: float) -> float:
@@ -134,7 +134,6 @@ def chart(title: str, x_label: str, panels: List[Panel],
                bottom: float = bottom) -> float:
             return bottom - (y - y_lo) / ((y_hi - y_lo) or 1.0) * (bottom - top)
 
-        parts.append('<g class="panel">')
         for x0, x1, label in panel.bands:
             parts.append('<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}" '
                          'opacity="0.45"><title>{}</title></rect>'.format(
@@ -183,7 +182,6 @@ def chart(title: str, x_label: str, panels: List[Panel],
                                                    PHASE_COLOURS.get(label, "#e5e7e9")))
             parts.append(_text(LEFT + plot_w + 24, legend_y, "phase: " + label))
             legend_y += 15
-        parts.append("</g>")
     parts.append(_text(LEFT + plot_w / 2, last_bottom + 34, x_label, "middle"))
     parts.append("</svg>")
     return "\n".join(parts)

@@ -161,7 +161,8 @@ def render(result: Dict[str, Any]) -> str:
     general = result.get("general", {})
     metrics = result.get("metrics", {})
     env = result.get("environment", {})
-    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    found = result.get("data")
+    data: Dict[str, Any] = found if isinstance(found, dict) else {}
     lines = ["# {} on {}".format(result.get("case", "?"), result.get("row_label", "?")), ""]
     status = result.get("status", "?")
     lines.append("Status: **{}**{}".format(
