@@ -2,7 +2,9 @@
 
 Runs the RetinaNet case on the embedded set in this process, alternating "monitor off" (the
 sampling thread does nothing; the start, epoch-end and stop samples stay) and "monitor on" at the
-given intervals, and prints the median p_core of each mode and, last, the ratios on / off.
+given intervals, and prints the median p_core of each mode, the CPU time one sample takes (its
+share of one core at each interval: a bound on the cost that training noise cannot blur) and,
+last, the ratios on / off.
 
     python benchmarks/monitor_cost.py [--iters 12] [--repeats 3] [--intervals 2.0,0.2] [--size 128]
 """
@@ -42,6 +44,27 @@ def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str, si
     return json.loads((folder / "result.json").read_text())["metrics"]["p_core"]
 
 
+def sample_cpu_seconds(vendor: str, count: int = 50) -> float:
+    """CPU time one monitor sample takes (device hooks + host figures), median of ``count``:
+    a bound on the monitor's cost that training noise cannot blur."""
+    import time
+
+    from chipbench.manager import build_host
+    from chipbench.monitor import DeviceMonitor
+    from chipbench.selection import select_device
+
+    facade = select_device(build_host(), vendor)
+    device = facade.init_backend(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        monitor = DeviceMonitor(facade, device, Path(tmp) / "m.jsonl", interval_s=3600)
+        costs = []
+        for _ in range(count):
+            start = time.thread_time()
+            monitor.sample()
+            costs.append(time.thread_time() - start)
+    return statistics.median(costs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=12, help="iterations per run")
@@ -66,11 +89,15 @@ def main() -> int:
     for name, values in p_core.items():
         print("{:<10} {:>10.3f}  {}".format(name, medians[name],
                                             " ".join("{:.3f}".format(v) for v in values)))
+    per_sample = sample_cpu_seconds(args.vendor)
+    shares = {m: per_sample / m for m in modes if m}
+    print("one sample: {:.2f} ms of CPU; ".format(per_sample * 1e3) + "  ".join(
+        "every {:g} s: {:.3%} of one core".format(m, share) for m, share in shares.items()))
     print("ratio on/off: " + "  ".join("{} {:.3f}x".format(k, v) for k, v in ratios.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"iters": args.iters, "p_core": p_core,
-                                               "median": medians, "ratio_on_over_off": ratios},
-                                              indent=2))
+                                               "median": medians, "ratio_on_over_off": ratios,
+                                               "sample_cpu_seconds": per_sample}, indent=2))
     return 0
 
 
