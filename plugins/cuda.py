@@ -4,7 +4,7 @@ Declines when the installed torch is a MetaX build (which also answers ``torch.c
 """
 
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
@@ -198,7 +198,7 @@ PEAK_TFLOPS = (
 )
 
 
-def peak_tflops(name: str, precision: str, tf32: bool) -> "Optional[float]":  # noqa: F821
+def peak_tflops(name: str, precision: str, tf32: bool) -> Optional[float]:
     """The table's dense peak of the part called ``name`` for ``precision``; None if unknown."""
     upper = name.upper()
     for part, figures in PEAK_TFLOPS:
@@ -210,7 +210,7 @@ def peak_tflops(name: str, precision: str, tf32: bool) -> "Optional[float]":  # 
 
 
 @hookimpl
-def device_peak_flops(device: "torch.device", precision: str) -> "Optional[float]":  # noqa: F821
+def device_peak_flops(device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
     import torch
 
     tf32 = bool(torch.backends.cudnn.allow_tf32)
