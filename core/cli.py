@@ -206,6 +206,21 @@ def refuse_with_resume(args: argparse.Namespace) -> None:
                             "it" if len(given) == 1 else "them"))
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare run folders: the seed's table with ratios and the fairness warnings."""
+    from chipbench.compare import as_json, as_text, comparison, write_charts
+
+    runs, baseline, rows, warnings = comparison(args.runs, args.baseline)
+    if args.json:
+        print(json.dumps(as_json(runs, baseline, rows, warnings), indent=2, default=str))
+    else:
+        print(as_text(rows, warnings, markdown=args.markdown))
+    if args.plots:
+        for path in write_charts(runs, args.plots):
+            _print_err("chart: {}".format(path))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # parser and entry point
 # --------------------------------------------------------------------------------------------------
@@ -287,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--join-timeout", type=int, default=600, metavar="SECONDS",
                      help="how long the nodes wait for each other to join (default 600)")
     run.set_defaults(func=cmd_run)
+
+    compare = sub.add_parser("compare", parents=[common],
+                             help="compare run folders: table, ratios, fairness warnings")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (copies work)")
+    compare.add_argument("--baseline", metavar="RUN_DIR", help="the run the ratios are against "
+                                                              "(default: the first)")
+    compare.add_argument("--markdown", action="store_true", help="print a paste-ready table")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.add_argument("--plots", metavar="DIR", help="write SVG charts (p_core per run, loss "
+                                                       "and mAP curves, monitor timelines) there")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -149,6 +149,13 @@ class Device:
         """One monitoring sample (util, power, temperature) of ``device``."""
         return self._call("device_sample", dict, device=device)
 
+    def peak_flops(self, device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
+        """Peak FLOP/s of one device in ``precision`` (optional hook); None when the vendor
+        does not implement it or cannot tell."""
+        result = self._call("device_peak_flops", (int, float, type(None)), device=device,
+                            precision=precision)
+        return None if result is None else float(result)
+
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:
     if isinstance(expected, tuple):

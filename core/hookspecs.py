@@ -287,8 +287,8 @@ DEVICE_HOOKS = (
 )
 """Every hook a vendor plugin must implement besides ``vendor_detect``."""
 
-OPTIONAL_HOOKS = ("device_configure", "device_grad_scaler")
-"""Device hooks a vendor may implement; chipbench has a default for each (API 1.1)."""
+OPTIONAL_HOOKS = ("device_configure", "device_grad_scaler", "device_peak_flops", "case_config_dirs")
+"""Hooks a plugin may implement; chipbench has a default for each (API 1.1)."""
 
 LIFECYCLE_HOOKS = ("on_run_start", "on_epoch_end", "on_run_end")
 """Hooks called on every plugin, whose failures are reported but never stop a run."""
@@ -310,5 +310,29 @@ def case_config_dirs(case_name: str) -> List[str]:
     (``F1x1x8.yaml``), each a partial YAML layer over the case's ``defaults.yaml``. They are found
     exactly like the case's built-in ones (``--config NAME`` and the automatic choice from the
     hardware tag and topology), searched after the case's own folder. Return ``[]`` for a case
-    you ship nothing for. Called once per run on every registered plugin.
+    you ship nothing for. Called once per run on every registered plugin. Optional: the
+    default is no folder.
+
+    .. versionadded:: 1.1
     """
+
+
+# --------------------------------------------------------------------------------------------------
+# performance facts (optional: a vendor may leave these out; callers then get None)
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """Return the peak FLOP/s of one device ``device`` when training in ``precision`` (one of
+    :data:`PRECISIONS`), or None when the vendor cannot tell.
+
+    Dense figures (no structured sparsity) of the units the precision runs on: tensor/matrix
+    units where torch uses them (``fp32`` may mean TF32 where the vendor's switches turn it on;
+    say so in the plugin). The MFU of a run is its achieved FLOP/s over this peak times the
+    number of devices. Called once per run by the rank-0 worker, after ``device_init_backend``;
+    it may take a few seconds (a measured peak). Optional: the default is None (no MFU).
+
+    .. versionadded:: 1.1
+    """
+

@@ -11,9 +11,9 @@ times taken from the slowest rank:
 """
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
-SUMMED = ("images", "iterations")
+SUMMED = ("images", "iterations", "monitor_errors")
 MAXED = ("train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",
          "mem_total_bytes", "allocator_peak_bytes")
 
@@ -57,8 +57,21 @@ def reduce_ranks(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
     reduced["whole_seconds"] = max(
         (r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in per_rank), default=0.0)
     reduced["ranks"] = len(per_rank)
+    reduced["monitor_failures"] = merge_failures(r.get("monitor_failures") or {} for r in per_rank)
     reduced["mem_source"] = per_rank[0].get("mem_source", "") if per_rank else ""
     return reduced
+
+
+def merge_failures(parts: Iterable[Dict[str, Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
+    """Failed monitor hooks of every rank: counts summed, the first error kept."""
+    merged: Dict[str, Dict[str, Any]] = {}
+    for part in parts:
+        for hook, entry in part.items():
+            if hook in merged:
+                merged[hook]["count"] += int(entry.get("count", 0))
+            else:
+                merged[hook] = dict(entry)
+    return merged
 
 
 def _rate(images: int, seconds: Optional[float]) -> Optional[float]:

@@ -1,75 +1,341 @@
-"""Small SVG line charts of a run (no plotting library needed): per-epoch loss and mAP, and the
-device memory the monitor sampled. Written by the report plugin into ``plots/``."""
+"""SVG charts of runs, written without a plotting library: per-epoch loss and mAP, device memory,
+the monitor timeline, and the charts of ``core compare``.
 
-import json
+Every chart has axes with ticks, values and units, its legend to the right of the plot area (never
+over the data), and reference lines where they mean something: the target mAP, the device's total
+memory (memory axes run from 0 to it). Phases of the training (evaluation, checkpoint) are shaded
+on the timeline. Long run labels are shortened in legends and kept whole in a ``<title>`` tooltip.
+"""
+
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape
 
-WIDTH, HEIGHT, PAD = 480, 240, 40
+from chipbench.monitor import read_samples
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+PHASE_COLOURS = {"eval": "#f4d03f", "checkpoint": "#a9cce3", "setup": "#d5d8dc"}
+WIDTH = 720
+LEFT, RIGHT, TOP, BOTTOM = 64, 220, 28, 44
+PANEL_HEIGHT = 220
+LEGEND_CHARS = 30
 
 
-def line_chart(title: str, series: Sequence[Tuple[str, str, Sequence[Tuple[float, float]]]],
-               x_label: str) -> str:
-    """An SVG chart; ``series`` holds (name, colour, points), each scaled to its own maximum."""
+@dataclass
+class Series:
+    """One line: a name for the legend, a colour and (x, y) points."""
+
+    name: str
+    colour: str
+    points: Sequence[Tuple[float, float]]
+    dashed: bool = False
+
+
+@dataclass
+class Panel:
+    """One plot area with its own y axis (label with unit), optional fixed range, reference
+    lines ``(y, label)`` and shaded x ranges ``(x0, x1, label)``."""
+
+    y_label: str
+    series: List[Series]
+    y_range: Optional[Tuple[float, float]] = None
+    hlines: List[Tuple[float, str]] = field(default_factory=list)
+    bands: List[Tuple[float, float, str]] = field(default_factory=list)
+
+
+def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -> List[float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten; whole numbers when ``integer``)
+    covering ``low``..``high``."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return [0.0, 1.0]
+    if high <= low:
+        high = low + (abs(low) or 1.0)
+    raw = (high - low) / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    if integer:
+        step = max(1.0, float(math.ceil(step)))
+    first = math.floor(low / step + 1e-9) * step
+    ticks = []
+    value = first
+    while value <= high + step * 1e-6:
+        ticks.append(round(value, 12))
+        value += step
+    if ticks[-1] < high:
+        ticks.append(round(ticks[-1] + step, 12))
+    return ticks
+
+
+def tick_text(value: float) -> str:
+    """A tick label: 0.25, 12, 1.5k, 2M."""
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return "{:g}M".format(round(value / 1e6, 3))
+    if magnitude >= 1e4:
+        return "{:g}k".format(round(value / 1e3, 3))
+    return "{:g}".format(round(value, 6))
+
+
+def short(label: str, limit: int = LEGEND_CHARS) -> str:
+    """``label`` cut to ``limit`` characters, the ellipsis in the middle (the ends of run labels
+    are what tells them apart)."""
+    if len(label) <= limit:
+        return label
+    head = (limit - 1) // 2
+    return label[:head] + "…" + label[len(label) - (limit - 1 - head):]
+
+
+def _text(x: float, y: float, text: str, anchor: str = "start", extra: str = "") -> str:
+    return '<text x="{:.1f}" y="{:.1f}" text-anchor="{}"{}>{}</text>'.format(
+        x, y, anchor, extra, escape(text))
+
+
+def _y_bounds(panel: Panel) -> Tuple[float, float]:
+    if panel.y_range is not None:
+        return panel.y_range
+    ys = [y for s in panel.series for _, y in s.points] + [y for y, _ in panel.hlines]
+    if not ys:
+        return 0.0, 1.0
+    low, high = min(min(ys), 0.0), max(ys)
+    return low, high if high > low else low + 1.0
+
+
+def chart(title: str, x_label: str, panels: List[Panel],
+          x_range: Optional[Tuple[float, float]] = None, integer_x: bool = False) -> str:
+    """An SVG of ``panels`` stacked over one shared x axis (``x_label`` with its unit)."""
+    last_bottom = TOP + 8 + (len(panels) - 1) * (PANEL_HEIGHT + 16) + PANEL_HEIGHT - 24
+    height = last_bottom + BOTTOM
+    plot_w = WIDTH - LEFT - RIGHT
     parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" '
-             'font-family="sans-serif" font-size="11">'.format(WIDTH, HEIGHT),
+             'font-family="sans-serif" font-size="11">'.format(WIDTH, height),
              '<rect width="100%" height="100%" fill="white"/>',
-             '<text x="{}" y="16" font-size="13">{}</text>'.format(PAD, escape(title)),
-             '<line x1="{p}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>'.format(
-                 p=PAD, b=HEIGHT - PAD, r=WIDTH - PAD),
-             '<line x1="{p}" y1="{t}" x2="{p}" y2="{b}" stroke="black"/>'.format(
-                 p=PAD, t=PAD, b=HEIGHT - PAD),
-             '<text x="{}" y="{}">{}</text>'.format(WIDTH // 2, HEIGHT - 8, escape(x_label))]
-    xs = [x for _, _, points in series for x, _ in points]
-    x_min, x_max = (min(xs), max(xs)) if xs else (0.0, 1.0)
-    for row, (name, colour, points) in enumerate(series):
-        if not points:
-            continue
-        top = max(y for _, y in points) or 1.0
-        coords = " ".join("{:.1f},{:.1f}".format(
-            PAD + (x - x_min) / ((x_max - x_min) or 1.0) * (WIDTH - 2 * PAD),
-            HEIGHT - PAD - y / top * (HEIGHT - 2 * PAD)) for x, y in points)
-        parts.append('<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>'.format(
-            colour, coords))
-        parts.append('<text x="{}" y="{}" fill="{}">{} (max {:.4g})</text>'.format(
-            WIDTH - PAD - 150, PAD + 14 * row, colour, escape(name), top))
+             _text(LEFT, 18, title, extra=' font-size="14" font-weight="bold"')]
+    xs = [x for p in panels for s in p.series for x, _ in s.points]
+    xs += [x for p in panels for b in p.bands for x in b[:2]]
+    if x_range is None:
+        x_range = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    x_ticks = nice_ticks(x_range[0], x_range[1], 8, integer_x)
+    x_lo, x_hi = x_ticks[0], x_ticks[-1]
+
+    def px(x: float) -> float:
+        return LEFT + (x - x_lo) / ((x_hi - x_lo) or 1.0) * plot_w
+
+    for index, panel in enumerate(panels):
+        top = TOP + 8 + index * (PANEL_HEIGHT + 16)
+        bottom = top + PANEL_HEIGHT - 24
+        y_ticks = nice_ticks(*_y_bounds(panel))
+        y_lo, y_hi = y_ticks[0], y_ticks[-1]
+
+        def py(y: float, y_lo: float = y_lo, y_hi: float = y_hi, top: float = top,
+               bottom: float = bottom) -> float:
+            return bottom - (y - y_lo) / ((y_hi - y_lo) or 1.0) * (bottom - top)
+
+        for x0, x1, label in panel.bands:
+            parts.append('<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}" '
+                         'opacity="0.45"><title>{}</title></rect>'.format(
+                             px(x0), top, max(px(x1) - px(x0), 1.0), bottom - top,
+                             PHASE_COLOURS.get(label, "#e5e7e9"), escape(label)))
+        for y in y_ticks:
+            parts.append('<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="#e5e5e5"/>'.format(
+                LEFT, py(y), LEFT + plot_w, py(y)))
+            parts.append('<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="black"/>'.format(
+                LEFT - 4, py(y), LEFT, py(y)))
+            parts.append(_text(LEFT - 6, py(y) + 4, tick_text(y), "end", ' class="ytick"'))
+        for x in x_ticks:
+            parts.append('<line x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" stroke="black"/>'.format(
+                px(x), bottom, px(x), bottom + 4))
+            parts.append(_text(px(x), bottom + 15, tick_text(x), "middle", ' class="xtick"'))
+        parts.append('<rect x="{}" y="{:.1f}" width="{}" height="{:.1f}" fill="none" '
+                     'stroke="black"/>'.format(LEFT, top, plot_w, bottom - top))
+        parts.append(_text(16, (top + bottom) / 2, panel.y_label, "middle",
+                           ' transform="rotate(-90 16 {:.1f})"'.format((top + bottom) / 2)))
+        legend_y = top + 10
+        for y, label in panel.hlines:
+            parts.append('<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="#555" '
+                         'stroke-dasharray="6,3"/>'.format(LEFT, py(y), LEFT + plot_w, py(y)))
+            parts.append(_text(LEFT + plot_w + 8, legend_y, "- - " + short(label)))
+            legend_y += 15
+        for series in panel.series:
+            if not series.points:
+                continue
+            coords = " ".join("{:.1f},{:.1f}".format(px(x), py(y)) for x, y in series.points)
+            dash = ' stroke-dasharray="4,2"' if series.dashed else ""
+            parts.append('<polyline fill="none" stroke="{}" stroke-width="2"{} points="{}">'
+                         '<title>{}</title></polyline>'.format(series.colour, dash, coords,
+                                                                escape(series.name)))
+            if len(series.points) == 1:
+                x, y = series.points[0]
+                parts.append('<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"/>'.format(
+                    px(x), py(y), series.colour))
+            parts.append('<rect x="{}" y="{:.1f}" width="12" height="4" fill="{}"/>'.format(
+                LEFT + plot_w + 8, legend_y - 5, series.colour))
+            parts.append(_text(LEFT + plot_w + 24, legend_y, short(series.name)))
+            legend_y += 15
+        bands = sorted({b[2] for b in panel.bands})
+        for label in bands:
+            parts.append('<rect x="{}" y="{:.1f}" width="12" height="10" fill="{}" '
+                         'opacity="0.45"/>'.format(LEFT + plot_w + 8, legend_y - 9,
+                                                   PHASE_COLOURS.get(label, "#e5e7e9")))
+            parts.append(_text(LEFT + plot_w + 24, legend_y, "phase: " + label))
+            legend_y += 15
+    parts.append(_text(LEFT + plot_w / 2, last_bottom + 34, x_label, "middle"))
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _monitor_points(path: Path) -> List[Tuple[float, float]]:
-    points: List[Tuple[float, float]] = []
-    start: Optional[float] = None
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
+def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float]],
+              x_label: str) -> str:
+    """Horizontal bars, one per label (run labels read in full on the left)."""
+    label_w = 260
+    row_h = 26
+    plot_w = WIDTH - label_w - 40
+    height = TOP + 16 + row_h * max(len(labels), 1) + BOTTOM
+    known = [v for v in values if v is not None]
+    ticks = nice_ticks(0.0, max(known) if known else 1.0)
+    hi = ticks[-1] or 1.0
+    bottom = TOP + 16 + row_h * len(labels)
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" '
+             'font-family="sans-serif" font-size="11">'.format(WIDTH, height),
+             '<rect width="100%" height="100%" fill="white"/>',
+             _text(10, 18, title, extra=' font-size="14" font-weight="bold"')]
+    for x in ticks:
+        xpos = label_w + x / hi * plot_w
+        parts.append('<line x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" stroke="#e5e5e5"/>'.format(
+            xpos, TOP + 16, xpos, bottom))
+        parts.append('<line x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" stroke="black"/>'.format(
+            xpos, bottom, xpos, bottom + 4))
+        parts.append(_text(xpos, bottom + 15, tick_text(x), "middle", ' class="xtick"'))
+    for row, (label, value) in enumerate(zip(labels, values)):
+        y = TOP + 16 + row * row_h
+        parts.append(_text(label_w - 8, y + row_h / 2 + 4, short(label, 40), "end",
+                           ' class="ytick"'))
+        if value is None:
+            parts.append(_text(label_w + 4, y + row_h / 2 + 4, "not measured"))
             continue
-        if "mem_used_bytes" not in record:
-            continue
-        start = record["time"] if start is None else start
-        points.append((record["time"] - start, record["mem_used_bytes"] / 2**30))
-    return points
+        parts.append('<rect x="{}" y="{:.1f}" width="{:.1f}" height="{}" fill="{}">'
+                     '<title>{}</title></rect>'.format(label_w, y + 4, value / hi * plot_w,
+                                                        row_h - 8, COLOURS[row % len(COLOURS)],
+                                                        escape(label)))
+        parts.append(_text(label_w + value / hi * plot_w + 4, y + row_h / 2 + 4,
+                           "{:.4g}".format(value)))
+    parts.append('<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>'.format(
+        label_w, TOP + 16, label_w, bottom))
+    parts.append('<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>'.format(
+        label_w, bottom, label_w + plot_w, bottom))
+    parts.append(_text(label_w + plot_w / 2, height - 10, x_label, "middle"))
+    parts.append("</svg>")
+    return "\n".join(parts)
 
 
-def write_plots(run_dir: Path, epochs: List[dict], metric: str = "mAP") -> List[Path]:
-    """Write ``plots/epochs.svg`` (loss and the case's ``metric``) and ``plots/memory.svg``;
-    returns the files written."""
+# -- the charts of a run ----------------------------------------------------------------------------
+
+
+def epochs_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], target: Optional[float],
+                 metric: str = "mAP") -> str:
+    """Loss (top) and the case's quality ``metric`` (bottom, 0..1, target line) per epoch of one
+    run or several."""
+    loss, scores = [], []
+    for index, (name, epochs) in enumerate(runs):
+        colour = COLOURS[index % len(COLOURS)]
+        loss.append(Series(name, colour, [(e["epoch"] + 1, e["loss"]) for e in epochs
+                                          if e.get("loss") is not None]))
+        scores.append(Series(name, colour, [(e["epoch"] + 1, e[metric]) for e in epochs
+                                            if e.get(metric) is not None]))
+    top = max([y for s in scores for _, y in s.points] + [target or 0.0, 0.05])
+    hlines = [(float(target), "target {} {:g}".format(metric, target))] if target is not None else []
+    label = "mAP (COCO bbox AP@[.50:.95])" if metric == "mAP" else metric
+    return chart("training loss and {} per epoch".format(metric), "epoch (counted from 1)", [
+        Panel("training loss (mean of the epoch)", loss),
+        Panel(label, scores, y_range=(0.0, min(1.0, top * 1.1)), hlines=hlines)], integer_x=True)
+
+
+def phase_bands(samples: List[Dict[str, Any]], start: float) -> List[Tuple[float, float, str]]:
+    """Consecutive samples of one phase as shaded ranges (the training phase stays unshaded)."""
+    bands: List[Tuple[float, float, str]] = []
+    for sample, following in zip(samples, samples[1:] + samples[-1:]):
+        phase = sample.get("phase", "")
+        if phase in ("", "train"):
+            continue
+        x0, x1 = sample["time"] - start, following["time"] - start
+        if bands and bands[-1][2] == phase and abs(bands[-1][1] - x0) < 1e-9:
+            bands[-1] = (bands[-1][0], x1, phase)
+        else:
+            bands.append((x0, x1, phase))
+    return bands
+
+
+def memory_chart(files: Sequence[Tuple[str, List[Dict[str, Any]]]]) -> str:
+    """Device-wide used memory per rank over time, from 0 to the device total."""
+    series, total = [], 0.0
+    start = min((s[0]["time"] for _, s in files if s), default=0.0)
+    for index, (name, samples) in enumerate(files):
+        points = [(s["time"] - start, s["mem_used_bytes"] / 2**30) for s in samples
+                  if "mem_used_bytes" in s]
+        total = max([total] + [s["mem_total_bytes"] / 2**30 for s in samples
+                               if s.get("mem_total_bytes")])
+        series.append(Series(name, COLOURS[index % len(COLOURS)], points))
+    hlines = [(total, "device total {:.1f} GiB".format(total))] if total else []
+    return chart("device memory used (device-wide)", "time since start (s)",
+                 [Panel("memory used (GiB)", series, y_range=(0.0, total * 1.02) if total else None,
+                        hlines=hlines)])
+
+
+TIMELINE_PANELS = (("util_percent", "device util (%)", 1.0, (0.0, 100.0)),
+                   ("power_w", "device power (W)", 1.0, None),
+                   ("temperature_c", "device temperature (°C)", 1.0, None),
+                   ("mem_used_bytes", "device memory used (GiB)", 2.0**30, None),
+                   ("host_cpu_percent", "host CPU (%)", 1.0, (0.0, 100.0)),
+                   ("workers_cpu_percent", "data-loader workers CPU (% of one core)", 1.0, None),
+                   ("host_mem_used_bytes", "host memory used (GiB)", 2.0**30, None))
+
+
+def timeline_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], title: str) -> str:
+    """The monitor timeline: one panel per sampled figure, each run (or rank) a line, the
+    evaluation and checkpoint phases of the first run shaded."""
+    panels = []
+    first = runs[0][1] if runs else []
+    bands = phase_bands(first, first[0]["time"]) if first else []
+    for key, label, scale, y_range in TIMELINE_PANELS:
+        series = []
+        for index, (name, samples) in enumerate(runs):
+            if not samples:
+                continue
+            start = samples[0]["time"]
+            points = [(s["time"] - start, s[key] / scale) for s in samples
+                      if isinstance(s.get(key), (int, float))]
+            if points:
+                series.append(Series(name, COLOURS[index % len(COLOURS)], points))
+        if series:
+            panels.append(Panel(label, series, y_range=y_range, bands=bands))
+    if not panels:
+        panels.append(Panel("no samples", []))
+    return chart(title, "time since start (s)", panels)
+
+
+def monitor_files(run_dir: Path) -> List[Tuple[str, List[Dict[str, Any]]]]:
+    """Every rank's monitor samples of a run folder, rank order."""
+    paths = sorted((Path(run_dir) / "monitor").glob("rank*.jsonl"),
+                   key=lambda p: int(p.stem[4:] or 0) if p.stem[4:].isdigit() else 0)
+    return [(p.stem, read_samples(p)) for p in paths]
+
+
+def write_plots(run_dir: Path, epochs: List[dict], target: Optional[float] = None,
+                metric: str = "mAP") -> List[Path]:
+    """Write ``plots/epochs.svg``, ``plots/memory.svg`` and ``plots/timeline.svg`` (those that
+    have data); returns the files written."""
     folder = Path(run_dir) / "plots"
     folder.mkdir(exist_ok=True)
     written = []
     if epochs:
-        chart = line_chart("loss and {} per epoch".format(metric), [
-            ("loss", "#c0392b", [(e["epoch"], e.get("loss", 0.0)) for e in epochs]),
-            (metric, "#2471a3", [(e["epoch"], e.get(metric, 0.0)) for e in epochs])], "epoch")
-        (folder / "epochs.svg").write_text(chart)
+        (folder / "epochs.svg").write_text(epochs_chart([("this run", epochs)], target, metric))
         written.append(folder / "epochs.svg")
-    monitor = sorted((Path(run_dir) / "monitor").glob("rank*.jsonl"))
-    if monitor:
-        colours = ("#117a65", "#af601a", "#6c3483", "#2e4053")
-        series = [("{} GiB".format(p.stem), colours[i % len(colours)], _monitor_points(p))
-                  for i, p in enumerate(monitor)]
-        (folder / "memory.svg").write_text(line_chart("device memory used", series, "seconds"))
-        written.append(folder / "memory.svg")
+    files = [(name, samples) for name, samples in monitor_files(run_dir) if samples]
+    if files:
+        (folder / "memory.svg").write_text(memory_chart(files))
+        (folder / "timeline.svg").write_text(timeline_chart(files, "monitor timeline"))
+        written += [folder / "memory.svg", folder / "timeline.svg"]
     return written

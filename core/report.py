@@ -64,19 +64,125 @@ def text_table(rows: List[Dict[str, str]], columns=PERF_COLUMNS) -> str:
     return "\n".join(out)
 
 
+def flops_lines(metrics: Dict[str, Any]) -> List[str]:
+    """FLOPs per image, achieved TFLOP/s and MFU, or "n/a" with the reason (README, Metrics)."""
+    per_image = metrics.get("flops_per_image")
+    if not per_image:
+        return ["- FLOPs per image (training step): n/a{}; achieved TFLOP/s and MFU: n/a".format(
+            " (" + metrics["flops_note"] + ")" if metrics.get("flops_note") else "")]
+    achieved = metrics.get("achieved_tflops")
+    lines = ["- FLOPs per image (training step, forward + backward): {:.3g} GFLOP; achieved: {} "
+             "TFLOP/s (FLOPs per image x p_core)".format(
+                 per_image / 1e9, "/" if achieved is None else "{:.3g}".format(achieved))]
+    if metrics.get("mfu") is not None:
+        lines.append("- MFU: {:.2%} of a peak of {:.3g} TFLOP/s (all devices)".format(
+            metrics["mfu"], metrics["peak_tflops"]))
+    else:
+        lines.append("- MFU: n/a ({})".format(metrics.get("peak_note") or "no peak known"))
+    return lines
+
+
+def monitor_lines(summary: Optional[Dict[str, List[Dict[str, Any]]]]) -> List[str]:
+    """Mean and maximum of every sampled figure, per rank (one rank per device)."""
+    if not summary:
+        return []
+    lines = ["", "## Monitor", "", "Sampled every `run.monitor_interval_s` through the vendor's "
+             "hooks (device) and psutil (host); the timeline plot shades the evaluation and "
+             "checkpoint phases.", "", "| rank | figure | mean | max | samples |",
+             "| --- | --- | --- | --- | --- |"]
+    for rank in sorted(summary, key=lambda r: int(r[4:]) if r[4:].isdigit() else 0):
+        for row in summary[rank]:
+            lines.append("| {} | {} ({}) | {:.1f} | {:.1f} | {} |".format(
+                rank, row["figure"], row["unit"], row["mean"], row["max"], row["samples"]))
+    return lines
+
+
+def not_measured_lines(metrics: Dict[str, Any]) -> List[str]:
+    """Lines naming each figure a misbehaving vendor hook cost, with the hook's error."""
+    failures = metrics.get("monitor_failures") or {}
+    lines = []
+    for hook in sorted(failures):
+        entry = failures[hook]
+        lines.append("- **not measured: {}**: hook {} of the vendor failed {} time(s) during the "
+                     "run: {}".format(entry.get("lost", hook), hook, entry.get("count", "?"),
+                                      entry.get("error", "?")))
+    return lines
+
+
+FULL_COCO_IMAGES = (118287, 5000)
+"""Train and val image counts of the full COCO2017 detection set."""
+
+DATA_FACTS = (("train_images", "train images"), ("val_images", "val images"),
+              ("train_annotations", "train annotations (boxes)"),
+              ("val_annotations", "val annotations (boxes)"),
+              ("train_images_dropped", "train images dropped (no annotations)"),
+              ("boxes_dropped", "boxes dropped (invalid)"), ("num_classes", "classes"),
+              ("min_size", "input min_size (px)"), ("max_size", "input max_size (px)"))
+
+
+def data_note(data: Dict[str, Any]) -> str:
+    """"COCO layout, not the full COCO2017" when the image counts are not COCO2017's."""
+    counts = (data.get("train_images"), data.get("val_images"))
+    if None in counts or counts == FULL_COCO_IMAGES:
+        return ""
+    return "COCO layout, not the full COCO2017: {} train / {} val images (COCO2017 has {} / {})" \
+        .format(counts[0], counts[1], *FULL_COCO_IMAGES)
+
+
+def data_lines(result: Dict[str, Any]) -> List[str]:
+    """The data facts section: image and box counts, what was dropped, classes, input size."""
+    data = result.get("data")
+    lines = ["", "## Data", ""]
+    if not isinstance(data, dict) or not data:
+        return lines + ["Data facts were not recorded by this run (older chipbench, or the case "
+                        "does not report them)."]
+    note = data_note(data)
+    if note:
+        lines += ["> " + note, ""]
+    lines += ["| fact | value |", "| --- | --- |"]
+    known = [key for key, _ in DATA_FACTS]
+    for key, label in DATA_FACTS:
+        lines.append("| {} | {} |".format(label, _fmt(data.get(key))))
+    for key in sorted(k for k in data if k not in known):
+        value = data[key]
+        lines.append("| {} | {} |".format(key, json.dumps(value) if isinstance(
+            value, (dict, list)) else _fmt(value)))
+    return lines
+
+
+def run_facts_lines(result: Dict[str, Any]) -> List[str]:
+    """How the figures were taken: evaluation backend and time, warm-up left out of throughput."""
+    config = result.get("config") or {}
+    metrics = result.get("metrics") or {}
+    evaluation = config.get("eval") or {}
+    train = config.get("train") or {}
+    evals = sum(1 for e in result.get("epochs", []) if e.get("mAP") is not None)
+    return ["- evaluation backend: {}; evaluation time: {} s over {} evaluation(s)".format(
+                _fmt(evaluation.get("backend")), _fmt(metrics.get("eval_seconds"), 1), evals),
+            "- warm-up iterations left out of p_whole/p_train/p_core: {}".format(
+                _fmt(train.get("throughput_skip_iters", 0)))]
+
+
 def render(result: Dict[str, Any]) -> str:
     """The whole ``report.md`` of one result."""
     general = result.get("general", {})
     metrics = result.get("metrics", {})
     env = result.get("environment", {})
+    found = result.get("data")
+    data: Dict[str, Any] = found if isinstance(found, dict) else {}
     lines = ["# {} on {}".format(result.get("case", "?"), result.get("row_label", "?")), ""]
     status = result.get("status", "?")
     lines.append("Status: **{}**{}".format(
         status, " ({})".format(result["error"]) if result.get("error") else ""))
     if result.get("dataset_note"):
         lines += ["", "> " + result["dataset_note"]]
+    if data_note(data):
+        lines += ["", "> " + data_note(data)]
     lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
     for name, value, note in general.get("rows", []):
+        if "dataset" in name and data_note(data):
+            note = (note + "; " if note else "") + "COCO layout, {} train / {} val images".format(
+                data.get("train_images"), data.get("val_images"))
         lines.append("| {} | {} | {} |".format(name, value, note))
     metric, unit = result.get("target_metric", "mAP"), result.get("sample_unit", "images")
     lines += ["", "## Performance indicators", "",
@@ -94,9 +200,14 @@ def render(result: Dict[str, Any]) -> str:
             _fmt(metrics.get("core_seconds"), 1))]
     if metrics.get("throughput_note"):
         lines.append("- " + metrics["throughput_note"])
+    lines += flops_lines(metrics)
+    lines += not_measured_lines(metrics)
+    lines += data_lines(result)
+    lines += monitor_lines(result.get("monitor_summary"))
     for name in result.get("plots", []):
         lines += ["", "![{}](plots/{})".format(name[:-4], name)]
     lines += ["", "## Hardware and software", ""]
+    lines += run_facts_lines(result)
     for key in sorted(env):
         value = env[key]
         if isinstance(value, (dict, list)):
@@ -116,8 +227,11 @@ def write_report(run_dir: Path, result: Dict[str, Any]) -> Optional[Path]:
 @hookimpl
 def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """Render ``report.md`` (and its SVG plots) next to ``result.json``."""
-    from chipbench.plots import write_plots
+    from chipbench.monitor import summarize
+    from chipbench.plots import monitor_files, write_plots
 
-    plots = write_plots(Path(run["run_dir"]), result.get("epochs", []),
+    run_dir = Path(run["run_dir"])
+    plots = write_plots(run_dir, result.get("epochs", []), result.get("target"),
                         metric=result.get("target_metric", "mAP"))
-    write_report(Path(run["run_dir"]), dict(result, plots=[p.name for p in plots]))
+    summary = {name: summarize(samples) for name, samples in monitor_files(run_dir) if samples}
+    write_report(run_dir, dict(result, plots=[p.name for p in plots], monitor_summary=summary))

@@ -102,12 +102,19 @@ def resolve_run_config(case: Case, explicit_config: Optional[str], hardware: Har
 
 
 def fix_hp(case: Case, config: Config) -> str:
-    """Hyper-parameters that differ from the case defaults: ``"bs=24, lr=0.04"``."""
+    """Every setting that differs from the case defaults: ``"bs=24, lr=0.04, model.min_size=128"``
+    (the case's short names first, then the other keys by their dotted names). Settings that do
+    not change what is trained, or that the report shows elsewhere, are left out: ``run.*``, the
+    data folder and loader plumbing, the embedded set's sizes (the data facts) and the precision
+    (its own column)."""
+    not_hp = ("run.", "data.dir", "data.num_workers", "data.pin_memory", "data.synthetic.",
+              "train.precision")
     defaults = flatten(load_yaml(case.config_dir / "defaults.yaml"))
     current = flatten(config)
-    parts = ["{}={}".format(short, current[key]) for key, short in case.fix_hp_keys.items()
-             if current.get(key) != defaults.get(key)]
-    return ", ".join(parts)
+    keys = list(case.fix_hp_keys) + [k for k in current if k not in case.fix_hp_keys
+                                     and not k.startswith(not_hp)]
+    return ", ".join("{}={}".format(case.fix_hp_keys.get(key, key), current[key]) for key in keys
+                     if key in current and current.get(key) != defaults.get(key))
 
 
 def row_labels(hardware: HardwareId, topology: Topology) -> Tuple[str, str]:

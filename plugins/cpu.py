@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import psutil
 
@@ -88,11 +88,25 @@ def supported_precisions() -> List[str]:
     return ["fp32", "bf16"]
 
 
+def cpu_model() -> str:
+    """The processor's model name ("AMD EPYC 7B13"): /proc/cpuinfo, else platform.processor()."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware")) and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
 @hookimpl
 def environment_report() -> Dict[str, Any]:
     report: Dict[str, Any] = {}
     report.update({
-        "device_model": device_name(0),
+        "device_model": cpu_model(),
         "device_count": 1,
         "cpu_cores": os.cpu_count(),
         "device_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -115,3 +129,41 @@ def _linux_peak_rss() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+ENV_PEAK_GEMM = "CHIPBENCH_CPU_PEAK_GEMM_S"
+"""Seconds the CPU's peak is measured for at run start (default 1; 0 turns the measurement off)."""
+_measured_peaks: Dict[str, float] = {}
+
+
+def measure_gemm_flops(seconds: float, precision: str = "fp32", size: int = 512) -> float:
+    """FLOP/s of square matrix products on this CPU, measured for about ``seconds``."""
+    import time
+
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    b = a.t().contiguous()
+    torch.mm(a, b)  # warm-up
+    count, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2.0 * size ** 3 * count / elapsed
+
+
+@hookimpl
+def device_peak_flops(device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
+    # measured, not a datasheet figure: a short GEMM at run start, once per process
+    try:
+        seconds = float(os.environ.get(ENV_PEAK_GEMM, "1"))
+    except ValueError:
+        seconds = 1.0
+    if seconds <= 0:
+        return None
+    if precision not in _measured_peaks:
+        _measured_peaks[precision] = measure_gemm_flops(seconds, precision)
+    return _measured_peaks[precision]

@@ -189,3 +189,47 @@ def _smi_query(fields: List[str], index: int = -1) -> List[List[str]]:
     if not out:
         return []
     return [[c.strip() for c in line.split(",")] for line in out.strip().splitlines() if line]
+
+
+# Dense peak TFLOP/s of known parts, from NVIDIA's datasheets (no structured sparsity):
+# "fp32" is the plain FP32 (CUDA-core) figure, "tf32"/"fp16"/"bf16" tensor-core figures.
+# fp32 training is reported against TF32 where torch lets cuDNN use it (its default since 1.7:
+# convolutions, most of a detection model), else against plain FP32. amp and fp16 use the FP16
+# tensor-core figure, bf16 the BF16 one. Longer names first: "H100 PCIe" before "H100".
+PEAK_TFLOPS = (
+    ("H200", {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4}),
+    ("H100 PCIE", {"fp32": 51.2, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0}),
+    ("H100", {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4}),  # SXM5
+    ("H800", {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4}),
+    ("H20", {"fp32": 44.0, "tf32": 74.0, "fp16": 148.0, "bf16": 148.0}),
+    ("A100", {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0}),
+    ("A800", {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0}),
+    ("A30", {"fp32": 10.3, "tf32": 82.0, "fp16": 165.0, "bf16": 165.0}),
+    ("A10", {"fp32": 31.2, "tf32": 62.5, "fp16": 125.0, "bf16": 125.0}),
+    ("L40S", {"fp32": 91.6, "tf32": 183.0, "fp16": 362.0, "bf16": 362.0}),
+    ("L4", {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0}),
+    ("V100S", {"fp32": 16.4, "fp16": 130.0}),
+    ("V100-PCIE", {"fp32": 14.0, "fp16": 112.0}),
+    ("V100", {"fp32": 15.7, "fp16": 125.0}),  # SXM2
+    ("T4", {"fp32": 8.1, "fp16": 65.0}),
+)
+
+
+def peak_tflops(name: str, precision: str, tf32: bool) -> Optional[float]:
+    """The table's dense peak of the part called ``name`` for ``precision``; None if unknown."""
+    upper = name.upper()
+    for part, figures in PEAK_TFLOPS:
+        if re.search(r"\b{}\b".format(re.escape(part)), upper):
+            if precision == "fp32":
+                return figures.get("tf32") if tf32 and "tf32" in figures else figures["fp32"]
+            return figures.get("fp16" if precision in ("amp", "fp16") else "bf16")
+    return None
+
+
+@hookimpl
+def device_peak_flops(device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
+    import torch
+
+    tf32 = bool(torch.backends.cudnn.allow_tf32)
+    peak = peak_tflops(torch.cuda.get_device_name(device), precision, tf32)
+    return None if peak is None else peak * 1e12

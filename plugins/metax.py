@@ -342,3 +342,19 @@ def _has_smi() -> bool:
     import shutil
 
     return shutil.which(SMI) is not None
+
+
+# The C500's dense peaks in TFLOP/s as MetaX announced them publicly (FP32 vector, TF32/FP16/BF16
+# matrix). UNVERIFIED: taken from press coverage of the launch, not checked against a MetaX
+# datasheet; correct them here when a datasheet says otherwise.
+C500_PEAK_TFLOPS = {"fp32": 36.0, "tf32": 140.0, "fp16": 280.0, "bf16": 280.0}
+
+
+@hookimpl
+def device_peak_flops(device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
+    if "C500" not in device_name(device.index or 0).upper():
+        return None
+    tf32 = os.environ.get("METAX_USE_TF32", "") == "1"  # device_init_backend's switch
+    key = {"fp32": "tf32" if tf32 else "fp32", "amp": "fp16"}.get(precision, precision)
+    peak = C500_PEAK_TFLOPS.get(key)
+    return None if peak is None else peak * 1e12

@@ -21,6 +21,8 @@ from chipbench.cases.retinanet.engine import autocast_factory, make_grad_scaler,
 from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict
 from chipbench.cases.retinanet.model import build_retinanet
 from chipbench.context import RunContext
+from chipbench.flops import figures as flops_figures
+from chipbench.flops import run_start_facts
 from chipbench.metrics import RunMeter
 
 
@@ -112,6 +114,13 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
                             cfg["model"]["trainable_backbone_layers"]).to(ctx.device)
+    perf: Dict[str, Any] = {}  # FLOPs of a training step on a real image, the vendor's peak
+    if ctx.is_main:  # counted before DDP wraps the model
+        def first_image():
+            image, target = train_set[0]
+            return [image.to(ctx.device)], [{k: v.to(ctx.device) for k, v in target.items()}]
+
+        perf = run_start_facts(ctx.facade, ctx.device, train_cfg["precision"], model, 1, first_image)
     bare_model = model
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type != "cpu" else None
@@ -150,6 +159,11 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     ctx.log.info("training %s: %d train / %d val images, %d classes, %d iterations per epoch, "
                  "%s, %d process(es)", "retinanet", len(train_set), len(val_set), num_classes,
                  len(train_loader), precision, ctx.world_size)
+
+    def phase(name: str) -> None:  # what the monitor's samples are labelled with
+        if ctx.monitor is not None:
+            ctx.monitor.set_phase(name)
+
     def iterations_spent() -> bool:
         return bool(train_cfg["max_iters"]) and meter.seen_iterations >= train_cfg["max_iters"]
 
@@ -163,6 +177,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             if warmup_iters > 0:
                 warmup = torch.optim.lr_scheduler.LinearLR(
                     optimizer, start_factor=train_cfg["warmup_factor"], total_iters=warmup_iters)
+        phase("train")
         stats = train_one_epoch(model, optimizer, train_loader, ctx.device, epoch, meter,
                                 ctx.synchronize, autocast, scaler, train_cfg["clip_grad_norm"],
                                 warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"],
@@ -171,6 +186,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         last_epoch = epoch + 1 == train_cfg["epochs"] or iterations_spent()
         scores: Dict[str, float] = {}
         if (epoch + 1) % cfg["eval"]["every"] == 0 or last_epoch:
+            phase("eval")
             ctx.synchronize()
             eval_start = time.perf_counter()
             scores = evaluate(ctx, bare_model, val_set, val_loader, autocast)  # no DDP sync
@@ -182,11 +198,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         metrics = ctx.reduce_counters(counters)
         metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
                         "lr": stats["lr"]})
-        if scores:
-            metrics.update(scores)
-        elif ctx.epochs:
-            metrics.update({k: ctx.epochs[-1][k] for k in ("mAP", "AP50", "AP75")
-                            if k in ctx.epochs[-1]})
+        metrics.update(scores)  # an epoch without evaluation has no mAP
+        metrics.update(flops_figures(perf, metrics.get("p_core"), ctx.world_size))
         metrics["converged"] = bool(metrics.get("mAP", 0.0) >= target)
         if train_cfg["throughput_skip_iters"]:
             metrics["throughput_note"] = ("the first {} iterations are left out of p_whole, "
@@ -197,7 +210,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
                      metrics.get("p_train") or 0.0, metrics.get("p_core") or 0.0)
         states = ctx.all_gather(rng_state())  # every rank's RNG; also the epoch-end meeting point
         if ctx.is_main and cfg["run"]["checkpoint"]:  # the checkpoint first, then the record of
-            save_checkpoint(ctx, {"model": bare_model.state_dict(),  # the epoch: they agree
+            phase("checkpoint")                          # the epoch: they agree
+            save_checkpoint(ctx, {"model": bare_model.state_dict(),
                                   "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(),
                                   "scaler": scaler.state_dict() if scaler is not None else None,

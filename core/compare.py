@@ -1,0 +1,245 @@
+"""``core compare RUN_DIR... [--baseline RUN_DIR]``: the seed's performance table of several runs
+side by side, ratios against a baseline, and loud warnings about what makes the comparison unfair.
+
+Only each run folder's ``result.json`` is needed (``monitor/`` too for the timeline chart), so
+folders copied from other machines compare as well as local ones.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from chipbench.errors import UserError
+from chipbench.report import PERF_COLUMNS, markdown_table, perf_row, text_table
+
+RATIO_COLUMNS = (("p_whole", "p_whole x"), ("p_train", "p_train x"), ("p_core", "p_core x"),
+                 ("e2e_time", "e2e_time x"), ("mem_used_peak_bytes", "mem x"))
+MAP_COLUMN = "mAP diff"
+COLUMNS = PERF_COLUMNS + tuple(c for _, c in RATIO_COLUMNS) + (MAP_COLUMN,)
+
+
+class RunFolder:
+    """One run folder's result, with the label it gets in the comparison."""
+
+    def __init__(self, path: Path, result: Dict[str, Any]) -> None:
+        self.path = path
+        self.result = result
+        self.label = result.get("row_label") or path.name
+
+    @property
+    def chart_label(self) -> str:
+        """Short and distinct for chart legends: folder, hardware, topology, precision."""
+        topology = (self.result.get("topology") or {})
+        return "{}: {} {} {}".format(
+            self.path.name, (self.result.get("hardware") or {}).get("label", "?"),
+            "{}x{}".format(topology.get("nnodes", "?"), topology.get("nproc_per_node", "?")),
+            self.result.get("precision", "?"))
+
+    @property
+    def metrics(self) -> Dict[str, Any]:
+        return self.result.get("metrics") or {}
+
+
+def load_run(path: str) -> RunFolder:
+    """Read ``result.json`` of a run folder (or the file itself)."""
+    folder = Path(path)
+    file = folder if folder.is_file() else folder / "result.json"
+    try:
+        with open(file) as handle:
+            result = json.load(handle)
+    except OSError:
+        raise UserError("{} holds no result.json".format(path),
+                        "give run folders written by `core run` (copy the whole folder)") from None
+    except ValueError as exc:
+        raise UserError("{} is not valid JSON ({})".format(file, exc),
+                        "give run folders written by `core run`") from None
+    if not isinstance(result, dict):
+        raise UserError("{} is not a chipbench result".format(file),
+                        "give run folders written by `core run`")
+    return RunFolder(file.parent, result)
+
+
+def label_runs(runs: List[RunFolder]) -> None:
+    """Runs that share a row label get their folder name added, so every row can be told apart."""
+    for run in runs:
+        same = [r for r in runs if (r.result.get("row_label") or r.path.name) ==
+                (run.result.get("row_label") or run.path.name)]
+        if len(same) > 1:
+            run.label = "{} [{}]".format(run.result.get("row_label") or "?", run.path.name)
+
+
+def _get(config: Dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def dataset_fact(result: Dict[str, Any]) -> str:
+    """The data set a run trained on, with its image counts where known."""
+    config = result.get("config") or {}
+    found = result.get("data")
+    data: Dict[str, Any] = found if isinstance(found, dict) else {}
+    name = next((row[1] for row in (result.get("general") or {}).get("rows", [])
+                 if "dataset" in str(row[0])), "?")
+    if data.get("train_images") is not None:
+        return "{} ({} train / {} val images)".format(name, data.get("train_images"),
+                                                     data.get("val_images"))
+    if _get(config, "data.dir") is None and _get(config, "data.synthetic") is not None:
+        return "{} ({} train / {} val images, {} px)".format(
+            name, _get(config, "data.synthetic.train_images"),
+            _get(config, "data.synthetic.val_images"), _get(config, "data.synthetic.image_size"))
+    return name
+
+
+def facts(result: Dict[str, Any]) -> Dict[str, Any]:
+    """What must match for two runs to be compared fairly, by name."""
+    config = result.get("config") or {}
+    versions = result.get("versions") or {}
+    return {
+        "case": result.get("case"),
+        "case version": result.get("case_version") or versions.get("case"),
+        "data set": dataset_fact(result),
+        "precision": result.get("precision"),
+        "batch size": _get(config, "train.batch_size"),
+        "epochs run": (result.get("metrics") or {}).get("epochs"),
+        "backbone weights": _get(config, "model.backbone_weights"),
+        "image size": "min {} / max {}".format(_get(config, "model.min_size"),
+                                               _get(config, "model.max_size")),
+        "evaluation backend": _get(config, "eval.backend"),
+        "target mAP": result.get("target"),
+        "chipbench version": versions.get("chipbench"),
+    }
+
+
+def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[str]:
+    """Every difference from the baseline that makes the comparison unfair, and every run that
+    did not finish or did not converge."""
+    warnings = []
+    base = facts(baseline.result)
+    for run in runs:
+        if run is baseline:
+            continue
+        mine = facts(run.result)
+        for name, value in mine.items():
+            if value != base[name] and not (value is None and base[name] is None):
+                warnings.append("different {}: {} has {}, baseline {} has {}".format(
+                    name, run.label, _show(value), baseline.label, _show(base[name])))
+    for run in runs:
+        status = run.result.get("status", "?")
+        if status != "finished":
+            warnings.append("{} did not finish (status {}{}): its figures are partial".format(
+                run.label, status, ": " + run.result["error"] if run.result.get("error") else ""))
+        elif not run.metrics.get("converged"):
+            warnings.append("{} did not converge (mAP {} < target {}): its time to target is "
+                            "not known".format(run.label, _show(run.metrics.get("mAP")),
+                                               _show(run.result.get("target"))))
+    return warnings
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(not recorded)"
+    if isinstance(value, float):
+        return "{:.4g}".format(value)
+    return str(value)
+
+
+def _ratio(value: Any, base: Any) -> str:
+    if not isinstance(value, (int, float)) or not isinstance(base, (int, float)) or not base:
+        return "/"
+    return "{:.2f}x".format(value / base)
+
+
+def compare_rows(runs: Sequence[RunFolder], baseline: RunFolder) -> List[Dict[str, str]]:
+    """The seed's row of every run plus its ratios against the baseline and its mAP difference."""
+    rows = []
+    base = baseline.metrics
+    for run in runs:
+        row = perf_row(run.result)
+        row["config"] = run.label + (" (baseline)" if run is baseline else "")
+        for key, column in RATIO_COLUMNS:
+            row[column] = _ratio(run.metrics.get(key), base.get(key))
+        mine, theirs = run.metrics.get("mAP"), base.get("mAP")
+        row[MAP_COLUMN] = ("{:+.4f}".format(mine - theirs) if isinstance(mine, (int, float))
+                           and isinstance(theirs, (int, float)) else "/")
+        rows.append(row)
+    return rows
+
+
+def comparison(paths: Sequence[str], baseline_path: Optional[str] = None
+               ) -> Tuple[List[RunFolder], RunFolder, List[Dict[str, str]], List[str]]:
+    """Load the runs (the baseline first when it is given apart) and compare them."""
+    if not paths:
+        raise UserError("core compare needs at least one run folder", "core compare RUN_DIR...")
+    runs = [load_run(p) for p in paths]
+    baseline = runs[0]
+    if baseline_path:
+        wanted = Path(baseline_path).resolve()
+        found = [r for r in runs if r.path.resolve() == wanted
+                 or r.path.resolve() == wanted.parent]
+        if found:
+            baseline = found[0]
+        else:
+            baseline = load_run(baseline_path)
+            runs.insert(0, baseline)
+    label_runs(runs)
+    return runs, baseline, compare_rows(runs, baseline), fairness_warnings(runs, baseline)
+
+
+def as_json(runs: Sequence[RunFolder], baseline: RunFolder, rows: List[Dict[str, str]],
+            warnings: List[str]) -> Dict[str, Any]:
+    """The comparison as data: rows as shown, raw metrics, warnings."""
+    return {"baseline": baseline.label, "warnings": warnings, "columns": list(COLUMNS),
+            "runs": [{"label": r.label, "run_dir": str(r.path), "status": r.result.get("status"),
+                      "row": row, "metrics": r.metrics, "facts": facts(r.result)}
+                     for r, row in zip(runs, rows)]}
+
+
+def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = False) -> str:
+    """The table (terminal or Markdown) followed by the fairness warnings, loudly."""
+    if markdown:
+        lines = [markdown_table(rows, COLUMNS), ""]
+    else:  # fix_hp is long: listed under the table
+        lines = [text_table(rows, [c for c in COLUMNS if c != "fix_hp"]), ""]
+        lines += ["fix_hp of {}: {}".format(row["config"], row["fix_hp"]) for row in rows]
+        lines.append("")
+    if warnings:
+        head = "**WARNING: this comparison is not fair:**" if markdown else \
+            "WARNING: this comparison is not fair:"
+        lines.append(head)
+        lines += ["{} {}".format("-" if markdown else "  !", w) for w in warnings]
+    else:
+        lines.append("No fairness warnings: same data set, precision, batch size, epochs, "
+                     "weights, image size, evaluation backend and versions; every run finished "
+                     "and converged.")
+    return "\n".join(lines)
+
+
+def write_charts(runs: Sequence[RunFolder], folder: Any) -> List[Path]:
+    """``compare-p_core.svg`` (bars), ``compare-curves.svg`` (loss and mAP of every run overlaid)
+    and ``compare-timeline.svg`` (rank 0's monitor samples overlaid, where the folders have them)."""
+    from chipbench.plots import bar_chart, epochs_chart, monitor_files, timeline_chart
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "compare-p_core.svg", folder / "compare-curves.svg"]
+    written[0].write_text(bar_chart("p_core per run", [r.chart_label for r in runs],
+                                    [r.metrics.get("p_core") for r in runs],
+                                    "p_core (images/s, all devices)"))
+    written[1].write_text(epochs_chart([(r.chart_label, r.result.get("epochs") or [])
+                                        for r in runs],
+                                       runs[0].result.get("target"),
+                                       runs[0].result.get("target_metric", "mAP")))
+    timelines = []
+    for run in runs:
+        files = monitor_files(run.path)
+        if files and files[0][1]:
+            timelines.append((run.chart_label, files[0][1]))
+    if timelines:
+        path = folder / "compare-timeline.svg"
+        path.write_text(timeline_chart(timelines, "monitor timelines (rank 0 of each run)"))
+        written.append(path)
+    return written

@@ -1,0 +1,68 @@
+"""FLOPs per image against a count by hand, MFU arithmetic, and the optional peak hook."""
+
+import pytest
+
+from chipbench.flops import figures, flop_counter_available, peak_flops, training_flops_per_image
+from chipbench.manager import build_host
+from chipbench.selection import select_device
+
+
+def test_training_flops_match_a_count_by_hand():
+    torch = pytest.importorskip("torch")
+    batch, cin, cout, side, k, classes = 4, 3, 8, 16, 3, 10
+    model = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(cout * side * side, classes))
+    x = torch.randn(batch, cin, side, side)
+    got = training_flops_per_image(model, batch, lambda: (x,))
+    if not flop_counter_available():
+        assert got is None  # torch 2.0: "n/a"
+        return
+    conv = 2 * batch * cout * side * side * cin * k * k      # forward multiply-adds x 2
+    linear = 2 * batch * (cout * side * side) * classes
+    # backward: the linear layer needs input and weight gradients (2x), the first conv only
+    # its weight gradient (1x: the input does not require grad)
+    assert got == (conv * 2 + linear * 3) / batch
+    assert all(p.grad is None for p in model.parameters())  # nothing left for the optimizer
+
+
+def test_figures_compute_achieved_and_mfu():
+    facts = {"flops_per_image": 2e9, "peak_flops": 1e12}
+    out = figures(facts, p_core=100.0, devices=2)
+    assert out["achieved_tflops"] == pytest.approx(0.2)
+    assert out["peak_tflops"] == pytest.approx(2.0) and out["mfu"] == pytest.approx(0.1)
+    none = figures({"flops_per_image": None, "peak_flops": None}, p_core=100.0, devices=1)
+    assert none["achieved_tflops"] is None and none["mfu"] is None
+
+
+def test_cpu_peak_is_measured_and_can_be_switched_off(monkeypatch):
+    import chipbench.plugins.cpu as cpu
+
+    facade = select_device(build_host(load_entry_points=False), "cpu")
+    monkeypatch.setattr(cpu, "_measured_peaks", {})
+    monkeypatch.setenv(cpu.ENV_PEAK_GEMM, "0.02")
+    assert peak_flops(facade, "cpu", "fp32")["peak_flops"] > 1e6
+    monkeypatch.setattr(cpu, "_measured_peaks", {})
+    monkeypatch.setenv(cpu.ENV_PEAK_GEMM, "0")
+    off = peak_flops(facade, "cpu", "fp32")
+    assert off["peak_flops"] is None and "no peak" in off["peak_note"]
+
+
+def test_known_part_tables():
+    from chipbench.plugins.cuda import peak_tflops
+
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "bf16", tf32=True) == 312.0
+    assert peak_tflops("NVIDIA H100 PCIe", "amp", tf32=True) == 756.0
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "fp32", tf32=True) == 494.7
+    assert peak_tflops("Tesla V100-SXM2-32GB", "fp32", tf32=True) == 15.7  # no TF32 on Volta
+    assert peak_tflops("Tesla V100-SXM2-32GB", "bf16", tf32=True) is None
+    assert peak_tflops("Some Future GPU", "fp32", tf32=True) is None
+
+
+def test_vendor_without_the_optional_hook_gives_no_peak():
+    from tests.test_monitor import vendor_module
+
+    module = vendor_module("bare")
+    assert not hasattr(module, "device_peak_flops")
+    host = build_host(load_entry_points=False)
+    assert host.add(module, "bare", "test").error in (None, "")
+    assert select_device(host, "bare").peak_flops("cpu", "fp32") is None
