@@ -134,6 +134,7 @@ def available_cases() -> List[str]:
 def case_folder(case: Case) -> Path:
     """The folder of the package that defines ``case``."""
     module = importlib.import_module(type(case).__module__)
+    assert module.__file__ is not None, "a case's module is a file"
     return Path(module.__file__).resolve().parent
 
 
@@ -164,13 +165,13 @@ def load_case(argument: str) -> Case:
         what = "a file" if Path(text).exists() else "a path that does not exist"
         raise UserError("case '{}' is {}".format(argument, what),
                         "name a case ({}), cases/<name>, or its package folder".format(working))
-    record = records.get(name)
-    if record is None:
+    found = records.get(name) if name is not None else None
+    if found is None:
         raise UserError("unknown case '{}'".format(argument), "available cases: " + working)
-    if record.broken:
-        raise UserError("case '{}' ({}) is broken: {}".format(name, record.origin, record.error),
+    if found.broken or found.case is None:
+        raise UserError("case '{}' ({}) is broken: {}".format(name, found.origin, found.error),
                         "fix or reinstall it (see `core cases`)")
-    return record.case
+    return found.case
 
 
 def plugin_config_dirs(host: Any, case_name: str) -> List[Tuple[Path, str]]:

@@ -50,10 +50,11 @@ def cmd_vendors(args: argparse.Namespace) -> int:
         rows.append({
             "name": record.name,
             "origin": record.origin,
-            "available": "broken" if record.broken else ("yes" if info.available else "no"),
+            "available": ("broken" if record.broken or info is None
+                          else "yes" if info.available else "no"),
             "priority": "" if info is None else str(info.priority),
             "auto": "<- auto" if chosen == record.name else "",
-            "reason": record.error if record.broken else info.reason,
+            "reason": record.error if record.broken or info is None else info.reason,
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -132,7 +133,8 @@ def cmd_cases(args: argparse.Namespace) -> int:
                 configs.append("[{}]".format(exc.one_line()))
         rows.append({"name": record.name, "origin": record.origin,
                      "status": "broken" if record.broken else "ok",
-                     "title": record.error if record.broken else record.case.title,
+                     "title": (record.error if record.broken or record.case is None
+                               else record.case.title),
                      "configs": ", ".join(configs) or "none"})
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -9,7 +9,7 @@ key set twice. Every number must be finite (no NaN, no inf).
 import copy
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
@@ -87,7 +87,8 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def merge(base: Config, layer: Config, source: str, schema: Config = None, prefix: str = "") -> Config:
+def merge(base: Config, layer: Config, source: str, schema: Optional[Config] = None,
+          prefix: str = "") -> Config:
     """Return ``base`` updated by ``layer``; keys and types are checked against ``schema``."""
     schema = base if schema is None else schema
     merged = copy.deepcopy(base)

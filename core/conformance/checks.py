@@ -7,6 +7,7 @@ plugin honours the contract, raises :class:`CheckFailed` (expected, got) when it
 start processes; ``live=False`` leaves them out (for simulated machines, where there is no device).
 """
 
+import functools
 import json
 import math
 import time
@@ -486,8 +487,8 @@ def check_overhead(subject: Subject) -> str:
         if time.perf_counter() - start > 2e-4:
             untimed.append(hook)
             continue
-        via = _min_call_time(lambda h=hook, k=kwargs: facade._call(h, None, **k))
-        own = _min_call_time(lambda f=direct, k=kwargs: f(**k))
+        via = _min_call_time(functools.partial(facade._call, hook, None, **kwargs))
+        own = _min_call_time(functools.partial(direct, **kwargs))
         added[hook] = (via - own) * 1e6
     if not added:
         raise CheckSkipped("every hook takes over 0.2 ms")
