@@ -4,7 +4,7 @@ Images of similar shape share a batch, so padding to the largest image wastes li
 """
 
 import bisect
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Sequence, Sized, cast
 
 from torch.utils.data import Sampler
 
@@ -42,4 +42,5 @@ class GroupedBatchSampler(Sampler):
             yield leftovers[start:start + self.batch_size]
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        # torch's stubs give Sampler no __len__; the samplers used here have one
+        return -(-len(cast(Sized, self.sampler)) // self.batch_size)

@@ -191,7 +191,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         api = transforms_v2_api() if use_v2 is not False else None
         if use_v2 and api is None:
             raise RuntimeError("this torchvision has no transforms-v2 wrapper with target_keys")
-        self._v2 = None
+        self._v2: Any = None
         if api is not None:
             wrap, v2 = api
             raw = torchvision.datasets.CocoDetection.__new__(torchvision.datasets.CocoDetection)
@@ -303,6 +303,7 @@ def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes
             "train_file": str(train_set.annotation_file), "val_file": str(val_set.annotation_file)}
 
 
-def collate(batch: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> Tuple[tuple, tuple]:
-    """Detection batches are lists: images differ in size."""
+def collate(batch: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> Tuple[tuple, ...]:
+    """``(images, targets)``: detection batches are tuples, not stacked tensors (images differ in
+    size)."""
     return tuple(zip(*batch))

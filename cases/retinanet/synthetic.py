@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -45,7 +45,7 @@ def dataset_params(train_images: int, val_images: int, image_size: int, seed: in
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, category: int, box: Tuple[int, int, int, int],
-                 colour: Tuple[int, int, int]) -> None:
+                 colour: Tuple[int, ...]) -> None:
     x0, y0, x1, y1 = box
     if category == 1:
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=colour)
@@ -91,7 +91,8 @@ def _write_split(root: Path, split: str, count: int, size: int, seed: int) -> No
     rng = np.random.RandomState(seed)
     image_dir = root / "{}2017".format(split)
     image_dir.mkdir(parents=True)
-    images, annotations = [], []
+    images: List[Dict[str, Any]] = []
+    annotations: List[Dict[str, Any]] = []
     for index in range(count):
         image_id = index + 1
         image, objects = make_image(rng, size, empty=(index % EMPTY_EVERY == EMPTY_EVERY - 1))
@@ -113,7 +114,7 @@ def _write_split(root: Path, split: str, count: int, size: int, seed: int) -> No
 
 
 def ensure_synthetic_coco(train_images: int = 64, val_images: int = 32, image_size: int = 128,
-                          seed: int = 0, cache_root: Path = None) -> Path:
+                          seed: int = 0, cache_root: Optional[Path] = None) -> Path:
     """Return the folder of the synthetic dataset with these parameters, generating it once.
 
     Written into a temporary folder and renamed into place, so an interrupted generation never

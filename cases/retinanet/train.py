@@ -8,7 +8,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, cast
 
 import numpy as np
 import torch
@@ -80,7 +80,8 @@ def save_checkpoint(ctx: RunContext, state: Dict[str, Any]) -> None:
 def rng_state() -> Dict[str, Any]:
     """This process's RNG states as tensors and plain containers (a checkpoint loads them with
     ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()[:5]
+    # the legacy (tuple) form, which numpy returns by default; its stubs also allow a dict
+    name, keys, pos, has_gauss, cached = cast(tuple, np.random.get_state())[:5]
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": [str(name), [int(k) for k in keys], int(pos), int(has_gauss),
                       float(cached)]}
