@@ -4,13 +4,15 @@ Errors are one line on stderr (``error: <problem>; <fix>``) with exit code 2 for
 ``--debug`` for the traceback. ``core --help`` imports neither torch nor any plugin.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import signal
 import sys
 import threading
 import traceback
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from chipbench import __version__
 from chipbench.errors import (
@@ -21,6 +23,9 @@ from chipbench.errors import (
     interrupt_exit_code,
     user_os_error,
 )
+
+if TYPE_CHECKING:
+    from chipbench.device import Device
 
 
 def _print_err(line: str) -> None:
@@ -67,7 +72,7 @@ def cmd_vendors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selected(args: argparse.Namespace):
+def _selected(args: argparse.Namespace) -> Device:
     from chipbench.manager import build_host
     from chipbench.selection import select_device
 
@@ -77,7 +82,7 @@ def _selected(args: argparse.Namespace):
 def cmd_info(args: argparse.Namespace) -> int:
     """The chosen vendor's environment report (the seed's hardware/software section)."""
     facade = _selected(args)
-    report = {"vendor": facade.vendor}
+    report: Dict[str, Any] = {"vendor": facade.vendor}
     hardware = facade.hardware_id()
     report.update({"hardware_label": hardware.label, "config_tag": hardware.config_tag,
                    "collective_backend": facade.collective_backend(),

@@ -1,11 +1,16 @@
 """Choose the vendor of a run: ``--vendor NAME`` (or ``CHIPBENCH_VENDOR``), else auto-detection."""
 
+from __future__ import annotations
+
 import os
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from chipbench.errors import UserError
 from chipbench.manager import PluginHost
 from chipbench.records import VendorInfo
+
+if TYPE_CHECKING:
+    from chipbench.device import Device
 
 ENV_VENDOR = "CHIPBENCH_VENDOR"
 
@@ -83,7 +88,7 @@ def auto_selection_line(host: PluginHost, info: VendorInfo) -> str:
 
 
 def select_device(host: PluginHost, requested: Optional[str] = None,
-                  announce: Optional[Callable[[str], None]] = None):
+                  announce: Optional[Callable[[str], None]] = None) -> Device:
     """Choose the vendor, keep only its plugin registered and return its :class:`Device` facade.
 
     ``announce`` receives a line naming the vendor that auto-detection picked, and for a CPU-type

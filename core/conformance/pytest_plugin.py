@@ -7,9 +7,14 @@ the checks that run work on the device or start processes) and ``--alloc-mib``. 
 once per session; :mod:`chipbench.conformance.test_contract` has one test per check.
 """
 
-from typing import Dict
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict
 
 import pytest
+
+if TYPE_CHECKING:
+    from chipbench.conformance.checks import Result
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -21,7 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture(scope="session")
-def conformance_results(request: pytest.FixtureRequest) -> Dict[str, "object"]:
+def conformance_results(request: pytest.FixtureRequest) -> Dict[str, Result]:
     """Every check's :class:`chipbench.conformance.Result`, by check name."""
     from chipbench.conformance import run_checks
     from chipbench.errors import ChipbenchError

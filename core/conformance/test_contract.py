@@ -1,12 +1,14 @@
 """One pytest test per conformance check (collected by ``pytest --pyargs chipbench.conformance``)."""
 
+from typing import Dict
+
 import pytest
 
-from chipbench.conformance import CHECK_NAMES
+from chipbench.conformance import CHECK_NAMES, Result
 
 
 @pytest.mark.parametrize("check", CHECK_NAMES)
-def test_conformance(check: str, conformance_results) -> None:
+def test_conformance(check: str, conformance_results: Dict[str, Result]) -> None:
     result = conformance_results[check]
     if result.status == "skip":
         pytest.skip(result.line())
