@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional
 
 from chipbench import __version__
 from chipbench.errors import (
@@ -236,7 +236,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are chipbench's one line (``error: ...; see core run --help``)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UserError(message, "see {} --help".format(self.prog))
 
 
