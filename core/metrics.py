@@ -94,4 +94,4 @@ def mem_text(used_bytes: Optional[float], total_bytes: Optional[float]) -> str:
     """The seed's ``mem`` cell: ``37.5/64.0`` (GiB)."""
     if used_bytes is None or total_bytes is None:
         return "/"
-    return "{:.1f}/{:.1f}".format(gib(used_bytes), gib(total_bytes))
+    return "{:.1f}/{:.1f}".format(used_bytes / 2**30, total_bytes / 2**30)
