@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from chipbench.cli import main
-from tests.conftest import TINY_DATA, tiny
+from tests.conftest import TINY_DATA
 from tests.test_entry_points import write_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,13 +162,16 @@ INTERRUPTER = """
 """
 
 
-def test_resumed_run_matches_uninterrupted(tmp_path, monkeypatch, tiny_data):
+@pytest.mark.slow  # three runs, 12 iterations in all: about a minute of CPU time
+def test_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     site = tmp_path / "site"
     write_distribution(site, "interrupter", {"interrupter": "interrupter"},
                        {"interrupter": INTERRUPTER})
     monkeypatch.syspath_prepend(str(site))
-    # 3 epochs of 4 iterations (15 images, batch 4) on the tiny data set
-    args = ["run", "retinanet", "--vendor", "cpu", "--set", "train.epochs=3", *tiny(0),
+    # 3 epochs of 2 iterations (4 images of 64 px, batch 2): 6 + 4 + 2 iterations in all
+    args = ["run", "retinanet", "--vendor", "cpu", "--set", "train.epochs=3", *TINY_DATA,
+            "--set", "data.synthetic.train_images=4", "--set", "data.synthetic.val_images=2",
+            "--set", "train.batch_size=2", "--set", "eval.batch_size=2",
             "--set", "data.num_workers=0", "--set", "train.deterministic=true",
             "--set", "target.mAP=1.0", "--set", "train.lr_steps=[2]"]
     assert main(args + ["--output", str(tmp_path / "whole")]) == 0
