@@ -1,15 +1,33 @@
-"""Shared fixtures: a private cache for the synthetic data, simulated MetaX and CUDA machines."""
+"""Shared fixtures: a private cache for the synthetic data, a tiny data set and a finished tiny
+run that tests share, simulated MetaX and CUDA machines."""
 
 import os
 import stat
 import sys
 import types
 from pathlib import Path
+from typing import List
 
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MX_SMI_TABLE = FIXTURES / "c500x8-mx-smi-2.0.12.txt"
+
+# The tiny embedded data set: 16 training images (the 16th holds no object on purpose, so 15 are
+# trained on; two ranks get 8 each) and 4 validation images, 64 px; the model sees them at 64 px.
+TINY_TRAIN_IMAGES, TINY_VAL_IMAGES, TINY_SIZE, TINY_SEED = 16, 4, 64, 0
+TINY_DATA = ["--set", "data.synthetic.train_images={}".format(TINY_TRAIN_IMAGES),
+             "--set", "data.synthetic.val_images={}".format(TINY_VAL_IMAGES),
+             "--set", "data.synthetic.image_size={}".format(TINY_SIZE),
+             "--set", "model.min_size={}".format(TINY_SIZE),
+             "--set", "model.max_size={}".format(TINY_SIZE)]
+# the shared finished run: two iterations of batch 4 (one epoch, evaluated), sampled every 0.2 s
+TINY_RUN_ITERS = 2
+
+
+def tiny(iterations: int = 1, *more: str) -> List[str]:
+    """``core run`` options of a tiny run on the tiny data set: ``iterations`` iterations."""
+    return TINY_DATA + ["--set", "train.max_iters={}".format(iterations), *more]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,6 +41,38 @@ def private_cache(tmp_path_factory):
         os.environ.pop("CHIPBENCH_CACHE", None)
     else:
         os.environ["CHIPBENCH_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_data(private_cache) -> Path:
+    """The tiny synthetic data set, in the session's cache (where tiny runs look for it)."""
+    from chipbench.cases.retinanet.synthetic import ensure_synthetic_coco
+
+    return ensure_synthetic_coco(TINY_TRAIN_IMAGES, TINY_VAL_IMAGES, TINY_SIZE, seed=TINY_SEED,
+                                 cache_root=private_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """The folder of one finished tiny run (CPU, one process, ``TINY_RUN_ITERS`` iterations).
+
+    Shared by every test that only READS a run's outputs (result.json, report.md, logs, monitor,
+    plots, checkpoints): never write into it. A test that changes a run makes its own.
+    """
+    from chipbench.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    code = main(["run", "cases/retinanet", "--vendor", "cpu", "--output", str(out)]
+                + tiny(TINY_RUN_ITERS, "--set", "run.monitor_interval_s=0.2"))
+    assert code == 0, "the shared tiny run failed: see {}".format(out / "logs")
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Where ``CHIPBENCH_NO_TESTS_OK=1`` (tox sets it), a session whose markers selected no test
+    (pytest's exit 5) passes: an env for absent hardware must not fail the matrix."""
+    if exitstatus == 5 and os.environ.get("CHIPBENCH_NO_TESTS_OK") == "1":
+        session.exitstatus = 0
 
 
 @pytest.fixture(autouse=True)

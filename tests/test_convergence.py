@@ -1,4 +1,7 @@
-"""Real training on the embedded synthetic set reaches the case's target (no mocks)."""
+"""Real training on the embedded synthetic set reaches the case's target (no mocks).
+
+The one convergence run of the test matrix: marked slow, so the cpu env runs it and the old-stack
+env does not (its tiny end-to-end and two-worker runs prove that stack trains)."""
 
 import json
 

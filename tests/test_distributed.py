@@ -1,6 +1,9 @@
 """Runs through torchrun on this machine: gloo on loopback, CPU only.
 
-Two workers on one node, two "nodes" on 127.0.0.1, a killed worker, and resume.
+Two workers on one node, two "nodes" on 127.0.0.1, a killed worker, and resume. Every run uses
+the tiny data set (64 px) and one or two iterations: the cost is torchrun and the workers' start.
+The old-stack env runs the two-worker run only (``oldstack_skip`` on the other scenarios: the
+cpu env runs them all).
 """
 
 import json
@@ -16,14 +19,12 @@ from pathlib import Path
 import pytest
 
 from chipbench.cli import main
+from tests.conftest import TINY_DATA
 from tests.test_entry_points import write_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--vendor", "cpu", "--set", "data.synthetic.val_images=8",
-         "--set", "run.monitor_interval_s=0.5", "--set", "run.checkpoint=false"]
-
-
-
+QUICK = ["--vendor", "cpu", *TINY_DATA, "--set", "run.monitor_interval_s=0.5",
+         "--set", "run.checkpoint=false"]
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -44,7 +45,8 @@ def finish(proc, timeout=600):
 
 
 def start_long_two_worker_run(tmp_path):
-    """A 2-worker run that lasts, returned once rank 1 has trained two iterations."""
+    """A 2-worker run that lasts, returned once rank 1 has trained two iterations (its first
+    epoch: 8 of the tiny set's 16 images, batch 4); 400 iterations would take minutes more."""
     out = tmp_path / "run"
     proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
                         "--output", str(out), "--set", "train.max_iters=400",
@@ -62,17 +64,17 @@ def worker_pid(log):
 
 
 @pytest.mark.distributed
-def test_two_workers_on_one_node(tmp_path):
+def test_two_workers_on_one_node(tmp_path, tiny_data):
     out = tmp_path / "run"
     code, stdout, stderr = finish(core_process(
         "--nproc-per-node", "2", "--master-port", str(free_port()), "--output", str(out),
-        "--set", "train.max_iters=3", *QUICK))
+        "--set", "train.max_iters=2", *QUICK))
     assert code == 0, stderr
     result = json.loads((out / "result.json").read_text())
     metrics = result["metrics"]
     assert result["status"] == "finished" and metrics["ranks"] == 2
-    assert metrics["iterations"] == 6 and metrics["images"] == 24  # summed over both ranks
-    assert metrics["p_train"] == pytest.approx(24 / metrics["train_seconds"])
+    assert metrics["iterations"] == 4 and metrics["images"] == 16  # summed over both ranks
+    assert metrics["p_train"] == pytest.approx(16 / metrics["train_seconds"])
     assert result["row_label"] == "CPU 1 node x 2 cards (1x2)"
     assert result["row_label_zh"] == "CPU 单机2卡（1x2）"
     assert any(s.endswith("CPUx1x2.yaml") for s in result["config_sources"])
@@ -84,12 +86,13 @@ def test_two_workers_on_one_node(tmp_path):
 
 
 @pytest.mark.distributed
+@pytest.mark.oldstack_skip
 @pytest.mark.parametrize("rendezvous", ["static", "c10d"])
-def test_two_nodes_on_loopback(tmp_path, rendezvous):
+def test_two_nodes_on_loopback(tmp_path, tiny_data, rendezvous):
     port = str(free_port())
     meet = (["--master-addr", "127.0.0.1", "--master-port", port] if rendezvous == "static"
             else ["--rdzv-endpoint", "127.0.0.1:" + port])
-    common = ["--nnodes", "2", "--nproc-per-node", "1", "--set", "train.max_iters=2", *meet,
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--set", "train.max_iters=1", *meet,
               *QUICK]
     node0 = core_process("--node-rank", "0", "--output", str(tmp_path / "n0"), *common)
     node1 = core_process("--node-rank", "1", "--output", str(tmp_path / "n1"), *common)
@@ -105,7 +108,7 @@ def test_two_nodes_on_loopback(tmp_path, rendezvous):
     assert "did not hold rank 0" in other["note"] and other["status"] == "finished"
     if rendezvous == "static":
         assert result is results[0]
-    assert result["metrics"]["ranks"] == 2 and result["metrics"]["images"] == 16
+    assert result["metrics"]["ranks"] == 2 and result["metrics"]["images"] == 8
     assert result["row_label"] == "CPU 2 nodes x 1 card (2x1)"
     assert result["row_label_zh"] == "CPU 两机1卡（2x1）"
     assert {p.name for n in ("n0", "n1") for p in (tmp_path / n / "logs").glob("rank*.log")} == {
@@ -113,7 +116,8 @@ def test_two_nodes_on_loopback(tmp_path, rendezvous):
 
 
 @pytest.mark.distributed
-def test_killed_worker_stops_the_run_quickly(tmp_path):
+@pytest.mark.oldstack_skip
+def test_killed_worker_stops_the_run_quickly(tmp_path, tiny_data):
     proc, out = start_long_two_worker_run(tmp_path)
     pid = worker_pid(out / "logs" / "rank1.log")
     killed = time.time()
@@ -130,8 +134,9 @@ def test_killed_worker_stops_the_run_quickly(tmp_path):
 
 
 @pytest.mark.distributed
+@pytest.mark.oldstack_skip
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_stops_every_worker_and_records_it(tmp_path, signum):
+def test_ctrl_c_stops_every_worker_and_records_it(tmp_path, tiny_data, signum):
     proc, out = start_long_two_worker_run(tmp_path)
     pids = [worker_pid(p) for p in (out / "logs").glob("rank*.log")]
     sent = time.time()
@@ -157,14 +162,16 @@ INTERRUPTER = """
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # three runs, 12 iterations in all: about a minute of CPU time
 def test_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     site = tmp_path / "site"
     write_distribution(site, "interrupter", {"interrupter": "interrupter"},
                        {"interrupter": INTERRUPTER})
     monkeypatch.syspath_prepend(str(site))
-    args = ["run", "retinanet", "--vendor", "cpu", "--set", "train.epochs=3",
-            "--set", "data.synthetic.train_images=24", "--set", "data.synthetic.val_images=8",
+    # 3 epochs of 2 iterations (4 images of 64 px, batch 2): 6 + 4 + 2 iterations in all
+    args = ["run", "retinanet", "--vendor", "cpu", "--set", "train.epochs=3", *TINY_DATA,
+            "--set", "data.synthetic.train_images=4", "--set", "data.synthetic.val_images=2",
+            "--set", "train.batch_size=2", "--set", "eval.batch_size=2",
             "--set", "data.num_workers=0", "--set", "train.deterministic=true",
             "--set", "target.mAP=1.0", "--set", "train.lr_steps=[2]"]
     assert main(args + ["--output", str(tmp_path / "whole")]) == 0
@@ -208,14 +215,15 @@ def test_torchrun_root_cause_is_one_line(tmp_path):
 
 
 @pytest.mark.distributed
-def test_node_that_never_joins_fails_after_join_timeout(tmp_path):
+@pytest.mark.oldstack_skip
+def test_node_that_never_joins_fails_after_join_timeout(tmp_path, tiny_data):
     out = tmp_path / "lonely"
     started = time.time()
     proc = core_process("--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()),
-                        "--join-timeout", "5", "--output", str(out), *QUICK)
+                        "--join-timeout", "2", "--output", str(out), *QUICK)
     code, _, stderr = finish(proc, timeout=120)
     waited = time.time() - started
-    print("gave up {:.1f} s after start (join timeout 5 s)".format(waited))
+    print("gave up {:.1f} s after start (join timeout 2 s)".format(waited))
     assert code != 0 and waited < 60
     line = [x for x in stderr.splitlines() if x.startswith("error: ")][0]
     assert "torchrun failed" in line or "did not all join" in line
@@ -235,8 +243,12 @@ STALLER = """
 """
 
 
+HANG_TIMEOUT_S = 8  # run.timeout_s: long enough for two workers to start together on 2 busy cores
+
+
 @pytest.mark.distributed
-def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
+@pytest.mark.oldstack_skip
+def test_hanging_rank_fails_the_run_after_timeout(tmp_path, tiny_data):
     """Rank 0 stalls (in an observer) while rank 1 waits in a collective: run.timeout_s ends it."""
     site = tmp_path / "site"
     write_distribution(site, "staller", {"staller": "staller"}, {"staller": STALLER})
@@ -245,8 +257,8 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
                PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "chipbench", "run", "retinanet", "--nproc-per-node", "2",
-         "--master-port", str(free_port()), "--output", str(out), "--set", "train.max_iters=2",
-         "--set", "run.timeout_s=15", *QUICK], cwd=str(ROOT), env=env,
+         "--master-port", str(free_port()), "--output", str(out), "--set", "train.max_iters=1",
+         "--set", "run.timeout_s={}".format(HANG_TIMEOUT_S), *QUICK], cwd=str(ROOT), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "logs" / "rank0.log"
     deadline = time.time() + 300
@@ -256,8 +268,8 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
     stalled = time.time()
     code, _, stderr = finish(proc, timeout=200)
     waited = time.time() - stalled
-    print("stopped {:.1f} s after rank 0 stalled (timeout 15 s)".format(waited))
-    assert code not in (0, 2) and waited < 15 + 30
+    print("stopped {:.1f} s after rank 0 stalled (timeout {} s)".format(waited, HANG_TIMEOUT_S))
+    assert code not in (0, 2) and waited < HANG_TIMEOUT_S + 30
     line = [x for x in stderr.splitlines() if x.startswith("error: ")][0]
     assert "rank 1" in line
     result = json.loads((out / "result.json").read_text())
@@ -265,7 +277,8 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path):
 
 
 @pytest.mark.distributed
-def test_devices_reach_workers_through_the_vendor_variable(tmp_path, capsys):
+@pytest.mark.oldstack_skip
+def test_devices_reach_workers_through_the_vendor_variable(tmp_path, tiny_data, capsys):
     from chipbench.manager import build_host
 
     if build_host().record("fakechip") is None:

@@ -1,32 +1,24 @@
-"""A quick real run through the CLI (a few iterations) and what its folder holds."""
+"""A tiny real run through the CLI (the session's shared ``tiny_run``) and what its folder holds;
+other vendors and precisions on the same tiny data, one iteration each."""
 
 import json
 
 import pytest
 
 from chipbench.cli import main
-
-QUICK = ["--set", "train.max_iters=3", "--set", "data.synthetic.val_images=8",
-         "--set", "run.monitor_interval_s=0.2"]
+from tests.conftest import TINY_RUN_ITERS, tiny
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quick") / "run"
-    code = main(["run", "cases/retinanet", "--vendor", "cpu", "--output", str(out)] + QUICK)
-    assert code == 0
-    return out
-
-
-def test_result_json(quick_run):
-    result = json.loads((quick_run / "result.json").read_text())
+def test_result_json(tiny_run):
+    result = json.loads((tiny_run / "result.json").read_text())
     assert result["status"] == "finished" and result["error"] is None
     assert result["case"] == "retinanet" and result["vendor"] == "cpu"
     assert result["row_label"] == "CPU 1 node x 1 card (1x1)"
     assert result["row_label_zh"] == "CPU 单机1卡（1x1）"
     assert result["precision"] == "fp32" and "bs=4" in result["fix_hp"]
     metrics = result["metrics"]
-    assert metrics["images"] == 12 and metrics["iterations"] == 3  # 3 batches of 4
+    assert metrics["iterations"] == TINY_RUN_ITERS  # train.max_iters, within one epoch
+    assert metrics["images"] == 4 * TINY_RUN_ITERS  # full batches of 4
     for key in ("p_whole", "p_train", "p_core"):
         assert metrics[key] > 0
     assert metrics["p_whole"] < metrics["p_train"] <= metrics["p_core"] * 1.05
@@ -42,21 +34,21 @@ def test_result_json(quick_run):
     assert result["versions"]["chipbench"] and "synthetic" in result["dataset_note"]
 
 
-def test_report_md_has_seed_tables(quick_run):
-    report = (quick_run / "report.md").read_text()
+def test_report_md_has_seed_tables(tiny_run):
+    report = (tiny_run / "report.md").read_text()
     assert "## General indicators" in report and "## Performance indicators" in report
     assert "| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | mAP | mem |" in report
     assert "CPU 1 node x 1 card (1x1)" in report and "任务类别" in report
     assert "## Hardware and software" in report and "not COCO2017" in report
 
 
-def test_run_folder_contents(quick_run):
-    assert (quick_run / "checkpoints" / "last.pt").is_file()
-    assert (quick_run / "logs" / "rank0.log").read_text().count("epoch 0 done") == 1
+def test_run_folder_contents(tiny_run):
+    assert (tiny_run / "checkpoints" / "last.pt").is_file()
+    assert (tiny_run / "logs" / "rank0.log").read_text().count("epoch 0 done") == 1
     samples = [json.loads(line) for line in
-               (quick_run / "monitor" / "rank0.jsonl").read_text().splitlines()]
+               (tiny_run / "monitor" / "rank0.jsonl").read_text().splitlines()]
     assert len(samples) >= 2 and all("mem_used_bytes" in s for s in samples)
-    spec = json.loads((quick_run / "spec.json").read_text())
+    spec = json.loads((tiny_run / "spec.json").read_text())
     assert spec["vendor"] == "cpu" and spec["prepared"]["synthetic"] is True
 
 
@@ -66,7 +58,7 @@ def test_example_plugin_runs_the_case(tmp_path):
     if build_host().record("fakechip") is None:
         pytest.skip("examples/fakechip is not installed (tox installs it)")
     out = tmp_path / "fake"
-    assert main(["run", "retinanet", "--vendor", "fakechip", "--output", str(out)] + QUICK) == 0
+    assert main(["run", "retinanet", "--vendor", "fakechip", "--output", str(out)] + tiny(1)) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["vendor"] == "fakechip" and result["row_label"].startswith("FAKEF1 ")
     assert result["metrics"]["mem"].endswith("/16.0")
@@ -77,7 +69,7 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_data(tmp_path, capsys)
     out = tmp_path / "diverge"
     code = main(["run", "retinanet", "--vendor", "cpu", "--output", str(out),
                  "--set", "train.lr=1e8", "--set", "train.clip_grad_norm=0",
-                 "--set", "train.warmup_iters=0", "--set", "train.max_iters=12"] + QUICK[2:])
+                 "--set", "train.warmup_iters=0"] + tiny(12))
     err = capsys.readouterr().err
     assert code == 2 and "training loss became" in err and "Traceback" not in err
     result = json.loads((out / "result.json").read_text())
@@ -86,12 +78,14 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_data(tmp_path, capsys)
 
 
 def test_bf16_on_cpu(tmp_path):
+    """The bf16 path end to end on the tiny data, one iteration (a CPU without bf16 units emulates
+    it slowly: full-size bf16 belongs in benchmarks/, not here)."""
     out = tmp_path / "bf16"
     assert main(["run", "retinanet", "--vendor", "cpu", "--precision", "bf16", "--output",
-                 str(out)] + QUICK) == 0
+                 str(out)] + tiny(1)) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["precision"] == "bf16" and result["config"]["train"]["precision"] == "bf16"
-    assert result["metrics"]["images"] == 12
+    assert result["metrics"]["images"] == 4 and result["metrics"]["iterations"] == 1
 
 
 def test_progress_bar_line():
@@ -101,10 +95,10 @@ def test_progress_bar_line():
     assert line == "epoch 3 [##########..........] 8/16 loss 0.8123 11.2 img/s"
 
 
-def test_plots_are_valid_svg(quick_run):
+def test_plots_are_valid_svg(tiny_run):
     from xml.etree import ElementTree
 
     for name in ("epochs.svg", "memory.svg"):
-        root = ElementTree.parse(str(quick_run / "plots" / name)).getroot()
+        root = ElementTree.parse(str(tiny_run / "plots" / name)).getroot()
         assert root.tag.endswith("svg") and len(root.findall("{*}polyline")) >= 1
-    assert "![epochs](plots/epochs.svg)" in (quick_run / "report.md").read_text()
+    assert "![epochs](plots/epochs.svg)" in (tiny_run / "report.md").read_text()

@@ -16,22 +16,27 @@ from chipbench.cases.retinanet.data import (
 )
 from chipbench.cases.retinanet.synthetic import COMPLETE_MARKER, ensure_synthetic_coco
 from chipbench.errors import UserError
+from tests.conftest import TINY_SEED, TINY_SIZE, TINY_TRAIN_IMAGES, TINY_VAL_IMAGES
+
+TINY = (TINY_TRAIN_IMAGES, TINY_VAL_IMAGES, TINY_SIZE)  # 16 train, 4 val, 64 px
 
 
-@pytest.fixture(scope="module")
-def small_set(tmp_path_factory):
-    return ensure_synthetic_coco(16, 8, 64, seed=3, cache_root=tmp_path_factory.mktemp("syn"))
+@pytest.fixture
+def small_set(tiny_data):
+    """The session's tiny data set (shared, read only)."""
+    assert TINY == (16, 4, 64)  # the counts below are these
+    return tiny_data
 
 
 def test_generator_is_deterministic_and_cached(tmp_path, small_set):
-    again = ensure_synthetic_coco(16, 8, 64, seed=3, cache_root=tmp_path)
+    again = ensure_synthetic_coco(*TINY, seed=TINY_SEED, cache_root=tmp_path)
     for rel in ("annotations/instances_train2017.json", "val2017/000000000003.jpg",
                 "train2017/000000000016.jpg"):
         assert (small_set / rel).read_bytes() == (again / rel).read_bytes(), rel
     mtime = (again / COMPLETE_MARKER).stat().st_mtime
-    assert ensure_synthetic_coco(16, 8, 64, seed=3, cache_root=tmp_path) == again
+    assert ensure_synthetic_coco(*TINY, seed=TINY_SEED, cache_root=tmp_path) == again
     assert (again / COMPLETE_MARKER).stat().st_mtime == mtime  # not regenerated
-    other = ensure_synthetic_coco(16, 8, 64, seed=4, cache_root=tmp_path)
+    other = ensure_synthetic_coco(*TINY, seed=TINY_SEED + 1, cache_root=tmp_path)
     assert other != again
     assert (other / "annotations/instances_train2017.json").read_bytes() != (
         again / "annotations/instances_train2017.json").read_bytes()
@@ -39,7 +44,7 @@ def test_generator_is_deterministic_and_cached(tmp_path, small_set):
 
 def test_generated_json_is_valid_coco(small_set):
     check_data_dir(small_set)
-    for split, count in (("train", 16), ("val", 8)):
+    for split, count in (("train", 16), ("val", 4)):
         images, annotations = coco_paths(small_set, split)
         coco = load_coco_api(annotations)
         assert len(coco.imgs) == count and sorted(coco.cats) == [1, 2, 3]
@@ -61,7 +66,7 @@ def test_loader_drops_empty_images_in_training_only(small_set):
     assert target["boxes"].shape[1] == 4 and target["labels"].dtype == torch.int64
     assert len(target["boxes"]) == len(target["labels"]) >= 1
     val = CocoDetection(*coco_paths(small_set, "val"), train=False)
-    assert len(val) == 8
+    assert len(val) == 4
 
 
 def test_horizontal_flip_mirrors_boxes(small_set):
