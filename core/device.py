@@ -4,7 +4,7 @@ Every call checks what the vendor returned; a hook that raises or returns the wr
 one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 """
 
-from typing import Any, Dict, List, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from chipbench.errors import PluginError
 from chipbench.hookspecs import PRECISIONS
@@ -111,6 +111,18 @@ class Device:
     def sample(self, device: "torch.device") -> Dict[str, float]:  # noqa: F821
         """One monitoring sample (util, power, temperature) of ``device``."""
         return self._call("device_sample", dict, device=device)
+
+    # optional hooks (a vendor may leave them out)
+    def loader_workers(self, configured: Optional[int], local_world_size: int) -> Optional[int]:
+        """Loader workers per rank chosen by the vendor (it budgets its host threads for them);
+        None when the vendor leaves the choice to the caller."""
+        result = self._call("device_loader_workers", (int, type(None)), configured=configured,
+                            local_world_size=local_world_size)
+        if isinstance(result, bool) or (result is not None and result < 0):
+            raise PluginError("vendor '{}' returned {!r} from hook device_loader_workers, "
+                              "expected a count >= 0".format(self.vendor, result),
+                              "report it to the plugin's authors, or choose another --vendor")
+        return result
 
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:

@@ -10,7 +10,7 @@ CUDA). Callers never use ``pm.hook`` directly: they go through :class:`chipbench
 :class:`chipbench.manager.PluginHost`, which check the returned types.
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pluggy
 
@@ -193,3 +193,22 @@ DEVICE_HOOKS = (
 """Every hook a vendor plugin must implement besides ``vendor_detect``."""
 
 PRECISIONS = ("fp32", "amp", "fp16", "bf16")
+
+
+# --------------------------------------------------------------------------------------------------
+# optional: host resources (issue 10). A vendor may leave these out; callers then use the default
+# the spec names.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def device_loader_workers(configured: Optional[int], local_world_size: int) -> Optional[int]:
+    """Return how many data-loader worker processes each rank starts, and budget the host for it.
+
+    ``configured`` is the config's ``data.num_workers`` (None: "choose for me");
+    ``local_world_size`` is the number of ranks on this node. A vendor whose compute runs on the
+    host cores (the CPU vendor) splits the cores between its compute threads and the loader
+    workers here, so that the two never oversubscribe. Returns None to leave the choice to the
+    caller (``configured``, or a default from the core count when it is None). Called once per
+    rank, before its loaders are built.
+    """

@@ -44,7 +44,13 @@ class RetinaNetCase(Case):
             if value <= 0:
                 raise UserError("{} must be positive, not {}".format(key, value),
                                 "set --set {}=<a positive number>".format(key))
-        non_negative = {"data.num_workers": data["num_workers"], "train.max_iters":
+        workers = data["num_workers"]
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
+                                    or workers < 0):
+            raise UserError("data.num_workers must be a count >= 0 or null, not {!r}".format(
+                workers), "set --set data.num_workers=0 (or 2, ...), or null to let the vendor "
+                          "choose from the core count")
+        non_negative = {"train.max_iters":
                         train["max_iters"], "train.warmup_iters": train["warmup_iters"],
                         "train.throughput_skip_iters": train["throughput_skip_iters"],
                         "train.clip_grad_norm": train["clip_grad_norm"]}
