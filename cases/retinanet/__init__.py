@@ -65,8 +65,8 @@ class RetinaNetCase(Case):
         if any(not isinstance(s, int) or s < 1 for s in train["lr_steps"]):
             raise UserError("train.lr_steps must be epoch numbers (positive integers)",
                             "e.g. --set 'train.lr_steps=[16,22]'")
-        if config["eval"]["backend"] not in ("pycocotools", "faster_coco_eval"):
-            raise UserError("eval.backend must be pycocotools or faster_coco_eval",
+        if config["eval"]["backend"] not in ("auto", "pycocotools", "faster_coco_eval"):
+            raise UserError("eval.backend must be auto, pycocotools or faster_coco_eval",
                             "fix the value")
         precision = train["precision"]
         if precision not in PRECISIONS:
