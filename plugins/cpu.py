@@ -106,6 +106,7 @@ def environment_report() -> Dict[str, Any]:
         "device_model": device_name(0),
         "device_count": 1,
         "cpu_cores": os.cpu_count(),
+        "cpu_bf16": bf16_support(),
         "device_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
     })
     return report
@@ -115,6 +116,25 @@ def environment_report() -> Dict[str, Any]:
 def device_sample(device: "torch.device") -> Dict[str, float]:  # noqa: F821
     return {"util_percent": psutil.cpu_percent(interval=None),
             "memory_used_bytes": float(psutil.Process().memory_info().rss)}
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags of native bf16 arithmetic; without them bf16 autocast is emulated and often slower."""
+
+
+def bf16_support(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """"native (<flags>)", or a warning that bf16 may be slower than fp32 on this CPU."""
+    try:
+        with open(cpuinfo) as handle:
+            flags = set(next((line.split(":", 1)[1].split() for line in handle
+                              if line.startswith("flags")), []))
+    except OSError:
+        return "unknown (no {}): bf16 may be slower than fp32".format(cpuinfo)
+    native = [f for f in BF16_FLAGS if f in flags]
+    if native:
+        return "native ({})".format(", ".join(native))
+    return ("emulated: this CPU lacks {}, so bf16 training may be slower than fp32 "
+            "(benchmarks/fast_paths.py measures it)".format(" and ".join(BF16_FLAGS)))
 
 
 THREADS_ENV = "CHIPBENCH_CPU_THREADS"

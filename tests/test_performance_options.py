@@ -65,3 +65,28 @@ def test_loss_window_reads_the_mean_and_names_the_iterations_of_a_nan():
     window.add(torch.tensor(float("nan")), {"cls": torch.tensor(float("nan"))})
     with pytest.raises(UserError, match=r"epoch 2 \(iterations 14-14"):
         window.read(14)
+
+
+def test_bf16_support_names_native_units_or_warns(tmp_path):
+    native = tmp_path / "native"
+    native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    assert cpu.bf16_support(str(native)) == "native (avx512_bf16)"
+    assert "slower than fp32" in cpu.bf16_support(str(plain))
+    assert "slower than fp32" in cpu.bf16_support(str(tmp_path / "missing"))
+    assert "cpu_bf16" in cpu.environment_report()
+
+
+def test_channels_last_and_auto_backend_are_config_defaults():
+    from chipbench.cases.retinanet import RetinaNetCase
+    from chipbench.config import load_yaml
+
+    defaults = load_yaml(RetinaNetCase.config_dir / "defaults.yaml")
+    assert defaults["train"]["channels_last"] is False
+    assert defaults["eval"]["backend"] == "auto" and defaults["data"]["num_workers"] is None
+    for bad in (-1, "four", True):
+        config = load_yaml(RetinaNetCase.config_dir / "defaults.yaml")
+        config["data"]["num_workers"] = bad
+        with pytest.raises(UserError, match="data.num_workers"):
+            RetinaNetCase().validate(config, ["fp32"])

@@ -128,6 +128,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
                             cfg["model"]["trainable_backbone_layers"]).to(ctx.device)
+    if train_cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     bare_model = model
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type != "cpu" else None
