@@ -155,6 +155,17 @@ class Device:
         result = self._call("device_peak_flops", (int, float, type(None)), device=device,
                             precision=precision)
         return None if result is None else float(result)
+    # optional hooks (a vendor may leave them out)
+    def loader_workers(self, configured: Optional[int], local_world_size: int) -> Optional[int]:
+        """Loader workers per rank chosen by the vendor (it budgets its host threads for them);
+        None when the vendor leaves the choice to the caller."""
+        result = self._call("device_loader_workers", (int, type(None)), configured=configured,
+                            local_world_size=local_world_size)
+        if isinstance(result, bool) or (result is not None and result < 0):
+            raise PluginError("vendor '{}' returned {!r} from hook device_loader_workers, "
+                              "expected a count >= 0".format(self.vendor, result),
+                              "report it to the plugin's authors, or choose another --vendor")
+        return result
 
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:

@@ -287,7 +287,8 @@ DEVICE_HOOKS = (
 )
 """Every hook a vendor plugin must implement besides ``vendor_detect``."""
 
-OPTIONAL_HOOKS = ("device_configure", "device_grad_scaler", "device_peak_flops", "case_config_dirs")
+OPTIONAL_HOOKS = ("device_configure", "device_grad_scaler", "device_peak_flops",
+                  "device_loader_workers", "case_config_dirs")
 """Hooks a plugin may implement; chipbench has a default for each (API 1.1)."""
 
 LIFECYCLE_HOOKS = ("on_run_start", "on_epoch_end", "on_run_end")
@@ -318,7 +319,8 @@ def case_config_dirs(case_name: str) -> List[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# performance facts (optional: a vendor may leave these out; callers then get None)
+# performance facts and host resources (optional: a vendor may leave these out; callers then use
+# the default each spec names)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -336,3 +338,17 @@ def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
     .. versionadded:: 1.1
     """
 
+
+@hookspec(firstresult=True)
+def device_loader_workers(configured: Optional[int], local_world_size: int) -> Optional[int]:
+    """Return how many data-loader worker processes each rank starts, and budget the host for it.
+
+    ``configured`` is the config's ``data.num_workers`` (None: "choose for me");
+    ``local_world_size`` is the number of ranks on this node. A vendor whose compute runs on the
+    host cores (the CPU vendor) splits the cores between its compute threads and the loader
+    workers here, so that the two never oversubscribe. Returns None to leave the choice to the
+    caller (``configured``, or a default from the core count when it is None). Called once per
+    rank, before its loaders are built. Optional: the default is None.
+
+    .. versionadded:: 1.1
+    """

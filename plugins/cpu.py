@@ -1,9 +1,14 @@
-"""The CPU vendor: always available, lowest priority, gloo collectives, psutil memory."""
+"""The CPU vendor: always available, lowest priority, gloo collectives, psutil memory.
+
+The host cores are the device here, so the vendor budgets them: torch's intra-op threads plus the
+data-loader workers of every rank on the node never exceed the cores this process may use.
+``CHIPBENCH_CPU_THREADS`` overrides the thread count, ``data.num_workers`` the worker count.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import psutil
 
@@ -24,7 +29,18 @@ def vendor_detect() -> VendorInfo:
 def device_init_backend(local_rank: int) -> torch.device:
     import torch
 
+    workers, threads = core_budget(None, _local_world_size())
+    torch.set_num_threads(threads)
     return torch.device("cpu")
+
+
+@hookimpl
+def device_loader_workers(configured: Optional[int], local_world_size: int) -> int:
+    import torch
+
+    workers, threads = core_budget(configured, local_world_size)
+    torch.set_num_threads(threads)
+    return workers
 
 
 @hookimpl
@@ -109,6 +125,7 @@ def environment_report() -> Dict[str, Any]:
         "device_model": cpu_model(),
         "device_count": 1,
         "cpu_cores": os.cpu_count(),
+        "cpu_bf16": bf16_support(),
         "device_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
     })
     return report
@@ -118,6 +135,68 @@ def environment_report() -> Dict[str, Any]:
 def device_sample(device: torch.device) -> Dict[str, float]:
     return {"util_percent": psutil.cpu_percent(interval=None),
             "memory_used_bytes": float(psutil.Process().memory_info().rss)}
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags of native bf16 arithmetic; without them bf16 autocast is emulated and often slower."""
+
+
+def bf16_support(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """"native (<flags>)", or a warning that bf16 may be slower than fp32 on this CPU."""
+    try:
+        with open(cpuinfo) as handle:
+            flags = set(next((line.split(":", 1)[1].split() for line in handle
+                              if line.startswith("flags")), []))
+    except OSError:
+        return "unknown (no {}): bf16 may be slower than fp32".format(cpuinfo)
+    native = [f for f in BF16_FLAGS if f in flags]
+    if native:
+        return "native ({})".format(", ".join(native))
+    return ("emulated: this CPU lacks {}, so bf16 training may be slower than fp32 "
+            "(benchmarks/fast_paths.py measures it)".format(" and ".join(BF16_FLAGS)))
+
+
+THREADS_ENV = "CHIPBENCH_CPU_THREADS"
+CORES_PER_LOADER_WORKER = 8
+"""On the CPU one loader worker per 8 cores: decoding is cheap next to a CPU training step."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def core_budget(configured: Optional[int], local_world_size: int,
+                cores: Optional[int] = None) -> Tuple[int, int]:
+    """``(loader workers, intra-op threads)`` per rank, whose sum fits this rank's cores.
+
+    ``configured`` None chooses the workers from the core count: none below 8 cores per rank
+    (the loader then runs between steps in the training process), else one per 8 cores.
+    ``$CHIPBENCH_CPU_THREADS`` overrides the thread count.
+    """
+    per_rank = max(1, (usable_cores() if cores is None else cores) // max(1, local_world_size))
+    workers = per_rank // CORES_PER_LOADER_WORKER if configured is None else int(configured)
+    threads = max(1, per_rank - workers)
+    override = os.environ.get(THREADS_ENV, "").strip()
+    if override:
+        try:
+            threads = max(1, int(override))
+        except ValueError:
+            from chipbench.errors import UserError
+
+            raise UserError("{}={!r} is not a number".format(THREADS_ENV, override),
+                            "set it to a thread count, e.g. {}=4, or unset it".format(THREADS_ENV)) from None
+    return workers, threads
+
+
+def _local_world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _linux_peak_rss() -> int:

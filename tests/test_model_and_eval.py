@@ -107,3 +107,79 @@ def test_perfect_and_wrong_detections(backend):
     for r in results:
         r["category_id"] = 3 - r["category_id"]
     assert coco_bbox_map(_gt(), results, [1, 2], backend)["mAP"] == 0.0
+
+
+def _random_gt_and_detections(images: int = 12, seed: int = 0):
+    """A small GT set and noisy detections of it (some misses, some false positives)."""
+    import random
+
+    from pycocotools.coco import COCO
+
+    rng = random.Random(seed)
+    dataset = {"images": [], "annotations": [], "categories": [{"id": c, "name": str(c)}
+                                                               for c in (1, 2, 3)]}
+    results = []
+    for image_id in range(1, images + 1):
+        dataset["images"].append({"id": image_id, "width": 200, "height": 200})
+        for _ in range(rng.randint(0, 4)):
+            x, y, w, h = (rng.uniform(0, 120), rng.uniform(0, 120), rng.uniform(4, 80),
+                          rng.uniform(4, 80))
+            category = rng.randint(1, 3)
+            dataset["annotations"].append({"id": len(dataset["annotations"]) + 1,
+                                           "image_id": image_id, "category_id": category,
+                                           "bbox": [x, y, w, h], "area": w * h,
+                                           "iscrowd": int(rng.random() < 0.05)})
+            if rng.random() < 0.8:
+                jitter = [v + rng.gauss(0, 3) for v in (x, y)] + [max(1.0, v + rng.gauss(0, 4))
+                                                                   for v in (w, h)]
+                results.append({"image_id": image_id, "category_id": category,
+                                "bbox": [round(v, 2) for v in jitter],
+                                "score": round(rng.random(), 5)})
+        for _ in range(rng.randint(0, 3)):
+            results.append({"image_id": image_id, "category_id": rng.randint(1, 3),
+                            "bbox": [rng.uniform(0, 150), rng.uniform(0, 150),
+                                     rng.uniform(2, 50), rng.uniform(2, 50)],
+                            "score": round(rng.random(), 5)})
+    coco = COCO()
+    coco.dataset = dataset
+    coco.createIndex()
+    return coco, results
+
+
+def test_both_backends_give_the_same_stats():
+    pytest.importorskip("faster_coco_eval")
+    from chipbench.cases.retinanet.evaluate import coco_stats
+
+    coco, results = _random_gt_and_detections()
+    ids = sorted(coco.imgs)
+    slow = coco_stats(coco, [dict(r) for r in results], ids, "pycocotools")
+    fast = coco_stats(coco, [dict(r) for r in results], ids, "faster_coco_eval")
+    assert len(slow) == len(fast) == 12
+    assert 0.05 < slow[0] < 0.95  # a non-trivial mAP, so agreement means something
+    assert fast == pytest.approx(slow, abs=1e-6)
+
+
+def test_auto_backend_prefers_faster_coco_eval_when_importable(monkeypatch):
+    import builtins
+
+    from chipbench.cases.retinanet.evaluate import resolve_backend
+
+    assert resolve_backend("pycocotools") == "pycocotools"
+    real_import = builtins.__import__
+
+    def no_fast(name, *args, **kwargs):
+        if name.startswith("faster_coco_eval"):
+            raise ImportError("hidden by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fast)
+    assert resolve_backend("auto") == "pycocotools"
+    with pytest.raises(UserError, match="faster_coco_eval"):
+        coco_bbox_map(_gt(), [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5],
+                                "score": 0.5}], [1, 2], "faster_coco_eval")
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        return
+    assert resolve_backend("auto") == "faster_coco_eval"

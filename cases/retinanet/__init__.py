@@ -46,7 +46,13 @@ class RetinaNetCase(Case):
             if value <= 0:
                 raise UserError("{} must be positive, not {}".format(key, value),
                                 "set --set {}=<a positive number>".format(key))
-        non_negative = {"data.num_workers": data["num_workers"], "train.max_iters":
+        workers = data["num_workers"]
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
+                                    or workers < 0):
+            raise UserError("data.num_workers must be a count >= 0 or null, not {!r}".format(
+                workers), "set --set data.num_workers=0 (or 2, ...), or null to let the vendor "
+                          "choose from the core count")
+        non_negative = {"train.max_iters":
                         train["max_iters"], "train.warmup_iters": train["warmup_iters"],
                         "train.throughput_skip_iters": train["throughput_skip_iters"],
                         "train.clip_grad_norm": train["clip_grad_norm"]}
@@ -61,8 +67,8 @@ class RetinaNetCase(Case):
         if any(not isinstance(s, int) or s < 1 for s in train["lr_steps"]):
             raise UserError("train.lr_steps must be epoch numbers (positive integers)",
                             "e.g. --set 'train.lr_steps=[16,22]'")
-        if config["eval"]["backend"] not in ("pycocotools", "faster_coco_eval"):
-            raise UserError("eval.backend must be pycocotools or faster_coco_eval",
+        if config["eval"]["backend"] not in ("auto", "pycocotools", "faster_coco_eval"):
+            raise UserError("eval.backend must be auto, pycocotools or faster_coco_eval",
                             "fix the value")
         precision = train["precision"]
         if precision not in PRECISIONS:

@@ -9,7 +9,7 @@ import contextlib
 import math
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -48,11 +48,14 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
                     ) -> Dict[str, float]:
     """Train ``model`` for one epoch; returns the mean loss and the last learning rate.
 
-    ``bar`` redraws a progress bar on the terminal (stderr) after every iteration; the log gets a
-    line every ``log_every`` iterations either way.
+    The host waits for the device only at the two ends of the timed interval: the loss is summed
+    on the device and read back every ``log_every`` iterations and at the end of the epoch, where
+    a non-finite loss stops the run naming the iterations. ``bar`` redraws a progress bar on the
+    terminal (stderr) after every iteration, showing the loss last read.
     """
     model.train()
-    loss_sum, steps = 0.0, 0
+    window = LossWindow(epoch, meter.seen_iterations)
+    loss_total, steps, shown = 0.0, 0, float("nan")
     synchronize()
     last = time.perf_counter()
     for images, targets in loader:
@@ -87,24 +90,58 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
         last_start, last = last, now
         if warmup is not None:
             warmup.step()
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise UserError(
-                "training loss became {} in epoch {} (iteration {}): {}".format(
-                    loss_value, epoch, meter.seen_iterations,
-                    ", ".join("{}={:.4g}".format(k, float(v.detach())) for k, v in loss_dict.items())),
-                "lower train.lr, enable train.clip_grad_norm, or train in fp32")
-        loss_sum += loss_value
+        window.add(loss, loss_dict)
         steps += 1
+        if log_every and steps % log_every == 0:
+            mean = window.read(meter.seen_iterations)
+            loss_total += mean * window.reads[-1]
+            shown = mean
+            log.info("epoch %d [%d/%d] loss %.4f lr %.5f %.1f img/s (core)", epoch, steps,
+                     len(loader), mean, optimizer.param_groups[0]["lr"],
+                     len(images) / max(now - core_start, 1e-9))
         if bar:
-            sys.stderr.write("\r" + progress_bar(epoch, steps, len(loader), loss_value,
+            sys.stderr.write("\r" + progress_bar(epoch, steps, len(loader), shown,
                                                  len(images) / max(now - last_start, 1e-9)))
             sys.stderr.flush()
-        if log_every and steps % log_every == 0:
-            log.info("epoch %d [%d/%d] loss %.4f lr %.5f %.1f img/s (core)", epoch, steps,
-                     len(loader), loss_value, optimizer.param_groups[0]["lr"],
-                     len(images) / max(now - core_start, 1e-9))
+    if window.count:
+        loss_total += window.read(meter.seen_iterations) * window.reads[-1]
     if bar:
         sys.stderr.write("\r" + " " * 78 + "\r")
-    return {"loss": loss_sum / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
+    return {"loss": loss_total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
             "steps": steps}
+
+
+class LossWindow:
+    """The loss summed on the device over the iterations since the last read-back.
+
+    Reading it is the only host synchronisation outside the timed interval's; a non-finite sum
+    raises a one-line :class:`UserError` naming the epoch and the iterations it covers.
+    """
+
+    def __init__(self, epoch: int, first_iteration: int) -> None:
+        self.epoch = epoch
+        self.first = first_iteration + 1
+        self.total: Optional[torch.Tensor] = None
+        self.count = 0
+        self.last_parts: Dict[str, torch.Tensor] = {}
+        self.reads: List[int] = []
+
+    def add(self, loss: torch.Tensor, parts: Dict[str, torch.Tensor]) -> None:
+        """Add one iteration's loss (no host sync)."""
+        value = loss.detach().float()
+        self.total = value if self.total is None else self.total + value
+        self.count += 1
+        self.last_parts = {k: v.detach() for k, v in parts.items()}
+
+    def read(self, last_iteration: int) -> float:
+        """The mean loss of the window (one host sync); checks it is finite and starts anew."""
+        mean = float(self.total) / max(self.count, 1) if self.total is not None else 0.0
+        if not math.isfinite(mean):
+            raise UserError(
+                "training loss became {} in epoch {} (iterations {}-{}; last: {})".format(
+                    mean, self.epoch, self.first, last_iteration,
+                    ", ".join("{}={:.4g}".format(k, float(v)) for k, v in self.last_parts.items())),
+                "lower train.lr, enable train.clip_grad_norm, or train in fp32")
+        self.reads.append(self.count)
+        self.total, self.count, self.first = None, 0, last_iteration + 1
+        return mean

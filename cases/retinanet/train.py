@@ -4,6 +4,7 @@ Flat on purpose (torchvision's detection references are the model): every step o
 recipe is visible here, and every device call goes through ``ctx`` (the vendor's hooks).
 """
 
+import os
 import random
 import sys
 import time
@@ -36,6 +37,28 @@ def seed_everything(ctx: RunContext, seed: int, deterministic: bool, autotune: b
     ctx.facade.configure(ctx.device, deterministic, autotune)
 
 
+DEFAULT_LOADER_WORKERS = 4
+"""The seed's loader workers per process, where neither the config nor the vendor chooses."""
+
+
+def loader_workers(ctx: RunContext) -> int:
+    """``data.num_workers``, or (null) the vendor's choice from the host's cores.
+
+    The vendor's ``device_loader_workers`` hook also budgets its compute threads for the workers
+    (the CPU vendor: threads + workers never exceed the cores). A vendor without the hook gets the
+    configured count, or for null the seed's 4 capped at the cores per rank less one.
+    """
+    configured = ctx.config["data"]["num_workers"]
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size) or 1)
+    chosen = ctx.facade.loader_workers(configured, local_world_size)
+    if chosen is not None:
+        return chosen
+    if configured is not None:
+        return int(configured)
+    cores = (os.cpu_count() or 1) // max(1, local_world_size)
+    return max(0, min(DEFAULT_LOADER_WORKERS, cores - 1))
+
+
 def build_loaders(ctx: RunContext, data_dir: Path):
     """Training loader (grouped, distributed sampling) and this rank's evaluation shard.
 
@@ -50,13 +73,17 @@ def build_loaders(ctx: RunContext, data_dir: Path):
                                  shuffle=True, seed=cfg["train"]["seed"])
     groups = aspect_ratio_groups(train_set.aspect_ratios(), cfg["data"]["aspect_ratio_group_factor"])
     pin = bool(cfg["data"]["pin_memory"]) and ctx.device.type != "cpu"
-    workers = cfg["data"]["num_workers"]
+    workers = loader_workers(ctx)
+    ctx.log.info("data loader: %d worker process(es) per rank, %d compute thread(s)", workers,
+                 torch.get_num_threads())
+    extra: Dict[str, Any] = {"prefetch_factor": 2} if workers else {}
     train_loader = DataLoader(train_set, num_workers=workers, pin_memory=pin, collate_fn=collate,
                               batch_sampler=GroupedBatchSampler(sampler, groups,
-                                                                cfg["train"]["batch_size"]))
+                                                                cfg["train"]["batch_size"]),
+                              **extra)
     shard = Subset(val_set, list(range(ctx.rank, len(val_set), ctx.world_size)))
     val_loader = DataLoader(shard, batch_size=cfg["eval"]["batch_size"], shuffle=False,
-                            num_workers=workers, pin_memory=pin, collate_fn=collate)
+                            num_workers=workers, pin_memory=pin, collate_fn=collate, **extra)
     return train_set, val_set, sampler, train_loader, val_loader
 
 
@@ -122,6 +149,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             return [image.to(ctx.device)], [{k: v.to(ctx.device) for k, v in target.items()}]
 
         perf = run_start_facts(ctx.facade, ctx.device, train_cfg["precision"], model, 1, first_image)
+    if train_cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     bare_model = model
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type != "cpu" else None

@@ -184,7 +184,7 @@ def check_vendor_detect(subject: Subject) -> str:
     if not info.available:
         raise CheckFailed("an available vendor", "unavailable: " + info.reason)
     if not info.device_type or not isinstance(info.device_type, str):
-        raise CheckFailed("a device_type such as 'cpu' or 'cuda'", repr(info.device_type))
+        raise CheckFailed("a torch device type such as 'cpu'", repr(info.device_type))
     return "{} (device type {}, priority {})".format(info.name, info.device_type, info.priority)
 
 
