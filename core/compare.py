@@ -108,7 +108,8 @@ def facts(result: Dict[str, Any]) -> Dict[str, Any]:
         "backbone weights": _get(config, "model.backbone_weights"),
         "image size": "min {} / max {}".format(_get(config, "model.min_size"),
                                                _get(config, "model.max_size")),
-        "evaluation backend": _get(config, "eval.backend"),
+        "evaluation backend": (result.get("metrics") or {}).get("eval_backend")
+        or _get(config, "eval.backend"),
         "target mAP": result.get("target"),
         "chipbench version": versions.get("chipbench"),
     }

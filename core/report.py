@@ -158,7 +158,8 @@ def run_facts_lines(result: Dict[str, Any]) -> List[str]:
     train = config.get("train") or {}
     evals = sum(1 for e in result.get("epochs", []) if e.get("mAP") is not None)
     return ["- evaluation backend: {}; evaluation time: {} s over {} evaluation(s)".format(
-                _fmt(evaluation.get("backend")), _fmt(metrics.get("eval_seconds"), 1), evals),
+                _fmt(metrics.get("eval_backend") or evaluation.get("backend")),
+                _fmt(metrics.get("eval_seconds"), 1), evals),
             "- warm-up iterations left out of p_whole/p_train/p_core: {}".format(
                 _fmt(train.get("throughput_skip_iters", 0)))]
 

@@ -244,7 +244,7 @@ ROWS = [
     Row("config-lr-steps", RUN + ["--set", "train.lr_steps=[0]"], "train.lr_steps"),
     Row("config-eval-backend", RUN + ["--set", "eval.backend=foo"], "eval.backend"),
     Row("config-image-size", RUN + ["--set", "data.synthetic.image_size=8"], "at least 32"),
-    Row("config-workers", RUN + ["--set", "data.num_workers=-1"], "must not be negative"),
+    Row("config-workers", RUN + ["--set", "data.num_workers=-1"], "must be a count >= 0 or null"),
     Row("config-min-size", RUN + ["--set", "model.min_size=0"], "model.min_size must be"),
     Row("config-file-missing", RUN + ["--config", "nosuch"], "config 'nosuch' not found"),
     Row("config-file-duplicate", RUN + ["--config", "{tmp}/dup.yaml"], "sets key 'lr' twice",

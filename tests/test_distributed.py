@@ -249,7 +249,8 @@ HANG_TIMEOUT_S = 8  # run.timeout_s: long enough for two workers to start togeth
 @pytest.mark.distributed
 @pytest.mark.oldstack_skip
 def test_hanging_rank_fails_the_run_after_timeout(tmp_path, tiny_data):
-    """Rank 0 stalls (in an observer) while rank 1 waits in a collective: run.timeout_s ends it."""
+    """Rank 0 stalls (in an observer, after epoch 0) while rank 1 waits in a collective (epoch 1's
+    first step: 2 iterations per epoch, max_iters 3): run.timeout_s ends it."""
     site = tmp_path / "site"
     write_distribution(site, "staller", {"staller": "staller"}, {"staller": STALLER})
     out = tmp_path / "run"
@@ -257,7 +258,7 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path, tiny_data):
                PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "chipbench", "run", "retinanet", "--nproc-per-node", "2",
-         "--master-port", str(free_port()), "--output", str(out), "--set", "train.max_iters=1",
+         "--master-port", str(free_port()), "--output", str(out), "--set", "train.max_iters=3",
          "--set", "run.timeout_s={}".format(HANG_TIMEOUT_S), *QUICK], cwd=str(ROOT), env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "logs" / "rank0.log"

@@ -64,7 +64,11 @@ def test_run_without_eval_epoch_and_changed_settings(tmp_path, monkeypatch):
     assert "data.synthetic" not in result["fix_hp"] and "run." not in result["fix_hp"]
     assert result["environment"]["device_model"] not in ("x86_64", "aarch64", "")
     report = (out / "report.md").read_text()
-    assert "evaluation backend: pycocotools" in report and "over 1 evaluation(s)" in report
+    from chipbench.cases.retinanet.evaluate import resolve_backend
+
+    backend = resolve_backend("auto")  # eval.backend auto, resolved to what is installed
+    assert result["metrics"]["eval_backend"] == backend
+    assert "evaluation backend: {};".format(backend) in report and "over 1 evaluation(s)" in report
     metrics = result["metrics"]
     if flop_counter_available():
         assert metrics["flops_per_image"] > 1e6 and metrics["achieved_tflops"] > 0

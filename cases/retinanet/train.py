@@ -19,7 +19,7 @@ from chipbench.cases.retinanet import checkpoint
 from chipbench.cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
 from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate, data_facts
 from chipbench.cases.retinanet.engine import autocast_factory, make_grad_scaler, train_one_epoch
-from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict
+from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict, resolve_backend
 from chipbench.cases.retinanet.model import build_retinanet
 from chipbench.context import RunContext
 from chipbench.flops import figures as flops_figures
@@ -88,14 +88,17 @@ def build_loaders(ctx: RunContext, data_dir: Path):
 
 
 def evaluate(ctx: RunContext, model: torch.nn.Module, val_set: CocoDetection, val_loader: Any,
-             autocast: Any) -> Dict[str, float]:
-    """Sharded inference, one gather, one COCOeval on rank 0; every rank gets the figures."""
+             autocast: Any) -> Dict[str, Any]:
+    """Sharded inference, one gather, one COCOeval on rank 0; every rank gets the figures and the
+    name of the evaluation backend that computed them (``eval_backend``: ``auto`` resolved)."""
     results = predict(model, val_loader, ctx.device, autocast)
     gathered = ctx.all_gather(results)
-    scores: Optional[Dict[str, float]] = None
+    scores: Optional[Dict[str, Any]] = None
     if ctx.is_main:
         merged = [r for part in gathered for r in part]
-        scores = coco_bbox_map(val_set.coco, merged, val_set.ids, ctx.config["eval"]["backend"])
+        backend = ctx.config["eval"]["backend"]
+        scores = dict(coco_bbox_map(val_set.coco, merged, val_set.ids, backend),
+                      eval_backend=resolve_backend(backend))
     return ctx.broadcast(scores)
 
 

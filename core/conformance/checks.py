@@ -287,8 +287,13 @@ def _empty_cache(device: Any) -> None:
         empty()
 
 
+PEAK_SLACK_BYTES = 2**20
+"""How far below N MiB the peak's rise may fall: page rounding and reuse by host allocators."""
+
+
 def check_memory_peak(subject: Subject) -> str:
-    """Allocating N MiB raises the allocator peak by at least N; a reset after freeing lowers it."""
+    """Allocating N MiB raises the allocator peak by at least N (less 1 MiB: a host allocator may
+    reuse a few freed pages); a reset after freeing lowers it."""
     import gc
 
     import torch
@@ -307,7 +312,7 @@ def check_memory_peak(subject: Subject) -> str:
     _empty_cache(device)
     facade.memory_reset_peak(device)
     low = facade.memory_peak(device)
-    if high - base < size:
+    if high - base < size - PEAK_SLACK_BYTES:
         raise CheckFailed("the peak to rise by >= {} after allocating it".format(_mib(size)),
                           "{} -> {} (+{})".format(_mib(base), _mib(high), _mib(high - base)))
     if not low < high:
