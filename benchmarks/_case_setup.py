@@ -4,10 +4,12 @@ Builds the case's resolved config (defaults < hardware file < embedded overlay <
 minimal run context for the CPU vendor, the case's loaders and model.
 """
 
+import contextlib
 import logging
+import time
 import types
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -54,3 +56,21 @@ def case_model(config: Dict[str, Any], num_classes: int) -> torch.nn.Module:
     m = config["model"]
     return build_retinanet(num_classes, None, m["min_size"], m["max_size"],
                            m["trainable_backbone_layers"])
+
+
+def step_rate(model: torch.nn.Module, optimizer: Any, batches: List[Any], clip: float,
+              autocast: Callable[[], Any] = contextlib.nullcontext) -> float:
+    """The reference loop over in-memory batches: images / (forward + backward + step) time."""
+    model.train()
+    images_seen, seconds = 0, 0.0
+    for images, targets in batches:
+        start = time.perf_counter()
+        with autocast():
+            loss = sum(model(list(images), list(targets)).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        seconds += time.perf_counter() - start
+        images_seen += len(images)
+    return images_seen / seconds

@@ -16,14 +16,13 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _case_setup import case_config, case_model, synthetic_dir  # noqa: E402
+from _case_setup import case_config, case_model, step_rate, synthetic_dir  # noqa: E402
 
 from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate  # noqa: E402
 from chipbench.plugins import cpu  # noqa: E402
@@ -32,23 +31,12 @@ VARIANTS = {"fp32": (False, False), "bf16": (False, True), "channels_last": (Tru
             "channels_last+bf16": (True, True)}
 
 
-def step_rate(model: torch.nn.Module, optimizer: Any, batches: List[Any], bf16: bool) -> float:
-    """Images/s of forward + backward + step over ``batches``."""
-    model.train()
+def variant_rate(model: torch.nn.Module, optimizer: Any, batches: List[Any],
+                 bf16: bool) -> float:
+    """Images/s of forward + backward + step over ``batches``, under bf16 autocast if asked."""
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else \
         contextlib.nullcontext
-    images_seen, seconds = 0, 0.0
-    for images, targets in batches:
-        start = time.perf_counter()
-        with autocast():
-            loss = sum(model(list(images), list(targets)).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        seconds += time.perf_counter() - start
-        images_seen += len(images)
-    return images_seen / seconds
+    return step_rate(model, optimizer, batches, 10.0, autocast)
 
 
 def main() -> int:
@@ -73,13 +61,13 @@ def main() -> int:
         models[name] = model
         optimizers[name] = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
                                            lr=0.01, momentum=0.9)
-        step_rate(model, optimizers[name], batches[:1], VARIANTS[name][1])  # warm-up
+        variant_rate(model, optimizers[name], batches[:1], VARIANTS[name][1])  # warm-up
     rates: Dict[str, List[float]] = {name: [] for name in VARIANTS}
     for r in range(args.rounds):
         order = list(VARIANTS) if r % 2 == 0 else list(reversed(list(VARIANTS)))
         for name in order:
-            rates[name].append(step_rate(models[name], optimizers[name], batches,
-                                         VARIANTS[name][1]))
+            rates[name].append(variant_rate(models[name], optimizers[name], batches,
+                                            VARIANTS[name][1]))
         print("round {}: ".format(r + 1) + ", ".join(
             "{} {:.2f}".format(n, rates[n][-1]) for n in VARIANTS) + " img/s", flush=True)
     median = {n: statistics.median(v) for n, v in rates.items()}

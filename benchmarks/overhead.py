@@ -19,14 +19,13 @@ import json
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _case_setup import case_config, case_model, cpu_context, synthetic_dir  # noqa: E402
+from _case_setup import case_config, case_model, cpu_context, step_rate, synthetic_dir  # noqa: E402
 
 from chipbench.cases.retinanet.engine import train_one_epoch  # noqa: E402
 from chipbench.cases.retinanet.train import build_loaders  # noqa: E402
@@ -42,22 +41,6 @@ def case_round(model, optimizer, ctx, loader, iters: int, clip: float) -> Dict[s
                     clip, None, ctx.log, ctx.config["run"]["log_every"], iters)
     return {"p_core": meter.images / meter.core_seconds,
             "p_train": meter.images / meter.train_seconds}
-
-
-def bare_round(model, optimizer, batches: List[Any], clip: float) -> float:
-    """The reference loop over in-memory batches: images / (forward + backward + step) time."""
-    model.train()
-    images_seen, seconds = 0, 0.0
-    for images, targets in batches:
-        start = time.perf_counter()
-        loss = sum(model(list(images), list(targets)).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        seconds += time.perf_counter() - start
-        images_seen += len(images)
-    return images_seen / seconds
 
 
 def main() -> int:
@@ -88,7 +71,7 @@ def main() -> int:
         batches.append(batch)
         if len(batches) == max(args.iters, 8):
             break
-    bare_round(model, optimizer, batches[:2], clip)  # warm-up, not counted
+    step_rate(model, optimizer, batches[:2], clip)  # warm-up, not counted
     rows: Dict[str, List[float]] = {"bare": [], "p_core": [], "p_train": []}
     for r in range(args.rounds):
         sampler.set_epoch(r)
@@ -96,7 +79,7 @@ def main() -> int:
         for which in order:
             if which == "bare":
                 torch.set_num_threads(bare_threads)
-                rows["bare"].append(bare_round(model, optimizer, batches[r % len(batches):][
+                rows["bare"].append(step_rate(model, optimizer, batches[r % len(batches):][
                     :args.iters] or batches[:args.iters], clip))
             else:
                 torch.set_num_threads(case_threads)

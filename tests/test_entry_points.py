@@ -23,21 +23,7 @@ def write_distribution(site, name, entry_points, modules):
 
 def test_dist_info_plugins_good_and_broken(tmp_path, monkeypatch):
     site = tmp_path / "site"
-    good = """
-        import chipbench.plugins.cpu as base
-        from chipbench.hookspecs import hookimpl
-        from chipbench.records import VendorInfo
-        for _name in ("device_init_backend", "device_count", "device_name", "hardware_id",
-                      "device_synchronize", "device_memory_query", "device_memory_peak",
-                      "device_memory_reset_peak", "collective_backend", "visible_devices_env",
-                      "supported_precisions", "environment_report", "device_sample"):
-            globals()[_name] = getattr(base, _name)
-
-        @hookimpl
-        def vendor_detect():
-            return VendorInfo("acme", "cpu", 7, True, "acme test chip")
-    """
-    write_distribution(site, "acme-chipbench", {"acme": "acme_vendor"}, {"acme_vendor": good})
+    write_distribution(site, "acme-chipbench", {"acme": "acme_vendor"}, {"acme_vendor": good_vendor("acme")})
     write_distribution(site, "broken-chipbench", {"broken": "broken_vendor"},
                        {"broken_vendor": "import no_such_module_anywhere\n"})
     monkeypatch.syspath_prepend(str(site))
@@ -65,19 +51,19 @@ def test_installed_example_package_is_discovered():
     assert "chipbench-fakechip 0.1.0" in line and "<- auto" not in line
 
 
-GOOD_VENDOR = """
+def good_vendor(name: str) -> str:
+    """Source of a working vendor module: the CPU plugin's device hooks, vendor ``name``."""
+    return """
     import chipbench.plugins.cpu as base
     from chipbench import VendorInfo, hookimpl
-    for _name in ("device_init_backend", "device_count", "device_name", "hardware_id",
-                  "device_synchronize", "device_memory_query", "device_memory_peak",
-                  "device_memory_reset_peak", "collective_backend", "visible_devices_env",
-                  "supported_precisions", "environment_report", "device_sample"):
+    from chipbench.hookspecs import DEVICE_HOOKS
+    for _name in DEVICE_HOOKS:
         globals()[_name] = getattr(base, _name)
 
     @hookimpl
     def vendor_detect():
-        return VendorInfo("acme-shown", "cpu", 7, True, "acme test chip")
-"""
+        return VendorInfo({!r}, "cpu", 7, True, "acme test chip")
+""".format(name)
 
 
 @pytest.fixture
@@ -85,7 +71,7 @@ def acme_and_broken(tmp_path, monkeypatch):
     """An entry point 'acme-ep' whose vendor is called 'acme-shown', and two broken plugins."""
     site = tmp_path / "site"
     write_distribution(site, "acme-chipbench", {"acme-ep": "acme_shown_vendor"},
-                       {"acme_shown_vendor": GOOD_VENDOR})
+                       {"acme_shown_vendor": good_vendor("acme-shown")})
     write_distribution(site, "broken-chipbench", {"broken": "broken_vendor"},
                        {"broken_vendor": "import no_such_module_anywhere\n"})
     write_distribution(site, "odd-chipbench", {"odd": "odd_vendor"},

@@ -59,7 +59,7 @@ def test_known_part_tables():
 
 
 def test_vendor_without_the_optional_hook_gives_no_peak():
-    from tests.test_monitor import vendor_module
+    from tests.test_manager import vendor_module
 
     module = vendor_module("bare")
     assert not hasattr(module, "device_peak_flops")

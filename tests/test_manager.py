@@ -6,7 +6,7 @@ import pytest
 
 import chipbench.plugins.cpu as cpu_plugin
 from chipbench.errors import PluginError, UserError
-from chipbench.hookspecs import hookimpl
+from chipbench.hookspecs import DEVICE_HOOKS, hookimpl
 from chipbench.manager import build_host
 from chipbench.records import VendorInfo
 from chipbench.selection import select_device
@@ -15,10 +15,7 @@ from chipbench.selection import select_device
 def vendor_module(name, priority=5, available=True, **overrides):
     """A throwaway vendor: the CPU plugin's hooks under another name, some replaced."""
     module = types.ModuleType("vendor_" + name)
-    for hook in ("device_init_backend", "device_count", "device_name", "hardware_id",
-                 "device_synchronize", "device_memory_query", "device_memory_peak",
-                 "device_memory_reset_peak", "collective_backend", "visible_devices_env",
-                 "supported_precisions", "environment_report", "device_sample"):
+    for hook in DEVICE_HOOKS:
         setattr(module, hook, getattr(cpu_plugin, hook))
 
     @hookimpl

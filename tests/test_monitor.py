@@ -1,35 +1,18 @@
 """The monitor: a vendor hook that misbehaves during a run is seen (stderr, result.json, report)."""
 
 import json
-import types
 
-import chipbench.plugins.cpu as cpu_plugin
 import chipbench.runner
 from chipbench.cli import main
-from chipbench.hookspecs import hookimpl
 from chipbench.manager import build_host
 from chipbench.monitor import DeviceMonitor, summarize
-from chipbench.records import VendorInfo
 from chipbench.selection import select_device
+from tests.test_manager import vendor_module
 
 TINY = ["--set", "train.max_iters=1", "--set", "data.synthetic.train_images=4",
         "--set", "data.synthetic.val_images=2", "--set", "data.synthetic.image_size=64",
         "--set", "run.monitor_interval_s=0.1", "--set", "data.num_workers=0",
         "--set", "run.checkpoint=false"]
-
-
-def vendor_module(name, **overrides):
-    """A throwaway vendor: the CPU plugin's hooks under another name, some replaced."""
-    module = types.ModuleType("vendor_" + name)
-    for hook in ("device_init_backend", "device_count", "device_name", "hardware_id",
-                 "device_synchronize", "device_memory_query", "device_memory_peak",
-                 "device_memory_reset_peak", "collective_backend", "visible_devices_env",
-                 "supported_precisions", "environment_report", "device_sample"):
-        setattr(module, hook, getattr(cpu_plugin, hook))
-    module.vendor_detect = hookimpl(lambda: VendorInfo(name, "cpu", 1, True, "test " + name))
-    for hook, fn in overrides.items():
-        setattr(module, hook, hookimpl(fn))
-    return module
 
 
 def host_with(module, name):

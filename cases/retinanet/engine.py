@@ -9,7 +9,7 @@ import contextlib
 import math
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -55,7 +55,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
     """
     model.train()
     window = LossWindow(epoch, meter.seen_iterations)
-    loss_total, steps, shown = 0.0, 0, float("nan")
+    steps, shown = 0, float("nan")
     synchronize()
     last = time.perf_counter()
     for images, targets in loader:
@@ -94,7 +94,6 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
         steps += 1
         if log_every and steps % log_every == 0:
             mean = window.read(meter.seen_iterations)
-            loss_total += mean * window.reads[-1]
             shown = mean
             log.info("epoch %d [%d/%d] loss %.4f lr %.5f %.1f img/s (core)", epoch, steps,
                      len(loader), mean, optimizer.param_groups[0]["lr"],
@@ -104,10 +103,10 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
                                                  len(images) / max(now - last_start, 1e-9)))
             sys.stderr.flush()
     if window.count:
-        loss_total += window.read(meter.seen_iterations) * window.reads[-1]
+        window.read(meter.seen_iterations)
     if bar:
         sys.stderr.write("\r" + " " * 78 + "\r")
-    return {"loss": loss_total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
+    return {"loss": window.read_sum / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
             "steps": steps}
 
 
@@ -124,7 +123,8 @@ class LossWindow:
         self.total: Optional[torch.Tensor] = None
         self.count = 0
         self.last_parts: Dict[str, torch.Tensor] = {}
-        self.reads: List[int] = []
+        self.read_sum = 0.0
+        """The sum of every loss read back so far (the epoch's, for its mean)."""
 
     def add(self, loss: torch.Tensor, parts: Dict[str, torch.Tensor]) -> None:
         """Add one iteration's loss (no host sync)."""
@@ -135,13 +135,14 @@ class LossWindow:
 
     def read(self, last_iteration: int) -> float:
         """The mean loss of the window (one host sync); checks it is finite and starts anew."""
-        mean = float(self.total) / max(self.count, 1) if self.total is not None else 0.0
+        total = float(self.total) if self.total is not None else 0.0
+        mean = total / max(self.count, 1)
         if not math.isfinite(mean):
             raise UserError(
                 "training loss became {} in epoch {} (iterations {}-{}; last: {})".format(
                     mean, self.epoch, self.first, last_iteration,
                     ", ".join("{}={:.4g}".format(k, float(v)) for k, v in self.last_parts.items())),
                 "lower train.lr, enable train.clip_grad_norm, or train in fp32")
-        self.reads.append(self.count)
+        self.read_sum += total
         self.total, self.count, self.first = None, 0, last_iteration + 1
         return mean
