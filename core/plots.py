@@ -324,16 +324,20 @@ def monitor_files(run_dir: Path) -> List[Tuple[str, List[Dict[str, Any]]]]:
 
 
 def write_plots(run_dir: Path, epochs: List[dict], target: Optional[float] = None,
-                metric: str = "mAP") -> List[Path]:
+                metric: str = "mAP",
+                monitor: Optional[List[Tuple[str, List[Dict[str, Any]]]]] = None) -> List[Path]:
     """Write ``plots/epochs.svg``, ``plots/memory.svg`` and ``plots/timeline.svg`` (those that
-    have data); returns the files written."""
+    have data); returns the files written. ``monitor`` is :func:`monitor_files` of the run
+    where the caller has read it already."""
     folder = Path(run_dir) / "plots"
     folder.mkdir(exist_ok=True)
     written = []
     if epochs:
         (folder / "epochs.svg").write_text(epochs_chart([("this run", epochs)], target, metric))
         written.append(folder / "epochs.svg")
-    files = [(name, samples) for name, samples in monitor_files(run_dir) if samples]
+    if monitor is None:
+        monitor = monitor_files(run_dir)
+    files = [(name, samples) for name, samples in monitor if samples]
     if files:
         (folder / "memory.svg").write_text(memory_chart(files))
         (folder / "timeline.svg").write_text(timeline_chart(files, "monitor timeline"))

@@ -232,7 +232,8 @@ def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     from chipbench.plots import monitor_files, write_plots
 
     run_dir = Path(run["run_dir"])
+    monitor = monitor_files(run_dir)  # read once: for the plots and the summary
     plots = write_plots(run_dir, result.get("epochs", []), result.get("target"),
-                        metric=result.get("target_metric", "mAP"))
-    summary = {name: summarize(samples) for name, samples in monitor_files(run_dir) if samples}
+                        metric=result.get("target_metric", "mAP"), monitor=monitor)
+    summary = {name: summarize(samples) for name, samples in monitor if samples}
     write_report(run_dir, dict(result, plots=[p.name for p in plots], monitor_summary=summary))
