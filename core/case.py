@@ -126,11 +126,6 @@ def discover_cases() -> List[CaseRecord]:
     return records
 
 
-def available_cases() -> List[str]:
-    """Names of every working case (bundled and from entry points)."""
-    return sorted(r.name for r in discover_cases() if not r.broken)
-
-
 def case_folder(case: Case) -> Path:
     """The folder of the package that defines ``case``."""
     module = importlib.import_module(type(case).__module__)
