@@ -59,10 +59,20 @@ def run_pytest_entry(vendor, *extra, cwd):
         cwd=str(cwd), capture_output=True, text=True, timeout=300)
 
 
-def test_doctor_json_passes_on_cpu(capsys):
-    assert main(["doctor", "--vendor", "cpu", "--json"]) == 0
+def doctor_json(capsys, *args):
+    """`core doctor --json ARGS`: the parsed report, after asserting that every check passed (the
+    failing checks are in the assertion message)."""
+    code = main(["doctor", "--json"] + list(args))
     report = json.loads(capsys.readouterr().out)
-    assert report["vendor"] == "cpu" and report["summary"]["fail"] == 0
+    failed = ["{}: expected {}, got {}".format(c["check"], c["expected"], c["got"])
+              for c in report["checks"] if c["status"] == "fail"]
+    assert code == 0 and not failed, failed
+    return report
+
+
+def test_doctor_json_passes_on_cpu(capsys):
+    report = doctor_json(capsys, "--vendor", "cpu")
+    assert report["vendor"] == "cpu"
     assert [c["check"] for c in report["checks"]] == list(CHECK_NAMES)
     statuses = {c["check"]: c["status"] for c in report["checks"]}
     assert statuses["collective_all_reduce"] == "pass" and statuses["device_memory_peak"] == "pass"
@@ -106,9 +116,8 @@ def test_simulated_metax_passes_both_front_ends(metax_machine, monkeypatch, caps
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * 2**30)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
-    assert main(["doctor", "--vendor", "metax", "--static", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["summary"]["fail"] == 0 and report["summary"]["pass"] >= 20
+    report = doctor_json(capsys, "--vendor", "metax", "--static")
+    assert report["summary"]["pass"] >= 20
     assert pytest.main(["--pyargs", "chipbench.conformance", "--vendor", "metax", "--static",
                         "-p", "no:cacheprovider", "-q"]) == 0
 
@@ -117,9 +126,7 @@ def test_simulated_cuda_passes_both_front_ends(tmp_path, monkeypatch, capsys):
     from tests.test_vendor_contract import simulate_cuda
 
     simulate_cuda(tmp_path, monkeypatch)
-    assert main(["doctor", "--vendor", "cuda", "--static", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["summary"]["fail"] == 0
+    report = doctor_json(capsys, "--vendor", "cuda", "--static")
     got = {c["check"]: c["got"] for c in report["checks"]}
     assert "cuda:0, cuda:1" in got["device_init_backend"]
     assert pytest.main(["--pyargs", "chipbench.conformance", "--vendor", "cuda", "--static",

@@ -478,25 +478,45 @@ def _min_call_time(fn: Callable[[], Any], calls: int = 20, samples: int = 25) ->
     return best
 
 
+TIMED_HOOK_LIMIT_S = 5e-5
+"""Hooks whose own call takes longer than this are not timed: a shared machine's noise in timing
+them would be larger than the 5 us being checked."""
+
+OVERHEAD_TRIES = 3
+"""A hook over the limit is timed again this many times in all; real overhead is there every time,
+a noisy neighbour is not."""
+
+
+def _added_us(facade_call: Callable[[], Any], direct_call: Callable[[], Any]) -> float:
+    """Microseconds the facade adds to one call: the best of interleaved rounds of each."""
+    via = own = float("inf")
+    for _ in range(5):  # interleaved, so a burst of load hits both sides alike
+        via = min(via, _min_call_time(facade_call, samples=5))
+        own = min(own, _min_call_time(direct_call, samples=5))
+    return (via - own) * 1e6
+
+
 def check_overhead(subject: Subject) -> str:
     """Each hook called through the facade costs < 5 us more than a direct call of the vendor's
-    function (hooks that themselves take over 0.2 ms are not timed: noise would swamp 5 us)."""
+    function (hooks that themselves take over 50 us are not timed: noise would swamp 5 us)."""
     facade = subject.facade
     added: Dict[str, float] = {}
     untimed = []
     for hook in DEVICE_HOOKS:
         kwargs = _hook_kwargs(subject, hook)
-        direct = subject.impl(hook)
-        start = time.perf_counter()
-        direct(**kwargs)
-        if time.perf_counter() - start > 2e-4:
+        direct = functools.partial(subject.impl(hook), **kwargs)
+        direct()  # the first call may load or cache what later calls reuse
+        if _min_call_time(direct, calls=2, samples=3) > TIMED_HOOK_LIMIT_S:
             untimed.append(hook)
             continue
-        via = _min_call_time(functools.partial(facade._call, hook, None, **kwargs))
-        own = _min_call_time(functools.partial(direct, **kwargs))
-        added[hook] = (via - own) * 1e6
+        via = functools.partial(facade._call, hook, None, **kwargs)
+        added[hook] = _added_us(via, direct)
+        for _ in range(OVERHEAD_TRIES - 1):
+            if added[hook] < OVERHEAD_LIMIT_US:
+                break
+            added[hook] = min(added[hook], _added_us(via, direct))
     if not added:
-        raise CheckSkipped("every hook takes over 0.2 ms")
+        raise CheckSkipped("every hook takes over {:.0f} us".format(TIMED_HOOK_LIMIT_S * 1e6))
     slow = {h: us for h, us in added.items() if us >= OVERHEAD_LIMIT_US}
     worst = max(added, key=lambda h: added[h])
     if slow:
