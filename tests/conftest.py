@@ -2,6 +2,7 @@
 run that tests share, simulated MetaX and CUDA machines."""
 
 import os
+import signal
 import stat
 import sys
 import types
@@ -23,6 +24,13 @@ TINY_DATA = ["--set", "data.synthetic.train_images={}".format(TINY_TRAIN_IMAGES)
              "--set", "model.max_size={}".format(TINY_SIZE)]
 # the shared finished run: two iterations of batch 4 (one epoch, evaluated), sampled every 0.2 s
 TINY_RUN_ITERS = 2
+
+
+def default_sigint() -> None:
+    """A child's ``preexec_fn``: Ctrl-C as a terminal delivers it. A shell that starts a job in
+    the background (``nohup ... &``) makes its children ignore SIGINT, and Python keeps an ignored
+    SIGINT ignored: a test that sends SIGINT would then see the run finish instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny(iterations: int = 1, *more: str) -> List[str]:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 import pytest
 
 from chipbench.cli import main
+from tests.conftest import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--vendor", "cpu", "--set", "data.synthetic.train_images=8",
@@ -382,13 +383,15 @@ ROWS = [
     Row("env-vendor-unavailable", RUN[:4], "vendor 'metax' is not available",
         env={"CHIPBENCH_VENDOR": "metax"}),
     # signals (subprocess)
+    # the signalled runs could go on for 500 epochs: the signal always finds them running
     Row("signal-sigterm-after-an-epoch", RUN + ["--set", "train.max_iters=0",
                                                 "--set", "data.synthetic.train_images=4",
-                                                "--set", "train.epochs=3"],
+                                                "--set", "train.epochs=500"],
         "interrupted (SIGTERM)", code=143, folder="interrupted", signal_after="epoch 0 recorded",
         check=epochs_kept),
-    Row("signal-sigint-before-training", RUN, "interrupted", code=130, folder="interrupted",
-        signal_after="worker pid"),
+    Row("signal-sigint-before-training", RUN + ["--set", "train.max_iters=0",
+                                                "--set", "train.epochs=500"],
+        "interrupted", code=130, folder="interrupted", signal_after="worker pid"),
 ]
 
 
@@ -438,7 +441,8 @@ def snapshot(folder: Path) -> Dict[str, str]:
 def run_with_signal(row: Row, args: List[str], env: Dict[str, str]) -> Any:
     full = dict(os.environ, **env)
     proc = subprocess.Popen([sys.executable, "-m", "chipbench"] + args, cwd=str(ROOT), env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     lines = []
     deadline = time.time() + 240
     for line in proc.stderr:

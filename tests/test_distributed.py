@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from chipbench.cli import main
-from tests.conftest import TINY_DATA
+from tests.conftest import TINY_DATA, default_sigint
 from tests.test_entry_points import write_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def core_process(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "chipbench", "run", "retinanet"] + list(args),
                             cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def finish(proc, timeout=600):
@@ -50,7 +50,7 @@ def start_long_two_worker_run(tmp_path):
     out = tmp_path / "run"
     proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
                         "--output", str(out), "--set", "train.max_iters=400",
-                        "--set", "run.log_every=1", *QUICK)
+                        "--set", "train.epochs=1000", "--set", "run.log_every=1", *QUICK)
     log = out / "logs" / "rank1.log"
     deadline = time.time() + 300
     while time.time() < deadline and "epoch 0 [2/" not in (log.read_text() if log.exists() else ""):

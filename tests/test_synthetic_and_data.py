@@ -149,6 +149,39 @@ def test_missing_and_corrupt_images(tmp_path):
         CocoDetection(*coco_paths(root, "train"), train=True)
 
 
+def test_decoder_reads_what_pil_reads_with_the_same_pixels(tmp_path):
+    """JPEG (colour, grey, CMYK), PNG under a .jpg name: the same uint8 RGB pixels as PIL; a JPEG
+    cut short or with a garbage body fails, and the data set names the file."""
+    import numpy as np
+
+    from chipbench.cases.retinanet.data import decode_image_file
+
+    rng = np.random.RandomState(0)
+    pixels = rng.randint(0, 256, size=(30, 40, 3)).astype(np.uint8)
+    files = {"colour.jpg": ("RGB", "JPEG"), "grey.jpg": ("L", "JPEG"),
+             "cmyk.jpg": ("CMYK", "JPEG"), "png.jpg": ("RGB", "PNG")}
+    for name, (mode, fmt) in files.items():
+        Image.fromarray(pixels).convert(mode).save(tmp_path / name, format=fmt, quality=90)
+        with Image.open(tmp_path / name) as image:
+            expected = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        got = decode_image_file(str(tmp_path / name))
+        assert got.dtype == torch.uint8 and got.shape == (3, 30, 40), name
+        assert (got.int() - expected.int()).abs().max() <= 1, name  # libjpeg builds may round
+    whole = (tmp_path / "colour.jpg").read_bytes()
+    for name, data in (("cut.jpg", whole[:len(whole) // 2]),
+                       ("body.jpg", whole[:20] + b"\x00" * 200)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(OSError):
+            decode_image_file(str(tmp_path / name))
+    images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}]
+    annotations = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0,
+                    "area": 25}]
+    root = tiny_coco(tmp_path / "coco", images, annotations)
+    (root / "train2017" / "a.jpg").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(UserError, match="a.jpg is unreadable"):
+        CocoDetection(*coco_paths(root, "train"), train=True)[0]
+
+
 def test_grouped_batches_cover_every_index_once():
     ratios = [0.5, 2.0, 1.0, 0.6, 1.9, 1.1, 0.7, 2.1, 1.0, 0.5, 0.55]
     groups = aspect_ratio_groups(ratios, 3)

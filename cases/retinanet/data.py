@@ -4,7 +4,9 @@ The same code reads real COCO2017 and the embedded synthetic set. Targets are co
 annotations (xywh boxes) to what torchvision's detection models take (xyxy ``boxes``, ``labels``),
 crowd boxes and boxes under 1 px dropped, as in torchvision's detection references. Where
 torchvision has the transforms-v2 dataset wrapper with ``target_keys`` (0.16 and later) it does the
-conversion and the flip; on torchvision 0.15 a small converter of our own does the same.
+conversion and the flip; on torchvision 0.15 a small converter of our own does the same. JPEG
+files are decoded with ``torchvision.io.decode_jpeg`` (1.4-1.7x PIL's images/s per loader worker,
+``benchmarks/dataloader.py``); other formats, and JPEGs it cannot decode, with PIL.
 """
 
 import contextlib
@@ -20,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torchvision
+from PIL import Image
 from torchvision.transforms import functional as F
 
 from chipbench.errors import UserError
@@ -27,6 +30,35 @@ from chipbench.errors import UserError
 SPLITS = ("train", "val")
 
 MIN_BOX_SIDE = 1.0
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_image_file(path: str) -> torch.Tensor:
+    """An image file as a uint8 RGB tensor ``[3, H, W]``: a JPEG through torchvision's
+    ``decode_jpeg`` where this torchvision has it; any other format, or a JPEG it refuses (CMYK on
+    older torchvision), through PIL. A file neither can read raises (the caller names it)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    decode_jpeg = getattr(torchvision.io, "decode_jpeg", None)
+    if data[:3] == JPEG_MAGIC and decode_jpeg is not None:
+        try:
+            with warnings.catch_warnings():  # 0.29 deprecates it in favour of TorchCodec
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                   mode=torchvision.io.ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # PIL decides: it reads more JPEG variants, and fails on truly corrupt files
+    with Image.open(io.BytesIO(data)) as image:
+        return F.pil_to_tensor(image.convert("RGB"))
+
+
+class _TensorImageCoco(torchvision.datasets.CocoDetection):
+    """torchvision's ``CocoDetection`` with images from :func:`decode_image_file` (what the
+    transforms-v2 wrapper reads through)."""
+
+    def _load_image(self, id: int) -> torch.Tensor:
+        return decode_image_file(os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"]))
 
 
 def transforms_v2_api() -> Optional[Tuple[Any, Any]]:
@@ -150,7 +182,7 @@ def _box_ok(bbox: Any, size: Optional[Tuple[float, float]]) -> bool:
         and inside_h >= MIN_BOX_SIDE
 
 
-class CocoDetection(torchvision.datasets.CocoDetection):
+class CocoDetection(_TensorImageCoco):
     """torchvision's ``CocoDetection`` returning (image tensor, detection target) pairs.
 
     ``train`` drops images without usable annotations and flips horizontally with probability
@@ -194,7 +226,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         self._v2: Any = None
         if api is not None:
             wrap, v2 = api
-            raw = torchvision.datasets.CocoDetection.__new__(torchvision.datasets.CocoDetection)
+            raw = _TensorImageCoco.__new__(_TensorImageCoco)
             raw.__dict__.update(root=self.root, coco=self.coco, ids=self.ids, transforms=None,
                                 transform=None, target_transform=None)
             self._v2 = wrap(raw, target_keys={"image_id", "boxes", "labels", "iscrowd"})
@@ -209,7 +241,6 @@ class CocoDetection(torchvision.datasets.CocoDetection):
             if self._v2 is not None:
                 return self._getitem_v2(index)
             image = self._load_image(image_id)
-            image.load()
         except UserError:
             raise
         except Exception as exc:
@@ -218,12 +249,13 @@ class CocoDetection(torchvision.datasets.CocoDetection):
                     os.path.join(self.root, self.coco.imgs[image_id]["file_name"]),
                     type(exc).__name__, exc),
                 "re-download it, or remove it from {}".format(self.annotation_file.name)) from None
-        target = convert_target(self._load_target(image_id), image_id, image.width, image.height)
-        tensor = F.to_tensor(image)
+        height, width = image.shape[-2:]
+        target = convert_target(self._load_target(image_id), image_id, width, height)
+        tensor = image.to(torch.float32).div_(255)
         if self.hflip and random.random() < self.hflip:
             tensor = tensor.flip(-1)
             boxes = target["boxes"].clone()
-            boxes[:, [0, 2]] = image.width - target["boxes"][:, [2, 0]]
+            boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
             target["boxes"] = boxes
         return tensor, target
 
@@ -231,7 +263,8 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         from torchvision import tv_tensors
 
         image, target = self._v2[index]
-        size = (image.height, image.width)
+        image = tv_tensors.Image(image)
+        size = tuple(image.shape[-2:])
         boxes = target.get("boxes")
         if boxes is None:  # the wrapper leaves out boxes of images without annotations
             boxes = torch.zeros((0, 4))
