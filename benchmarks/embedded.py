@@ -4,7 +4,8 @@ and where the wall time goes.
 Runs the command (or reads a finished run folder with ``--run-dir``) and splits its wall time:
 start-up (command start to the first training iteration, from rank 0's log), data (train time
 outside the synchronised forward + backward + step intervals), train (those intervals),
-evaluation, and report (everything after the last epoch: result, report.md, plots, exit).
+evaluation, checkpoint (each epoch's checkpoint and progress.json, from rank 0's log) and report
+(the rest: result, report.md, plots, exit).
 
     python benchmarks/embedded.py [--set key=value ...] [--run-dir runs/<run>] [--json out.json]
 
@@ -37,6 +38,21 @@ def first_training_line(run_dir: Path) -> Optional[float]:
     return None
 
 
+def checkpoint_seconds(run_dir: Path) -> float:
+    """Seconds between each epoch's ``epoch N done`` and ``epoch N recorded`` lines of rank 0:
+    writing the checkpoint and progress.json."""
+    done: Dict[str, float] = {}
+    total = 0.0
+    for line in (run_dir / "logs" / "rank0.log").read_text().splitlines():
+        words = line[24:].split()  # after the time stamp: rank0 epoch N done|recorded ...
+        if len(words) >= 4 and words[1] == "epoch" and words[3].rstrip(":") in ("done", "recorded"):
+            if words[3].startswith("done"):
+                done[words[2]] = log_time(line)
+            elif words[2] in done:
+                total += log_time(line) - done.pop(words[2])
+    return total
+
+
 def split(run_dir: Path, launched: Optional[float], wall: Optional[float]) -> Dict[str, Any]:
     """The wall split of a finished run (``launched``/``wall`` from outside, when we ran it)."""
     result = json.loads((run_dir / "result.json").read_text())
@@ -48,7 +64,8 @@ def split(run_dir: Path, launched: Optional[float], wall: Optional[float]) -> Di
         launched = started.timestamp()
     start_up = (first_training_line(run_dir) or launched) - launched
     train, core, evaluation = m["train_seconds"], m["core_seconds"], m["eval_seconds"]
-    parts = {"start-up": start_up, "data": train - core, "train": core, "eval": evaluation}
+    parts = {"start-up": start_up, "data": train - core, "train": core, "eval": evaluation,
+             "checkpoint": checkpoint_seconds(run_dir)}
     parts["report"] = max(0.0, wall - sum(parts.values()))
     epochs: List[Dict[str, Any]] = result.get("epochs", [])
     return {"status": result["status"], "converged": m.get("converged"), "mAP": m.get("mAP"),
