@@ -3,10 +3,10 @@
 Writes ``--images`` COCO-like JPEGs (640x480, quality 90, textured) to a temporary folder and
 times, in one process with one thread (what a DataLoader worker gets), two decoders over the same
 files: PIL (``Image.open().convert("RGB")`` + ``to_tensor``, what torchvision's CocoDetection does)
-and ``torchvision.io.decode_jpeg`` (file bytes -> uint8 tensor). Each is timed for the host path
-the case runs (decode, flip, float tensor, collate: the model resizes on the device) and with the
-resize to 800x1333 on the host as well. Prints images/s per worker and how many workers per device
-feed the published rates.
+and the case's ``decode_image_file`` (``torchvision.io.decode_jpeg`` for JPEGs). Each is timed for
+the host path the case runs (decode, flip, float tensor, collate: the model resizes on the
+device) and with the resize to 800x1333 on the host as well. Prints images/s per worker and how
+many workers per device feed the published rates.
 
     python benchmarks/dataloader.py [--images 300] [--batch 2] [--rounds 3]
 """
@@ -27,6 +27,8 @@ import torch
 import torchvision
 from PIL import Image
 from torchvision.transforms import functional as F
+
+from chipbench.cases.retinanet.data import decode_image_file
 
 PUBLISHED = {"A100 1x8": (164.0, 8)}
 """Published p_whole (img/s) and devices per node of the rates to feed; C500: to be measured."""
@@ -56,9 +58,8 @@ def load_pil(path: Path) -> torch.Tensor:
 
 
 def load_tv(path: Path) -> torch.Tensor:
-    data = torchvision.io.read_file(str(path))
-    image = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
-    return image.to(torch.float32).div_(255)
+    """The case's own decoder (``decode_jpeg`` for these JPEGs)."""
+    return decode_image_file(str(path)).to(torch.float32).div_(255)
 
 
 def resize(image: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from chipbench.device import Device
 from chipbench.manager import PluginHost
-from chipbench.metrics import reduce_ranks, throughput
+from chipbench.metrics import RunMeter, reduce_ranks, throughput
 
 PROGRESS_FILE = "progress.json"
 
@@ -87,6 +87,14 @@ class RunContext:
         reduced = reduce_ranks(self.all_gather(local))
         reduced.update(throughput(reduced))
         return reduced
+
+    def epoch_counters(self, meter: RunMeter) -> Dict[str, Any]:
+        """The epoch's figures over all ranks (:meth:`reduce_counters`): ``meter``'s counters, the
+        device allocator's peak and the monitor's summary."""
+        local = meter.state()
+        local["allocator_peak_bytes"] = self.facade.memory_peak(self.device)
+        local.update(self.monitor.summary() if self.monitor is not None else {})
+        return self.reduce_counters(local)
 
     # -- progress -----------------------------------------------------------------------------------
 

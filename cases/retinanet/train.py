@@ -225,10 +225,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             scores = evaluate(ctx, bare_model, val_set, val_loader, autocast)  # no DDP sync
             ctx.synchronize()
             meter.eval_seconds += time.perf_counter() - eval_start
-        counters = meter.state()
-        counters["allocator_peak_bytes"] = ctx.facade.memory_peak(ctx.device)
-        counters.update(ctx.monitor.summary() if ctx.monitor is not None else {})
-        metrics = ctx.reduce_counters(counters)
+        metrics = ctx.epoch_counters(meter)
         metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
                         "lr": stats["lr"]})
         metrics.update(scores)  # an epoch without evaluation has no mAP

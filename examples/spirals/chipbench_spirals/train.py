@@ -86,10 +86,7 @@ def _train(ctx: Any) -> Dict[str, Any]:
         accuracy = evaluate(ctx, bare, vx, vy)
         ctx.synchronize()
         meter.eval_seconds += time.perf_counter() - eval_start
-        counters = meter.state()
-        counters["allocator_peak_bytes"] = ctx.facade.memory_peak(ctx.device)
-        counters.update(ctx.monitor.summary() if ctx.monitor is not None else {})
-        metrics = ctx.reduce_counters(counters)
+        metrics = ctx.epoch_counters(meter)
         metrics.update({"epoch": epoch, "epochs": epoch + 1, "accuracy": accuracy,
                         "loss": sum(losses) / max(len(losses), 1),
                         "converged": accuracy >= cfg["target"]["accuracy"]})
