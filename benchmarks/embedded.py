@@ -71,7 +71,8 @@ def split(run_dir: Path, launched: Optional[float], wall: Optional[float]) -> Di
     return {"status": result["status"], "converged": m.get("converged"), "mAP": m.get("mAP"),
             "iterations": m.get("iterations"), "epochs": m.get("epochs"), "wall_s": wall,
             "e2e_time": m.get("e2e_time"), "p_core": m.get("p_core"), "p_train": m.get("p_train"),
-            "split_s": parts, "mAP_per_epoch": [round(e.get("mAP", 0.0), 4) for e in epochs],
+            "split_s": parts, "mAP_per_epoch": [round(e["mAP"], 4) if "mAP" in e else None
+                                               for e in epochs],  # None: not evaluated
             "fix_hp": m.get("fix_hp")}
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _case_setup import case_config, case_model, step_rate, synthetic_dir  # noqa: E402
 
 from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate  # noqa: E402
+from chipbench.cases.retinanet.engine import make_sgd  # noqa: E402
 from chipbench.plugins import cpu  # noqa: E402
 
 VARIANTS = {"fp32": (False, False), "bf16": (False, True), "channels_last": (True, False),
@@ -59,8 +60,8 @@ def main() -> int:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         models[name] = model
-        optimizers[name] = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
-                                           lr=0.01, momentum=0.9)
+        optimizers[name] = make_sgd([p for p in model.parameters() if p.requires_grad],
+                                    0.01, 0.9, 0.0001)
         variant_rate(model, optimizers[name], batches[:1], VARIANTS[name][1])  # warm-up
     rates: Dict[str, List[float]] = {name: [] for name in VARIANTS}
     for r in range(args.rounds):

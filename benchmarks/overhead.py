@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _case_setup import case_config, case_model, cpu_context, step_rate, synthetic_dir  # noqa: E402
 
-from chipbench.cases.retinanet.engine import train_one_epoch  # noqa: E402
+from chipbench.cases.retinanet.engine import make_sgd, train_one_epoch  # noqa: E402
 from chipbench.cases.retinanet.train import build_loaders  # noqa: E402
 from chipbench.metrics import RunMeter  # noqa: E402
 from chipbench.plugins import cpu  # noqa: E402
@@ -39,7 +39,7 @@ def case_round(model, optimizer, ctx, loader, iters: int, clip: float) -> Dict[s
     train_one_epoch(model, optimizer, loader, ctx.device, 0, meter,
                     lambda: cpu.device_synchronize(ctx.device), contextlib.nullcontext, None,
                     clip, None, ctx.log, ctx.config["run"]["log_every"], iters)
-    return {"p_core": meter.images / meter.core_seconds,
+    return {"p_core": meter.core_images / meter.core_seconds,
             "p_train": meter.images / meter.train_seconds}
 
 
@@ -62,8 +62,8 @@ def main() -> int:
     torch.manual_seed(0)
     model = case_model(config, max(train_set.coco.getCatIds()) + 1)
     train = config["train"]
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=train["lr"],
-                                momentum=train["momentum"], weight_decay=train["weight_decay"])
+    optimizer = make_sgd([p for p in model.parameters() if p.requires_grad], train["lr"],
+                         train["momentum"], train["weight_decay"])  # the case's own
     clip = train["clip_grad_norm"] or 1e9
     batches: List[Any] = []
     for batch in torch.utils.data.DataLoader(train_set, batch_size=train["batch_size"],

@@ -7,7 +7,11 @@ times taken from the slowest rank:
 
 - ``p_whole = images / (train + eval seconds)``
 - ``p_train = images / train seconds``
-- ``p_core  = images / core seconds``
+- ``p_core  = core images / core seconds``
+
+The core interval may be timed on every N-th iteration only (a case's choice: each timed interval
+makes the host wait for the device twice); ``core images`` are the images of the timed iterations,
+all of them when every iteration is timed.
 """
 
 from dataclasses import asdict, dataclass
@@ -29,17 +33,29 @@ class RunMeter:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     core_seconds: float = 0.0
+    core_images: int = 0
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "RunMeter":
+        """The meter :meth:`state` saved (one saved before ``core_images`` existed timed every
+        iteration)."""
+        state = dict(state)
+        state.setdefault("core_images", state.get("images", 0))
+        return cls(**state)
 
     def counting(self) -> bool:
         """Whether the current iteration counts towards throughput."""
         return self.seen_iterations >= self.skip_iters
 
-    def add_iteration(self, images: int, core_seconds: float) -> None:
-        """Record one training iteration of ``images`` images."""
+    def add_iteration(self, images: int, core_seconds: Optional[float]) -> None:
+        """Record one training iteration of ``images`` images; ``core_seconds`` is None when its
+        forward + backward + step was not timed."""
         if self.counting():
             self.iterations += 1
             self.images += images
-            self.core_seconds += core_seconds
+            if core_seconds is not None:
+                self.core_images += images
+                self.core_seconds += core_seconds
         self.seen_iterations += 1
 
     def state(self) -> Dict[str, Any]:
@@ -54,6 +70,8 @@ def reduce_ranks(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
     for key in MAXED:
         values = [r[key] for r in per_rank if r.get(key) is not None]
         reduced[key] = max(values) if values else None
+    # counters from before core_images existed timed every iteration
+    reduced["core_images"] = sum(int(r.get("core_images", r.get("images", 0))) for r in per_rank)
     reduced["whole_seconds"] = max(
         (r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in per_rank), default=0.0)
     reduced["ranks"] = len(per_rank)
@@ -83,7 +101,7 @@ def throughput(reduced: Dict[str, Any]) -> Dict[str, Optional[float]]:
     images = reduced["images"]
     return {"p_whole": _rate(images, reduced.get("whole_seconds")),
             "p_train": _rate(images, reduced.get("train_seconds")),
-            "p_core": _rate(images, reduced.get("core_seconds"))}
+            "p_core": _rate(reduced.get("core_images", images), reduced.get("core_seconds"))}
 
 
 def gib(value: Optional[float]) -> Optional[float]:

@@ -105,10 +105,10 @@ def fix_hp(case: Case, config: Config) -> str:
     """Every setting that differs from the case defaults: ``"bs=24, lr=0.04, model.min_size=128"``
     (the case's short names first, then the other keys by their dotted names). Settings that do
     not change what is trained, or that the report shows elsewhere, are left out: ``run.*``, the
-    data folder and loader plumbing, the embedded set's sizes (the data facts) and the precision
-    (its own column)."""
+    data folder and loader plumbing, the embedded set's sizes (the data facts), the precision
+    (its own column) and how often p_core is timed (the report's throughput note)."""
     not_hp = ("run.", "data.dir", "data.num_workers", "data.pin_memory", "data.synthetic.",
-              "train.precision")
+              "train.precision", "train.core_every")
     defaults = flatten(load_yaml(case.config_dir / "defaults.yaml"))
     current = flatten(config)
     keys = list(case.fix_hp_keys) + [k for k in current if k not in case.fix_hp_keys

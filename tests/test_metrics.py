@@ -34,3 +34,24 @@ def test_zero_time_gives_no_rate_and_mem_text():
     assert throughput({"images": 0, "train_seconds": 0.0})["p_train"] is None
     assert mem_text(37.5 * 2**30, 64 * 2**30) == "37.5/64.0"
     assert mem_text(None, None) == "/"
+
+
+def test_sampled_core_time_counts_only_the_timed_images():
+    meter = RunMeter()
+    for i in range(10):
+        meter.add_iteration(4, 0.5 if i % 5 == 0 else None)  # every 5th iteration timed
+    assert meter.images == 40 and meter.core_images == 8
+    assert meter.core_seconds == pytest.approx(1.0)
+    ranks = [meter.state(), dict(meter.state(), core_seconds=2.0)]
+    reduced = reduce_ranks(ranks)
+    assert reduced["images"] == 80 and reduced["core_images"] == 16
+    assert throughput(reduced)["p_core"] == pytest.approx(16 / 2.0)  # slowest rank's time
+
+
+def test_meter_saved_before_sampling_resumes_with_every_image_timed():
+    old = {"skip_iters": 0, "iterations": 3, "seen_iterations": 3, "images": 12,
+           "train_seconds": 2.0, "eval_seconds": 0.0, "core_seconds": 1.5}
+    meter = RunMeter.from_state(old)
+    assert meter.core_images == 12
+    meter.add_iteration(4, 0.5)
+    assert throughput(reduce_ranks([meter.state()]))["p_core"] == pytest.approx(16 / 2.0)

@@ -3,6 +3,7 @@
 Behaviour only; speed is measured in benchmarks/, never here.
 """
 
+import contextlib
 import types
 
 import pytest
@@ -90,3 +91,95 @@ def test_channels_last_and_auto_backend_are_config_defaults():
         config["data"]["num_workers"] = bad
         with pytest.raises(UserError, match="data.num_workers"):
             RetinaNetCase().validate(config, ["fp32"])
+
+
+def _sgd_pair():
+    """Two identical small models with the same gradients: torch's SGD and the case's."""
+    from chipbench.cases.retinanet.engine import make_sgd
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+              for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    plain = torch.optim.SGD(models[0].parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    case = make_sgd(models[1].parameters(), 0.1, 0.9, 1e-4)
+    return models, plain, case
+
+
+def test_case_sgd_makes_the_seeds_update():
+    models, plain, case = _sgd_pair()
+    for step in range(3):
+        for model, optimizer in zip(models, (plain, case)):
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 0.01 * (step + 1)) + p.detach()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+    moved = models[1][0].weight.detach() - _sgd_pair()[0][1][0].weight.detach()
+    assert moved.abs().max() > 1e-3  # the steps did something
+
+
+def test_optimizer_state_resumes_with_this_optimizers_implementation():
+    from chipbench.cases.retinanet.engine import load_optimizer_state
+
+    models, plain, case = _sgd_pair()
+    for model, optimizer in zip(models, (plain, case)):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    saved = case.state_dict()
+    saved["param_groups"][0]["fused"] = True  # saved where a fused kernel exists
+    saved["param_groups"][0]["foreach"] = True
+    implementation = {k: plain.param_groups[0].get(k) for k in ("fused", "foreach")}
+    load_optimizer_state(plain, saved)
+    assert {k: plain.param_groups[0].get(k) for k in ("fused", "foreach")} == implementation
+    assert plain.param_groups[0]["lr"] == 0.1 and len(plain.state) == len(case.state)
+    plain.step()  # still runs with its own implementation
+
+
+def test_evaluation_schedule():
+    from chipbench.cases.retinanet.train import evaluated_after
+
+    every = [n for n in range(1, 11) if evaluated_after(n, {"every": 1, "first_epoch": 1})]
+    assert every == list(range(1, 11))
+    assert [n for n in range(1, 11) if evaluated_after(n, {"every": 2, "first_epoch": 1})] == [
+        2, 4, 6, 8, 10]
+    assert [n for n in range(1, 11) if evaluated_after(n, {"every": 1, "first_epoch": 7})] == [
+        7, 8, 9, 10]
+    assert [n for n in range(1, 11) if evaluated_after(n, {"every": 3, "first_epoch": 4})] == [
+        6, 9]
+
+
+class _ToyDetector(torch.nn.Module):
+    """Takes (images, targets) and returns a loss dict, as torchvision's detectors do."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images, targets):
+        return {"loss": (self.scale * torch.stack(images)).square().mean()}
+
+
+@pytest.mark.parametrize("core_every, timed", [(1, 10), (4, 3), (5, 2), (20, 1)])
+def test_core_time_sampling_waits_for_the_device_only_on_timed_iterations(core_every, timed):
+    import logging
+
+    from chipbench.cases.retinanet.engine import train_one_epoch
+    from chipbench.metrics import RunMeter
+
+    model = _ToyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = [([torch.rand(3, 4, 4) for _ in range(2)], [{"labels": torch.zeros(1)}] * 2)
+              for _ in range(10)]
+    calls = []
+    meter = RunMeter()
+    stats = train_one_epoch(model, optimizer, loader, torch.device("cpu"), 0, meter,
+                            lambda: calls.append(meter.seen_iterations), contextlib.nullcontext,
+                            None, 0.0, None, logging.getLogger("test"), 3, 0,
+                            core_every=core_every)
+    assert stats["steps"] == 10 and meter.images == 20
+    assert meter.core_images == 2 * timed and meter.core_seconds > 0
+    assert len(calls) == 2 + 2 * timed  # epoch start, twice per timed iteration, epoch end
+    assert meter.train_seconds >= meter.core_seconds
+    assert model.scale.item() < 1.0  # it trained

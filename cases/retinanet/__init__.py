@@ -35,6 +35,8 @@ class RetinaNetCase(Case):
         train, data, synthetic = config["train"], config["data"], config["data"]["synthetic"]
         positive = {"train.batch_size": train["batch_size"], "train.lr": train["lr"],
                     "train.epochs": train["epochs"], "eval.every": config["eval"]["every"],
+                    "eval.first_epoch": config["eval"]["first_epoch"],
+                    "train.core_every": train["core_every"],
                     "eval.batch_size": config["eval"]["batch_size"],
                     "model.min_size": config["model"]["min_size"],
                     "model.max_size": config["model"]["max_size"],

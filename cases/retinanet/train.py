@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from chipbench.cases.retinanet import checkpoint
 from chipbench.cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
 from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate, data_facts
-from chipbench.cases.retinanet.engine import autocast_factory, make_grad_scaler, train_one_epoch
+from chipbench.cases.retinanet.engine import (
+    autocast_factory,
+    load_optimizer_state,
+    make_grad_scaler,
+    make_sgd,
+    train_one_epoch,
+)
 from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict, resolve_backend
 from chipbench.cases.retinanet.model import build_retinanet
 from chipbench.context import RunContext
@@ -126,6 +132,12 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def evaluated_after(epochs_done: int, eval_cfg: Dict[str, Any]) -> bool:
+    """Whether the schedule evaluates after ``epochs_done`` epochs (the last epoch is always
+    evaluated, by the caller): every ``eval.every`` epochs, none before ``eval.first_epoch``."""
+    return epochs_done >= eval_cfg["first_epoch"] and epochs_done % eval_cfg["every"] == 0
+
+
 def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     """The seed's recipe: SGD + warm-up + MultiStepLR, evaluation every epoch, stop at target."""
     cfg, train_cfg = ctx.config, ctx.config["train"]
@@ -159,8 +171,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         ids = [ctx.device.index] if ctx.device.type != "cpu" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
-                                weight_decay=train_cfg["weight_decay"])
+    optimizer = make_sgd(params, train_cfg["lr"], train_cfg["momentum"],
+                         train_cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train_cfg["lr_steps"],
                                                      gamma=train_cfg["lr_gamma"])
     precision = train_cfg["precision"]
@@ -175,11 +187,11 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         state = ctx.broadcast(state)
     if state is not None:
         bare_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        meter = RunMeter(**state["meter"])
+        meter = RunMeter.from_state(state["meter"])
         ctx.epochs = list(state["epochs"])
         set_rng_state(state["rng"][ctx.rank % len(state["rng"])])
         start_epoch = state["epoch"] + 1
@@ -214,11 +226,12 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         stats = train_one_epoch(model, optimizer, train_loader, ctx.device, epoch, meter,
                                 ctx.synchronize, autocast, scaler, train_cfg["clip_grad_norm"],
                                 warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"],
-                                bar=ctx.is_main and sys.stderr.isatty())
+                                bar=ctx.is_main and sys.stderr.isatty(),
+                                core_every=train_cfg["core_every"])
         scheduler.step()
         last_epoch = epoch + 1 == train_cfg["epochs"] or iterations_spent()
         scores: Dict[str, float] = {}
-        if (epoch + 1) % cfg["eval"]["every"] == 0 or last_epoch:
+        if evaluated_after(epoch + 1, cfg["eval"]) or last_epoch:
             phase("eval")
             ctx.synchronize()
             eval_start = time.perf_counter()
@@ -231,13 +244,19 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         metrics.update(scores)  # an epoch without evaluation has no mAP
         metrics.update(flops_figures(perf, metrics.get("p_core"), ctx.world_size))
         metrics["converged"] = bool(metrics.get("mAP", 0.0) >= target)
+        notes = []
         if train_cfg["throughput_skip_iters"]:
-            metrics["throughput_note"] = ("the first {} iterations are left out of p_whole, "
-                                          "p_train and p_core".format(
-                                              train_cfg["throughput_skip_iters"]))
-        ctx.log.info("epoch %d done: loss %.4f, mAP %.4f (target %.2f), %.1f img/s train, "
-                     "%.1f img/s core", epoch, stats["loss"], metrics.get("mAP", 0.0), target,
-                     metrics.get("p_train") or 0.0, metrics.get("p_core") or 0.0)
+            notes.append("the first {} iterations are left out of p_whole, p_train and "
+                         "p_core".format(train_cfg["throughput_skip_iters"]))
+        if train_cfg["core_every"] > 1:
+            notes.append("p_core is timed on every {}th iteration ({} of {} images)".format(
+                train_cfg["core_every"], metrics["core_images"], metrics["images"]))
+        if notes:
+            metrics["throughput_note"] = "; ".join(notes)
+        ctx.log.info("epoch %d done: loss %.4f, %s, %.1f img/s train, %.1f img/s core", epoch,
+                     stats["loss"], "mAP {:.4f} (target {:.2f})".format(metrics["mAP"], target)
+                     if "mAP" in metrics else "not evaluated", metrics.get("p_train") or 0.0,
+                     metrics.get("p_core") or 0.0)
         states = ctx.all_gather(rng_state())  # every rank's RNG; also the epoch-end meeting point
         if ctx.is_main and cfg["run"]["checkpoint"]:  # the checkpoint first, then the record of
             phase("checkpoint")                          # the epoch: they agree
