@@ -1,7 +1,5 @@
 """``python -m chipbench`` runs the ``core`` command (also installed as ``chipbench``)."""
 
-import sys
+from chipbench.cli import console_main
 
-from chipbench.cli import main
-
-sys.exit(main())
+console_main()

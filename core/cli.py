@@ -23,6 +23,7 @@ from chipbench.errors import (
     interrupt_exit_code,
     user_os_error,
 )
+from chipbench.exiting import exit_now
 
 if TYPE_CHECKING:
     from chipbench.device import Device
@@ -323,8 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console_main() -> None:
+    """The ``core`` and ``chipbench`` console scripts (and ``python -m chipbench``): :func:`main`,
+    then a quick exit (:func:`chipbench.exiting.exit_now`)."""
+    exit_now(main())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``core`` console script; returns the exit code."""
+    """The ``core`` command; returns the exit code."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     previous = interrupt_on_sigterm()
     try:

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 from chipbench.context import RunContext
 from chipbench.errors import ChipbenchError, RunFailed, UserError, is_allocation_failure, user_os_error
+from chipbench.exiting import exit_now
 
 SPEC_FILE = "spec.json"
 TRACE = logging.getLogger("chipbench.trace")
@@ -148,4 +149,4 @@ def _failed(run_dir: Path, rank: int, exc: BaseException) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # torchrun waits for every worker: skip the interpreter's slow teardown

@@ -157,3 +157,29 @@ def test_broken_annotation_json_via_cli(tmp_path, capsys):
                  str(tmp_path / "run"), "--set", "model.backbone_weights=none"])
     err = capsys.readouterr().err
     assert code == 2 and "instances_val2017.json is not valid JSON" in err
+
+
+def test_quick_exit_keeps_what_a_normal_exit_would_write(tmp_path):
+    """exit_now (the console scripts' exit): threads joined, atexit handlers run, buffered
+    output flushed to a pipe, the exit code kept."""
+    log = tmp_path / "log.txt"
+    script = (
+        "import atexit, logging, sys, threading, time\n"
+        "from chipbench.exiting import exit_now\n"
+        "logging.basicConfig(filename={!r}, level=logging.INFO)\n"
+        "atexit.register(lambda: sys.stdout.write(' atexit'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), sys.stdout.write(' thread'))).start()\n"
+        "logging.info('logged')\n"
+        "sys.stdout.write('buffered')\n"
+        "exit_now(3)\n").format(str(log))
+    proc = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered thread atexit"
+    assert "logged" in log.read_text()
+
+
+def test_console_script_exit_code_and_output_through_a_pipe():
+    proc = run_core("vendors")
+    assert proc.returncode == 0 and "cpu" in proc.stdout, proc.stderr
+    assert_one_line_error(run_core("run", "retinanet", "--vendor", "nosuchchip"), "unknown vendor")

@@ -69,7 +69,7 @@ def test_distribution_installs_chipbench_only():
         assert top_level.split() == ["chipbench"]
     assert top_level_names(dist) == {"chipbench"}
     scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
-    assert scripts == {"core": "chipbench.cli:main", "chipbench": "chipbench.cli:main"}
+    assert scripts == {"core": "chipbench.cli:console_main", "chipbench": "chipbench.cli:console_main"}
 
 
 def test_public_surface():
