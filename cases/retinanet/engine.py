@@ -35,6 +35,7 @@ def make_grad_scaler(facade: Any, device: torch.device, precision: str) -> Optio
 
 OPTIMIZER_IMPLEMENTATION = ("fused", "foreach")
 """Settings of a torch optimizer that choose its implementation, not its arithmetic."""
+_ABSENT = object()
 
 
 def make_sgd(params: Iterable[torch.nn.Parameter], lr: float, momentum: float,
@@ -54,11 +55,15 @@ def make_sgd(params: Iterable[torch.nn.Parameter], lr: float, momentum: float,
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
     """Load a checkpoint's optimizer ``state`` but keep this optimizer's implementation
     (fused/foreach): a run resumes on a torch or device without the kernel it was saved with."""
-    kept = [{k: group[k] for k in OPTIMIZER_IMPLEMENTATION if k in group}
+    kept = [{k: group.get(k, _ABSENT) for k in OPTIMIZER_IMPLEMENTATION}
             for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, implementation in zip(optimizer.param_groups, kept):
-        group.update(implementation)
+        for key, value in implementation.items():
+            if value is _ABSENT:  # a setting this torch's optimizer does not know
+                group.pop(key, None)
+            else:
+                group[key] = value
 
 
 def progress_bar(epoch: int, step: int, total: int, loss: float, images_per_s: float) -> str:
