@@ -196,9 +196,40 @@ def versions() -> Dict[str, str]:
     return found
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGINT")
+"""How torchrun (and a user) stops workers: a rank that died of these is stopped, not a cause."""
+
+
+def _torchrun_failures(summary: str) -> List[Dict[str, str]]:
+    """The entries (``rank``, ``exitcode``, ``time``, ``traceback``) of a torchrun failure
+    summary, in the order it lists them (``Failures`` first, the ``Root Cause`` last)."""
+    entries = []
+    for block in re.split(r"^\s*\[\d+\]:\s*$", summary, flags=re.MULTILINE)[1:]:
+        fields = {}
+        for key in ("rank", "exitcode", "time", "traceback"):
+            match = re.search(r"^\s*{}\s*:\s*(.+)$".format(key), block, re.MULTILINE)
+            if match:
+                fields[key] = match.group(1).strip()
+        if fields:
+            entries.append(fields)
+    return entries
+
+
+def _killed(entry: Dict[str, str]) -> bool:
+    """Whether a failure entry's rank was killed by a signal other than a stop signal."""
+    return entry.get("traceback", "").startswith("Signal") and not any(
+        name in entry.get("exitcode", "") for name in STOP_SIGNALS)
+
+
 def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:
-    """Why torchrun failed, as one line: the "Root Cause" of its failure summary, else the last
-    exception line of its log (a rendezvous timeout, say), else ''."""
+    """Why torchrun failed, as one line: the rank its failure summary blames, else the last
+    exception line of its log (a rendezvous timeout, say), else ''.
+
+    torchrun's "Root Cause" is the failure it *observed* first, a race: when one rank is killed
+    (SIGKILL from the OOM killer or a user, a crash), the others fail in their next collective and
+    may exit before torchrun notices the kill. A rank killed by a signal no later than the
+    observed root cause is therefore the cause (the other ranks' errors are echoes); ranks that
+    torchrun itself stopped (SIGTERM) are not."""
     try:
         with open(log_file, "rb") as handle:
             handle.seek(offset)
@@ -212,17 +243,19 @@ def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:
             return ""
         kind, message = errors[-1]
         return "torchrun failed: {}: {}".format(kind, message.strip())
-    section = text.rsplit("Root Cause", 1)[1]
-    fields = {}
-    for key in ("rank", "exitcode", "traceback"):
-        match = re.search(r"^\s*{}\s*:\s*(.+)$".format(key), section, re.MULTILINE)
-        if match:
-            fields[key] = match.group(1).strip()
-    if not fields:
+    before, root_section = text.rsplit("Root Cause", 1)
+    roots = _torchrun_failures(root_section)
+    if not roots:
         return ""
+    root = roots[0]
+    listed = before.rsplit("Failures:", 1)[1] if "Failures:" in before else ""
+    if not _killed(root):
+        killed = [entry for entry in _torchrun_failures(listed) if _killed(entry)
+                  and entry.get("time", "") <= root.get("time", "~")]
+        root = killed[0] if killed else root
     return "rank {} died (exit code {}{})".format(
-        fields.get("rank", "?").split(" ")[0], fields.get("exitcode", "?").split(" ")[0],
-        ": " + fields["traceback"] if fields.get("traceback", "").startswith("Signal") else "")
+        root.get("rank", "?").split(" ")[0], root.get("exitcode", "?").split(" ")[0],
+        ": " + root["traceback"] if root.get("traceback", "").startswith("Signal") else "")
 
 
 def worker_errors(run_dir: Path) -> List[str]:

@@ -214,6 +214,52 @@ def test_torchrun_root_cause_is_one_line(tmp_path):
     assert torchrun_root_cause(tmp_path / "missing.log") == ""
 
 
+SUMMARY = """\
+    chipbench.worker FAILED
+    ------------------------------------------------------------
+    Failures:
+    [1]:
+      time      : {other_time}
+      host      : localhost
+      rank      : 1 (local_rank: 1)
+      exitcode  : {other_code}
+      error_file: <N/A>
+      traceback : {other_traceback}
+    ------------------------------------------------------------
+    Root Cause (first observed failure):
+    [0]:
+      time      : 2026-11-30_10:59:43
+      host      : localhost
+      rank      : 0 (local_rank: 0)
+      exitcode  : 1 (pid: 27465)
+      error_file: <N/A>
+      traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+    """
+
+
+@pytest.mark.parametrize("other_time, other_code, other_traceback, expected", [
+    # rank 1 was killed; rank 0's collective failed and it exited before torchrun saw the kill
+    ("2026-11-30_10:59:43", "-9 (pid: 27466)  (SIGKILL)", "Signal 9 (SIGKILL) received by PID 27466",
+     "rank 1 died (exit code -9: Signal 9 (SIGKILL) received by PID 27466)"),
+    ("2026-11-30_10:59:42", "-11 (pid: 27466)  (SIGSEGV)",
+     "Signal 11 (SIGSEGV) received by PID 27466",
+     "rank 1 died (exit code -11: Signal 11 (SIGSEGV) received by PID 27466)"),
+    # rank 0 failed first: torchrun stopped rank 1 (SIGTERM), or killed it much later
+    ("2026-11-30_10:59:44", "-15 (pid: 27466)  (SIGTERM)",
+     "Signal 15 (SIGTERM) received by PID 27466", "rank 0 died (exit code 1)"),
+    ("2026-11-30_11:00:14", "-9 (pid: 27466)  (SIGKILL)", "Signal 9 (SIGKILL) received by PID 27466",
+     "rank 0 died (exit code 1)"),
+])
+def test_torchrun_root_cause_blames_the_killed_rank_not_its_echo(tmp_path, other_time, other_code,
+                                                                 other_traceback, expected):
+    from chipbench.runner import torchrun_root_cause
+
+    log = tmp_path / "torchrun.log"
+    log.write_text(textwrap.dedent(SUMMARY.format(other_time=other_time, other_code=other_code,
+                                                  other_traceback=other_traceback)))
+    assert torchrun_root_cause(log) == expected
+
+
 @pytest.mark.distributed
 @pytest.mark.oldstack_skip
 def test_node_that_never_joins_fails_after_join_timeout(tmp_path, tiny_data):
