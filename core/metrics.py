@@ -9,7 +9,7 @@ times taken from the slowest rank:
 - ``p_train = images / train seconds``
 - ``p_core  = core images / core seconds``
 
-The core interval may be timed on every N-th iteration only (a case's choice: each timed interval
+The core interval may be timed on 1 in N iterations only (a case's choice: each timed interval
 makes the host wait for the device twice); ``core images`` are the images of the timed iterations,
 all of them when every iteration is timed.
 """

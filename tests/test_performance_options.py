@@ -162,11 +162,26 @@ class _ToyDetector(torch.nn.Module):
         return {"loss": (self.scale * torch.stack(images)).square().mean()}
 
 
-@pytest.mark.parametrize("core_every, timed", [(1, 10), (4, 3), (5, 2), (20, 1)])
-def test_core_time_sampling_waits_for_the_device_only_on_timed_iterations(core_every, timed):
+def test_timed_iterations_are_one_in_n_and_not_in_step_with_epochs():
+    from chipbench.cases.retinanet.engine import timed_iteration
+
+    assert all(timed_iteration(i, 1) for i in range(100))
+    for every, epoch_length in ((10, 15), (5, 15), (4, 8)):
+        timed = [i for i in range(30000) if timed_iteration(i, every)]
+        assert abs(len(timed) / 30000 - 1 / every) < 0.1 / every
+        places = [sum(1 for i in timed if i % epoch_length == p) for p in range(epoch_length)]
+        assert min(places) > 0.7 * max(places), places  # every place in the epoch, evenly
+    assert [timed_iteration(i, 4) for i in range(50)] == [timed_iteration(i, 4)
+                                                          for i in range(50)]  # on every rank
+
+
+@pytest.mark.parametrize("core_every", [1, 2, 4, 20])
+def test_core_time_sampling_waits_for_the_device_only_on_timed_iterations(core_every):
     import logging
 
-    from chipbench.cases.retinanet.engine import train_one_epoch
+    from chipbench.cases.retinanet.engine import timed_iteration, train_one_epoch
+
+    timed = sum(timed_iteration(i, core_every) for i in range(10))
     from chipbench.metrics import RunMeter
 
     model = _ToyDetector()
@@ -180,7 +195,7 @@ def test_core_time_sampling_waits_for_the_device_only_on_timed_iterations(core_e
                             None, 0.0, None, logging.getLogger("test"), 3, 0,
                             core_every=core_every)
     assert stats["steps"] == 10 and meter.images == 20
-    assert meter.core_images == 2 * timed and meter.core_seconds > 0
+    assert meter.core_images == 2 * timed and (meter.core_seconds > 0) == (timed > 0)
     assert len(calls) == 2 + 2 * timed  # epoch start, twice per timed iteration, epoch end
     assert meter.train_seconds >= meter.core_seconds
     assert model.scale.item() < 1.0  # it trained

@@ -7,6 +7,7 @@ by the vendor's synchronize hook (``core`` time), on every iteration or every ``
 
 import contextlib
 import math
+import random
 import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Optional
@@ -66,6 +67,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]
                 group[key] = value
 
 
+def timed_iteration(index: int, every: int) -> bool:
+    """Whether the run's iteration ``index`` (from 0) is one of the 1 in ``every`` whose core time
+    is measured: all of them when ``every`` is 1; else a pseudo-random choice fixed by the index,
+    the same on every rank. Not every N-th: that would fall on the same places of each epoch
+    (its last, partial batch, say) whenever the epoch's length shares a factor with N."""
+    return every <= 1 or random.Random(index).randrange(every) == 0
+
+
 def progress_bar(epoch: int, step: int, total: int, loss: float, images_per_s: float) -> str:
     """One line of the progress bar: ``epoch 3 [#####.....] 8/15 loss 0.8123 11.2 img/s``."""
     filled = int(20 * step / max(total, 1))
@@ -81,7 +90,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
                     core_every: int = 1) -> Dict[str, float]:
     """Train ``model`` for one epoch; returns the mean loss and the last learning rate.
 
-    The forward + backward + step of every ``core_every``-th iteration (counted over the run) is
+    The forward + backward + step of one in ``core_every`` iterations (:func:`timed_iteration`) is
     timed as core time, between two calls of ``synchronize``; the other iterations never wait for
     the device, so the host queues their work while the device runs. The loss is summed on the
     device and read back every ``log_every`` iterations and at the end of the epoch, where a
@@ -98,7 +107,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
     for images, targets in loader:
         if max_iters and meter.seen_iterations >= max_iters:
             break
-        timed = meter.seen_iterations % core_every == 0
+        timed = timed_iteration(meter.seen_iterations, core_every)
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         if timed:

@@ -249,7 +249,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             notes.append("the first {} iterations are left out of p_whole, p_train and "
                          "p_core".format(train_cfg["throughput_skip_iters"]))
         if train_cfg["core_every"] > 1:
-            notes.append("p_core is timed on every {}th iteration ({} of {} images)".format(
+            notes.append("p_core is timed on 1 in {} iterations ({} of {} images)".format(
                 train_cfg["core_every"], metrics["core_images"], metrics["images"]))
         if notes:
             metrics["throughput_note"] = "; ".join(notes)
