@@ -36,7 +36,6 @@ def make_grad_scaler(facade: Any, device: torch.device, precision: str) -> Optio
 
 OPTIMIZER_IMPLEMENTATION = ("fused", "foreach")
 """Settings of a torch optimizer that choose its implementation, not its arithmetic."""
-_ABSENT = object()
 
 
 def make_sgd(params: Iterable[torch.nn.Parameter], lr: float, momentum: float,
@@ -56,15 +55,15 @@ def make_sgd(params: Iterable[torch.nn.Parameter], lr: float, momentum: float,
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
     """Load a checkpoint's optimizer ``state`` but keep this optimizer's implementation
     (fused/foreach): a run resumes on a torch or device without the kernel it was saved with."""
-    kept = [{k: group.get(k, _ABSENT) for k in OPTIMIZER_IMPLEMENTATION}
+    kept = [{k: group[k] for k in OPTIMIZER_IMPLEMENTATION if k in group}
             for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, implementation in zip(optimizer.param_groups, kept):
-        for key, value in implementation.items():
-            if value is _ABSENT:  # a setting this torch's optimizer does not know
-                group.pop(key, None)
+        for key in OPTIMIZER_IMPLEMENTATION:  # one this torch's optimizer lacks is dropped
+            if key in implementation:
+                group[key] = implementation[key]
             else:
-                group[key] = value
+                group.pop(key, None)
 
 
 def timed_iteration(index: int, every: int) -> bool:
