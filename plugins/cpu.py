@@ -101,7 +101,34 @@ def visible_devices_env() -> str:
 
 @hookimpl
 def supported_precisions() -> List[str]:
-    return ["fp32", "bf16"]
+    return ["fp32"] + (["bf16"] if bf16_kernel_error() is None else [])
+
+
+_bf16_kernel_errors: Dict[str, Optional[str]] = {}
+
+
+def bf16_kernel_error() -> Optional[str]:
+    """None where this torch trains a convolution in bf16 autocast on this CPU, else the kernels'
+    error, once per process.
+
+    torch 2.0's oneDNN has no bf16 convolution on a CPU without AVX-512 ("could not create a
+    primitive descriptor" in the first forward); the probe finds that before a run starts, with
+    the global RNG state left as it was.
+    """
+    if "error" not in _bf16_kernel_errors:
+        import torch
+
+        error = None
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            try:
+                conv = torch.nn.Conv2d(3, 4, 3)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = conv(torch.randn(1, 3, 8, 8))
+                out.float().sum().backward()
+            except RuntimeError as exc:
+                error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _bf16_kernel_errors["error"] = error
+    return _bf16_kernel_errors["error"]
 
 
 def cpu_model() -> str:
@@ -125,7 +152,7 @@ def environment_report() -> Dict[str, Any]:
         "device_model": cpu_model(),
         "device_count": 1,
         "cpu_cores": os.cpu_count(),
-        "cpu_bf16": bf16_support(),
+        "cpu_bf16": bf16_support() if bf16_kernel_error() is None else bf16_unsupported(),
         "device_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
     })
     return report
@@ -154,6 +181,14 @@ def bf16_support(cpuinfo: str = "/proc/cpuinfo") -> str:
         return "native ({})".format(", ".join(native))
     return ("emulated: this CPU lacks {}, so bf16 training may be slower than fp32 "
             "(benchmarks/fast_paths.py measures it)".format(" and ".join(BF16_FLAGS)))
+
+
+def bf16_unsupported() -> str:
+    """Why bf16 is not offered on this CPU, with the fix."""
+    import torch
+
+    return ("unsupported: torch {}'s CPU kernels cannot train a bf16 convolution here ({}); "
+            "train in fp32, or use a newer torch".format(torch.__version__, bf16_kernel_error()))
 
 
 THREADS_ENV = "CHIPBENCH_CPU_THREADS"

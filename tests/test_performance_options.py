@@ -79,6 +79,32 @@ def test_bf16_support_names_native_units_or_warns(tmp_path):
     assert "cpu_bf16" in cpu.environment_report()
 
 
+def test_bf16_is_offered_only_where_its_kernels_run(monkeypatch, capsys, tmp_path):
+    """A torch whose CPU kernels cannot train a bf16 convolution here (torch 2.0 without AVX-512)
+    offers fp32 only, says why in the report, and a bf16 run is refused before it starts."""
+    from chipbench.cli import main
+
+    assert cpu.bf16_kernel_error() is None or "bf16" not in cpu.supported_precisions()
+    monkeypatch.setitem(cpu._bf16_kernel_errors, "error", "could not create a primitive descriptor")
+    assert cpu.supported_precisions() == ["fp32"]
+    report = cpu.environment_report()["cpu_bf16"]
+    assert report.startswith("unsupported") and "primitive descriptor" in report
+    assert "fp32" in report and torch.__version__ in report
+    out = tmp_path / "run"
+    assert main(["run", "retinanet", "--vendor", "cpu", "--precision", "bf16",
+                 "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: precision bf16 is not supported") and "use one of fp32" in err
+    assert not out.exists()
+
+
+def test_bf16_probe_keeps_the_random_state():
+    state = torch.get_rng_state()
+    cpu._bf16_kernel_errors.clear()
+    cpu.bf16_kernel_error()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_channels_last_and_auto_backend_are_config_defaults():
     from chipbench.cases.retinanet import RetinaNetCase
     from chipbench.config import load_yaml

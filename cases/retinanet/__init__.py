@@ -77,8 +77,9 @@ class RetinaNetCase(Case):
             raise UserError("unknown precision '{}'".format(precision),
                             "use one of {}".format(", ".join(PRECISIONS)))
         if precision not in precisions:
-            raise UserError("precision {} is not supported by this vendor".format(precision),
-                            "use one of {}".format(", ".join(precisions)))
+            raise UserError("precision {} is not supported by this vendor on this machine".format(
+                precision), "use one of {} (`core info` shows the vendor's report)".format(
+                ", ".join(precisions)))
 
     def prepare(self, config: Config) -> Dict[str, Any]:
         from chipbench.cases.retinanet.data import check_data_dir
