@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional
 
 from chipbench import __version__
 from chipbench.errors import (
+    EXIT_PIPE_CLOSED,
     EXIT_USER_ERROR,
     ChipbenchError,
     Interrupted,
@@ -216,13 +219,18 @@ def refuse_with_resume(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare run folders: the seed's table with ratios and the fairness warnings."""
-    from chipbench.compare import as_json, as_text, comparison, write_charts
+    from chipbench.compare import as_json, as_text, comparison, metric_of, write_charts
 
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise UserError("--plots {} is a file".format(args.plots),
+                        "give a folder for the charts (it is created if missing)")
     runs, baseline, rows, warnings = comparison(args.runs, args.baseline)
     if args.json:
-        print(json.dumps(as_json(runs, baseline, rows, warnings), indent=2, default=str))
+        print(json.dumps(as_json(runs, baseline, rows, warnings), indent=2, default=str,
+                         allow_nan=False))
     else:
-        print(as_text(rows, warnings, markdown=args.markdown))
+        print(as_text(rows, warnings, markdown=args.markdown,
+                      metric=metric_of(baseline.result)))
     if args.plots:
         for path in write_charts(runs, args.plots):
             _print_err("chart: {}".format(path))
@@ -316,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (copies work)")
     compare.add_argument("--baseline", metavar="RUN_DIR", help="the run the ratios are against "
                                                               "(default: the first)")
-    compare.add_argument("--markdown", action="store_true", help="print a paste-ready table")
-    compare.add_argument("--json", action="store_true", help="print JSON")
+    form = compare.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true", help="print a paste-ready table")
+    form.add_argument("--json", action="store_true", help="print JSON")
     compare.add_argument("--plots", metavar="DIR", help="write SVG charts (p_core per run, loss "
                                                        "and mAP curves, monitor timelines) there")
     compare.set_defaults(func=cmd_compare)
@@ -350,6 +359,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         _print_err("interrupted" + (" (SIGTERM)" if isinstance(exc, Interrupted)
                                     and exc.signum == signal.SIGTERM else ""))
         return interrupt_exit_code(exc)
+    except BrokenPipeError:  # the reader went away (`core compare ... | head`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (captured)
+            pass
+        return EXIT_PIPE_CLOSED
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             traceback.print_exc()

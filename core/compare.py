@@ -6,6 +6,7 @@ folders copied from other machines compare as well as local ones.
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +17,72 @@ RATIO_COLUMNS = (("p_whole", "p_whole x"), ("p_train", "p_train x"), ("p_core", 
                  ("e2e_time", "e2e_time x"), ("mem_used_peak_bytes", "mem x"))
 MAP_COLUMN = "mAP diff"
 COLUMNS = PERF_COLUMNS + tuple(c for _, c in RATIO_COLUMNS) + (MAP_COLUMN,)
+"""The columns of a comparison of a case whose target metric is mAP; other cases show their own
+metric in its place (:func:`columns_for`)."""
+
+STATUSES = ("running", "finished", "failed", "interrupted")
+NUMBER_METRICS = ("p_whole", "p_train", "p_core", "e2e_time", "mem_used_peak_bytes",
+                  "mem_total_bytes", "images", "iterations", "epochs", "train_seconds",
+                  "eval_seconds")
+"""Metrics the comparison computes with: each None or a finite number >= 0."""
+OPTIONAL_FIELDS: Dict[str, Tuple[type, ...]] = {
+    "row_label": (str,), "precision": (str,), "fix_hp": (str,), "target_metric": (str,),
+    "sample_unit": (str,), "error": (str,), "general": (dict,), "versions": (dict,),
+    "topology": (dict,), "hardware": (dict,), "config": (dict,), "data": (dict,),
+    "epochs": (list,), "target": (int, float)}
+"""Fields of result.json the comparison reads, with their types (each may also be absent or
+null)."""
+FIX_RESULT = "restore the result.json that `core run` wrote, or leave that run out"
+
+
+def check_result(result: Dict[str, Any], file: Path) -> None:
+    """Refuse, in one line naming the file and the field, a result.json that `core run` did not
+    write as it stands (hand-edited, truncated to another file's shape, or another file)."""
+    def bad(field: str, value: Any, expected: str) -> UserError:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return UserError("{}: {} is {}, not {}".format(file, field, shown, expected), FIX_RESULT)
+
+    if not isinstance(result.get("case"), str) or "status" not in result \
+            or "metrics" not in result:
+        raise UserError("{} is not a chipbench result (no case, status and metrics)".format(file),
+                        "give run folders written by `core run`, or their result.json")
+    if result["status"] not in STATUSES:
+        raise bad("status", result["status"], "one of " + ", ".join(STATUSES))
+    for field, kinds in OPTIONAL_FIELDS.items():
+        value = result.get(field)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise bad(field, value, "a " + " or ".join(k.__name__ for k in kinds))
+    metrics = result["metrics"]
+    if not isinstance(metrics, dict):
+        raise bad("metrics", metrics, "a dict")
+    target = result.get("target")
+    if target is not None and not math.isfinite(target):
+        raise bad("target", target, "a finite number")
+    metric = result.get("target_metric") or "mAP"
+    for key in NUMBER_METRICS + (metric,):
+        value = metrics.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise bad("metrics." + key, value, "a finite number >= 0")
+    if metrics.get("converged") is not None and not isinstance(metrics["converged"], bool):
+        raise bad("metrics.converged", metrics["converged"], "true or false")
+    rows = (result.get("general") or {}).get("rows", [])
+    if not isinstance(rows, list) or not all(isinstance(r, (list, tuple)) and len(r) == 3
+                                             for r in rows):
+        raise bad("general.rows", rows, "a list of [indicator, value, note] rows")
+    if not all(isinstance(e, dict) for e in result.get("epochs") or []):
+        raise bad("epochs", result.get("epochs"), "a list of per-epoch dicts")
+
+
+def metric_of(result: Dict[str, Any]) -> str:
+    """The case's target metric ("mAP", "accuracy", ...)."""
+    return result.get("target_metric") or "mAP"
+
+
+def columns_for(metric: str) -> Tuple[str, ...]:
+    """The comparison's columns, with ``metric`` where the seed shows mAP."""
+    return tuple(metric if c == "mAP" else "{} diff".format(metric) if c == MAP_COLUMN else c
+                 for c in COLUMNS)
 
 
 class RunFolder:
@@ -41,8 +108,11 @@ class RunFolder:
 
 
 def load_run(path: str) -> RunFolder:
-    """Read ``result.json`` of a run folder (or the file itself)."""
+    """Read and check ``result.json`` of a run folder (or the file itself)."""
     folder = Path(path)
+    if not folder.exists():
+        raise UserError("{} does not exist".format(path),
+                        "give run folders written by `core run` (copy the whole folder)")
     file = folder if folder.is_file() else folder / "result.json"
     try:
         with open(file) as handle:
@@ -56,16 +126,29 @@ def load_run(path: str) -> RunFolder:
     if not isinstance(result, dict):
         raise UserError("{} is not a chipbench result".format(file),
                         "give run folders written by `core run`")
+    check_result(result, file)
     return RunFolder(file.parent, result)
 
 
 def label_runs(runs: List[RunFolder]) -> None:
-    """Runs that share a row label get their folder name added, so every row can be told apart."""
+    """Runs that share a row label get their folder added (as much of its path as tells them
+    apart), so every row can be told apart."""
+    def base(run: RunFolder) -> str:
+        return run.result.get("row_label") or run.path.name
+
     for run in runs:
-        same = [r for r in runs if (r.result.get("row_label") or r.path.name) ==
-                (run.result.get("row_label") or run.path.name)]
-        if len(same) > 1:
-            run.label = "{} [{}]".format(run.result.get("row_label") or "?", run.path.name)
+        same = [r for r in runs if base(r) == base(run)]
+        if len(same) < 2:
+            continue
+        depth = 1
+        while depth < len(run.path.resolve().parts) and len(
+                {_tail(r.path, depth) for r in same}) < len(same):
+            depth += 1
+        run.label = "{} [{}]".format(run.result.get("row_label") or "?", _tail(run.path, depth))
+
+
+def _tail(path: Path, depth: int) -> str:
+    return "/".join(path.resolve().parts[-depth:])
 
 
 def _get(config: Dict[str, Any], dotted: str) -> Any:
@@ -88,9 +171,10 @@ def dataset_fact(result: Dict[str, Any]) -> str:
         return "{} ({} train / {} val images)".format(name, data.get("train_images"),
                                                      data.get("val_images"))
     if _get(config, "data.dir") is None and _get(config, "data.synthetic") is not None:
-        return "{} ({} train / {} val images, {} px)".format(
+        return "{} ({} train / {} val images, {} px, seed {})".format(
             name, _get(config, "data.synthetic.train_images"),
-            _get(config, "data.synthetic.val_images"), _get(config, "data.synthetic.image_size"))
+            _get(config, "data.synthetic.val_images"), _get(config, "data.synthetic.image_size"),
+            _get(config, "data.synthetic.seed"))
     return name
 
 
@@ -108,11 +192,17 @@ def facts(result: Dict[str, Any]) -> Dict[str, Any]:
         "backbone weights": _get(config, "model.backbone_weights"),
         "image size": "min {} / max {}".format(_get(config, "model.min_size"),
                                                _get(config, "model.max_size")),
-        "evaluation backend": (result.get("metrics") or {}).get("eval_backend")
-        or _get(config, "eval.backend"),
-        "target mAP": result.get("target"),
+        "evaluation backend": (result.get("metrics") or {}).get("eval_backend"),
+        "target": result.get("target"),
+        "hyper-parameters (fix_hp)": result.get("fix_hp"),
+        "iteration cap (train.max_iters)": _get(config, "train.max_iters"),
         "chipbench version": versions.get("chipbench"),
     }
+
+
+SKIP_WHEN_MISSING = ("evaluation backend",)
+"""Facts a run records only once it got that far (a run stopped before its first evaluation has
+no backend): compared only where both runs have them."""
 
 
 def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[str]:
@@ -125,6 +215,8 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
             continue
         mine = facts(run.result)
         for name, value in mine.items():
+            if name in SKIP_WHEN_MISSING and (value is None or base[name] is None):
+                continue
             if value != base[name] and not (value is None and base[name] is None):
                 warnings.append("different {}: {} has {}, baseline {} has {}".format(
                     name, run.label, _show(value), baseline.label, _show(base[name])))
@@ -134,8 +226,9 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
             warnings.append("{} did not finish (status {}{}): its figures are partial".format(
                 run.label, status, ": " + run.result["error"] if run.result.get("error") else ""))
         elif not run.metrics.get("converged"):
-            warnings.append("{} did not converge (mAP {} < target {}): its time to target is "
-                            "not known".format(run.label, _show(run.metrics.get("mAP")),
+            metric = metric_of(run.result)
+            warnings.append("{} did not converge ({} {} < target {}): its time to target is "
+                            "not known".format(run.label, metric, _show(run.metrics.get(metric)),
                                                _show(run.result.get("target"))))
     return warnings
 
@@ -163,9 +256,11 @@ def compare_rows(runs: Sequence[RunFolder], baseline: RunFolder) -> List[Dict[st
         row["config"] = run.label + (" (baseline)" if run is baseline else "")
         for key, column in RATIO_COLUMNS:
             row[column] = _ratio(run.metrics.get(key), base.get(key))
-        mine, theirs = run.metrics.get("mAP"), base.get("mAP")
-        row[MAP_COLUMN] = ("{:+.4f}".format(mine - theirs) if isinstance(mine, (int, float))
-                           and isinstance(theirs, (int, float)) else "/")
+        metric = metric_of(run.result)
+        mine, theirs = run.metrics.get(metric), base.get(metric)
+        row["{} diff".format(metric)] = ("{:+.4f}".format(mine - theirs)
+                                         if isinstance(mine, (int, float))
+                                         and isinstance(theirs, (int, float)) else "/")
         rows.append(row)
     return rows
 
@@ -175,7 +270,8 @@ def comparison(paths: Sequence[str], baseline_path: Optional[str] = None
     """Load the runs (the baseline first when it is given apart) and compare them."""
     if not paths:
         raise UserError("core compare needs at least one run folder", "core compare RUN_DIR...")
-    runs = [load_run(p) for p in paths]
+    given = list(paths)
+    runs = [load_run(p) for p in given]
     baseline = runs[0]
     if baseline_path:
         wanted = Path(baseline_path).resolve()
@@ -186,6 +282,18 @@ def comparison(paths: Sequence[str], baseline_path: Optional[str] = None
         else:
             baseline = load_run(baseline_path)
             runs.insert(0, baseline)
+            given.insert(0, baseline_path)
+    seen: Dict[Path, str] = {}
+    for run, name in zip(runs, given):
+        if run.path.resolve() in seen:
+            raise UserError("run {} is given twice ({} and {})".format(
+                run.path, seen[run.path.resolve()], name), "give each run folder once")
+        seen[run.path.resolve()] = name
+    cases = sorted({r.result["case"] for r in runs})
+    if len(cases) > 1:
+        raise UserError("these runs are of different cases ({}): their throughputs count "
+                        "different things".format(", ".join(cases)),
+                        "compare runs of one case at a time")
     label_runs(runs)
     return runs, baseline, compare_rows(runs, baseline), fairness_warnings(runs, baseline)
 
@@ -193,18 +301,33 @@ def comparison(paths: Sequence[str], baseline_path: Optional[str] = None
 def as_json(runs: Sequence[RunFolder], baseline: RunFolder, rows: List[Dict[str, str]],
             warnings: List[str]) -> Dict[str, Any]:
     """The comparison as data: rows as shown, raw metrics, warnings."""
-    return {"baseline": baseline.label, "warnings": warnings, "columns": list(COLUMNS),
-            "runs": [{"label": r.label, "run_dir": str(r.path), "status": r.result.get("status"),
-                      "row": row, "metrics": r.metrics, "facts": facts(r.result)}
-                     for r, row in zip(runs, rows)]}
+    return finite({
+        "baseline": baseline.label, "warnings": warnings,
+        "columns": list(columns_for(metric_of(baseline.result))),
+        "runs": [{"label": r.label, "run_dir": str(r.path), "status": r.result.get("status"),
+                  "row": row, "metrics": r.metrics, "facts": facts(r.result)}
+                 for r, row in zip(runs, rows)]})
 
 
-def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = False) -> str:
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, so that it is strict JSON (jq, browsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = False,
+            metric: str = "mAP") -> str:
     """The table (terminal or Markdown) followed by the fairness warnings, loudly."""
+    columns = columns_for(metric)
     if markdown:
-        lines = [markdown_table(rows, COLUMNS), ""]
+        lines = [markdown_table(rows, columns), ""]
     else:  # fix_hp is long: listed under the table
-        lines = [text_table(rows, [c for c in COLUMNS if c != "fix_hp"]), ""]
+        lines = [text_table(rows, [c for c in columns if c != "fix_hp"]), ""]
         lines += ["fix_hp of {}: {}".format(row["config"], row["fix_hp"]) for row in rows]
         lines.append("")
     if warnings:
@@ -213,9 +336,9 @@ def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = Fa
         lines.append(head)
         lines += ["{} {}".format("-" if markdown else "  !", w) for w in warnings]
     else:
-        lines.append("No fairness warnings: same data set, precision, batch size, epochs, "
-                     "weights, image size, evaluation backend and versions; every run finished "
-                     "and converged.")
+        lines.append("No fairness warnings: same data set, precision, hyper-parameters, "
+                     "epochs, weights, image size, evaluation backend and versions; every run "
+                     "finished and converged.")
     return "\n".join(lines)
 
 
@@ -229,7 +352,8 @@ def write_charts(runs: Sequence[RunFolder], folder: Any) -> List[Path]:
     written = [folder / "compare-p_core.svg", folder / "compare-curves.svg"]
     written[0].write_text(bar_chart("p_core per run", [r.chart_label for r in runs],
                                     [r.metrics.get("p_core") for r in runs],
-                                    "p_core (images/s, all devices)"))
+                                    "p_core ({}/s, all devices)".format(
+                                        runs[0].result.get("sample_unit") or "images")))
     written[1].write_text(epochs_chart([(r.chart_label, r.result.get("epochs") or [])
                                         for r in runs],
                                        runs[0].result.get("target"),

@@ -7,6 +7,8 @@ from typing import Optional
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141
+"""The output's reader went away (``core compare ... | head``): 128 + SIGPIPE, as shell tools."""
 """Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)."""
 
 

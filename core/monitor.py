@@ -9,6 +9,7 @@ the summary (``monitor_failures``), and the report names the figures it cost.
 """
 
 import json
+import math
 import sys
 import threading
 import time
@@ -180,18 +181,29 @@ class DeviceMonitor:
 
 
 def read_samples(path: Path) -> List[Dict[str, Any]]:
-    """The samples of one monitor file (unreadable lines skipped)."""
+    """The samples of one monitor file: unreadable lines and lines without a numeric ``time`` are
+    skipped, and so are values that are neither text nor a finite number (a hand-edited or
+    truncated file still charts)."""
     samples = []
     try:
         lines = Path(path).read_text().splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return []
     for line in lines:
         try:
-            samples.append(json.loads(line))
+            sample = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(sample, dict) or not _finite_number(sample.get("time")):
+            continue
+        samples.append({k: v for k, v in sample.items()
+                        if isinstance(v, str) or _finite_number(v)})
     return samples
+
+
+def _finite_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 SUMMARY_FIELDS = (("util_percent", "util", "%", 1.0), ("power_w", "power", "W", 1.0),

@@ -156,7 +156,8 @@ def run_facts_lines(result: Dict[str, Any]) -> List[str]:
     metrics = result.get("metrics") or {}
     evaluation = config.get("eval") or {}
     train = config.get("train") or {}
-    evals = sum(1 for e in result.get("epochs", []) if e.get("mAP") is not None)
+    metric = result.get("target_metric", "mAP")
+    evals = sum(1 for e in result.get("epochs", []) if e.get(metric) is not None)
     return ["- evaluation backend: {}; evaluation time: {} s over {} evaluation(s)".format(
                 _fmt(metrics.get("eval_backend") or evaluation.get("backend")),
                 _fmt(metrics.get("eval_seconds"), 1), evals),

@@ -127,3 +127,149 @@ def test_broken_result_json_is_a_user_error(tmp_path, capsys, broken):
     (path / "result.json").write_text(broken)
     code, _, err = run_compare([path], capsys)
     assert code == 2 and "error: " in err
+
+
+def _set(data, dotted, value):
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    if value is DROP:
+        del node[parts[-1]]
+    else:
+        node[parts[-1]] = value
+
+
+DROP = object()
+CORRUPT = [  # (id, dotted field, value, fragment of the one line)
+    ("metrics-null", "metrics", None, "metrics is None, not a dict"),
+    ("metrics-list", "metrics", [1, 2], "metrics is [1, 2], not a dict"),
+    ("general-text", "general", "x", "general is 'x', not a dict"),
+    ("general-rows", "general", {"rows": [1, 2]}, "general.rows is [1, 2]"),
+    ("versions-text", "versions", "0.2.0", "versions is '0.2.0'"),
+    ("label-number", "row_label", 5, "row_label is 5, not a str"),
+    ("precision-number", "precision", 16, "precision is 16"),
+    ("fix-hp-list", "fix_hp", ["bs=4"], "fix_hp is ['bs=4']"),
+    ("topology-text", "topology", "1x8", "topology is '1x8'"),
+    ("hardware-text", "hardware", "A100", "hardware is 'A100'"),
+    ("mem-text", "metrics.mem_used_peak_bytes", "1G", "metrics.mem_used_peak_bytes is '1G'"),
+    ("p-core-text", "metrics.p_core", "7.68", "metrics.p_core is '7.68'"),
+    ("p-core-nan", "metrics.p_core", float("nan"), "metrics.p_core is nan"),
+    ("p-core-inf", "metrics.p_core", float("inf"), "metrics.p_core is inf"),
+    ("p-core-negative", "metrics.p_core", -1.0, "metrics.p_core is -1.0"),
+    ("p-core-bool", "metrics.p_core", True, "metrics.p_core is True"),
+    ("map-text", "metrics.mAP", "0.5", "metrics.mAP is '0.5'"),
+    ("epochs-text", "metrics.epochs", "x", "metrics.epochs is 'x'"),
+    ("converged-text", "metrics.converged", "yes", "metrics.converged is 'yes'"),
+    ("epoch-list-text", "epochs", "x", "epochs is 'x'"),
+    ("status-unknown", "status", "done", "status is 'done'"),
+    ("target-text", "target", "0.35", "target is '0.35'"),
+    ("no-case", "case", DROP, "is not a chipbench result"),
+    ("no-metrics", "metrics", DROP, "is not a chipbench result"),
+]
+
+
+@pytest.mark.parametrize("field, value, fragment", [c[1:] for c in CORRUPT],
+                         ids=[c[0] for c in CORRUPT])
+@pytest.mark.parametrize("form", ["text", "--markdown", "--json", "--plots"])
+def test_a_hand_edited_result_is_one_line_naming_the_field(tmp_path, capsys, field, value,
+                                                           fragment, form):
+    good = folder(tmp_path, "good", result())
+    data = result()
+    _set(data, field, value)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "result.json").write_text(json.dumps(data))  # NaN/Infinity as Python writes them
+    extra = {"text": [], "--plots": ["--plots", tmp_path / "charts"]}.get(form, [form])
+    code, out, err = run_compare([good, bad] + extra, capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert fragment in err and str(bad / "result.json") in err
+
+
+def test_other_run_files_are_not_results(tmp_path, capsys):
+    good = folder(tmp_path, "good", result())
+    for name, data in (("spec.json", {"case": "retinanet", "vendor": "cpu", "config": {}}),
+                       ("progress.json", {"final": True, "epochs": [], "metrics": {}}),
+                       ("empty.json", {})):
+        (tmp_path / name).write_text(json.dumps(data))
+        code, _, err = run_compare([good, tmp_path / name], capsys)
+        assert code == 2 and "is not a chipbench result" in err, (name, err)
+    code, _, err = run_compare([good, tmp_path / "missing"], capsys)
+    assert code == 2 and "missing does not exist" in err
+
+
+def test_the_same_run_twice_and_runs_of_different_cases_are_refused(tmp_path, capsys):
+    a = folder(tmp_path, "a", result())
+    code, _, err = run_compare([a, tmp_path / "." / "a" / "result.json"], capsys)
+    assert code == 2 and "is given twice" in err
+    other = result()
+    other.update(case="spirals", target_metric="accuracy", sample_unit="samples")
+    b = folder(tmp_path, "b", other)
+    code, out, err = run_compare([a, b], capsys)
+    assert code == 2 and out == "" and "different cases (retinanet, spirals)" in err
+
+
+def test_a_case_with_another_metric_is_compared_on_it(tmp_path, capsys):
+    def spirals(accuracy, lr):
+        data = result()
+        del data["metrics"]["mAP"]
+        data.update(case="spirals", target_metric="accuracy", sample_unit="samples", target=0.9,
+                    fix_hp="bs=64, lr={}".format(lr))
+        data["metrics"].update(accuracy=accuracy, converged=accuracy >= 0.9)
+        return data
+
+    a = folder(tmp_path, "a", spirals(0.95, 0.1))
+    b = folder(tmp_path, "b", spirals(0.85, 0.2))
+    code, out, _ = run_compare([a, b], capsys)
+    assert code == 0
+    header = [line for line in out.splitlines() if line.startswith("config")][0]
+    assert "accuracy" in header and "accuracy diff" in header and "mAP" not in header
+    assert "-0.1000" in out and "did not converge (accuracy 0.85 < target 0.9)" in out
+    assert "different hyper-parameters (fix_hp)" in out  # lr 0.2 against 0.1
+    code, out, _ = run_compare([a, b, "--json"], capsys)
+    assert json.loads(out)["columns"][7] == "accuracy"
+
+
+def test_json_is_strict_and_a_closed_pipe_is_quiet(tmp_path, capsys):
+    data = result()
+    data["epochs"][0]["loss"] = float("nan")  # a real run's diverged epoch
+    a = folder(tmp_path, "a", data)
+    b = folder(tmp_path, "b", result())
+    code, out, _ = run_compare([a, b, "--json"], capsys)
+    assert code == 0 and "NaN" not in out
+    json.loads(out, parse_constant=lambda name: pytest.fail("non-strict JSON " + name))
+    code, _, err = run_compare([a, b, "--json", "--markdown"], capsys)
+    assert code == 2 and "not allowed with argument" in err
+    plots_file = tmp_path / "file.svg"
+    plots_file.write_text("")
+    code, out, err = run_compare([a, b, "--plots", plots_file], capsys)
+    assert code == 2 and out == "" and "is a file" in err
+
+
+def test_a_closed_pipe_ends_compare_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    a = folder(tmp_path, "a", result())
+    b = folder(tmp_path, "b", result())
+    proc = subprocess.run("{} -m chipbench compare {} {} | head -c 10".format(
+        sys.executable, a, b), shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, timeout=60)
+    assert "error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_folders_of_one_name_are_told_apart_and_an_unevaluated_run_is_not_a_backend_change(
+        tmp_path, capsys):
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    a = folder(tmp_path / "m1", "run", result())
+    stopped = result(status="interrupted")
+    stopped["metrics"].pop("mAP")
+    b = folder(tmp_path / "m2", "run", stopped)
+    a_data = json.loads((a / "result.json").read_text())
+    a_data["metrics"]["eval_backend"] = "faster_coco_eval"
+    (a / "result.json").write_text(json.dumps(a_data))
+    code, out, _ = run_compare([a, b], capsys)
+    assert code == 0 and "[m1/run]" in out and "[m2/run]" in out
+    assert "evaluation backend" not in out
