@@ -9,7 +9,9 @@ A case is named by its bare name (``retinanet``), by the documented spelling ``c
 an existing folder that is a registered case's package; anything else is a one-line error.
 """
 
+import functools
 import importlib
+import math
 import os
 import pkgutil
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from chipbench.config import Config
-from chipbench.errors import PluginError, UserError
+from chipbench.errors import ChipbenchError, PluginError, UserError, is_allocation_failure
 
 
 class Case:
@@ -92,6 +94,83 @@ def _case_of(obj: Any) -> Case:
     return case
 
 
+CASE_METHODS = ("overlays", "validate", "prepare", "general_rows", "precision", "target", "run")
+"""The methods the runner and the workers call; an outside case's are guarded."""
+
+
+def contract_problem(case: Case) -> str:
+    """What keeps ``case`` from being run at all ("" when nothing): no ``run()``, no config folder
+    with a ``defaults.yaml``."""
+    if type(case).run is Case.run:
+        return "it does not define run()"
+    folder = Path(case.config_dir)
+    if not folder.is_absolute():
+        return "its config_dir '{}' is not an absolute path (set it from __file__)".format(folder)
+    if not (folder / "defaults.yaml").is_file():
+        return "its config_dir {} holds no defaults.yaml".format(folder)
+    return ""
+
+
+def guard_case(case: Case, origin: str) -> Case:
+    """Make a failure inside an outside case's method a one-line :class:`PluginError` naming the
+    case and the method (an expected chipbench error, an interruption or an allocation failure
+    passes as it is)."""
+    if getattr(case, "_chipbench_guarded", False):
+        return case
+    for name in CASE_METHODS:
+        setattr(case, name, _guarded(case, name, getattr(case, name), origin))
+    case._chipbench_guarded = True  # type: ignore[attr-defined]
+    return case
+
+
+def _guarded(case: Case, name: str, method: Any, origin: str) -> Any:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (ChipbenchError, MemoryError):
+            raise
+        except Exception as exc:
+            if name == "run" and is_allocation_failure(exc):
+                raise
+            raise PluginError("case '{}' failed in {}(): {}".format(case.name, name,
+                                                                  _describe(exc)),
+                              "fix the case or report it to its authors ({})".format(origin)
+                              ) from exc
+    return call
+
+
+NUMBER_METRICS = ("p_whole", "p_train", "p_core", "images", "core_images", "iterations",
+                  "epochs", "train_seconds", "eval_seconds", "core_seconds",
+                  "mem_used_peak_bytes", "mem_total_bytes", "allocator_peak_bytes")
+"""Metrics a run reports as counts, times, rates or sizes: each None or a finite number >= 0."""
+
+
+def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
+    """The final metrics ``case.run`` returned, checked; ``converged`` is set here, as the case's
+    metric reaching ``target`` (where both are numbers). A case that returns something else is a
+    one-line :class:`PluginError` naming the case and the metric."""
+    fix = "fix the case's run(): it returns a dict of finite numbers (see README, Writing a case)"
+    if not isinstance(metrics, dict):
+        raise PluginError("case '{}' returned {} from run(), not a dict of metrics".format(
+            case.name, type(metrics).__name__), fix)
+    for key in NUMBER_METRICS + (case.metric_name,):
+        value = metrics.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or (value < 0 and key != case.metric_name):
+            raise PluginError("case '{}' returned {} = {!r} from run()".format(
+                case.name, key, value), fix)
+    value = metrics.get(case.metric_name)
+    if isinstance(value, (int, float)) and isinstance(target, (int, float)) \
+            and not isinstance(target, bool):
+        metrics = dict(metrics, converged=value >= target)
+    else:
+        metrics = dict(metrics, converged=bool(metrics.get("converged") is True))
+    return metrics
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return "{}: {}".format(type(exc).__name__, text[0]) if text else type(exc).__name__
@@ -121,7 +200,13 @@ def discover_cases() -> List[CaseRecord]:
             records.append(CaseRecord(case.name, origin, error="case name '{}' is already "
                                       "taken".format(case.name)))
             continue
+        problem = contract_problem(case)
+        if problem:
+            records.append(CaseRecord(case.name, origin, error=problem))
+            continue
         taken.add(case.name)
+        if origin != "built-in":
+            guard_case(case, origin)
         records.append(CaseRecord(case.name, origin, case=case))
     return records
 

@@ -8,6 +8,7 @@ key set twice. Every number must be finite (no NaN, no inf).
 
 import copy
 import math
+import reprlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -34,6 +35,8 @@ class StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged by the base class
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
@@ -55,6 +58,9 @@ def load_yaml(path: Path) -> Config:
     except OSError as exc:
         raise UserError("cannot read config {} ({})".format(path, exc.strerror),
                         "check the path") from None
+    except UnicodeDecodeError as exc:
+        raise UserError("config {} is not UTF-8 text (byte {} is {:#04x})".format(
+            path, exc.start, exc.object[exc.start]), "give a YAML text file") from None
     except DuplicateKeyError as exc:
         raise UserError("config {} sets key {!r} twice (line {})".format(
             path, exc.key, exc.problem_mark.line + 1),
@@ -73,9 +79,22 @@ def load_yaml(path: Path) -> Config:
     return data
 
 
+SHOWN = reprlib.Repr()
+SHOWN.maxstring, SHOWN.maxother, SHOWN.maxlist, SHOWN.maxdict, SHOWN.maxlevel = 60, 60, 6, 6, 3
+SHOWN.maxlong = 40
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a readable length (a YAML alias nest can expand to gigabytes)."""
+    text = SHOWN.repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True
+    if default is None:
+        return True  # a null default takes anything: the case checks such keys
+    if value is None:
+        return False
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -107,17 +126,25 @@ def merge(base: Config, layer: Config, source: str, schema: Optional[Config] = N
             continue
         if not _type_ok(default, value):
             raise UserError(
-                "config key '{}' in {} must be {}, not {!r}".format(
-                    dotted, source, _type_name(default), value),
+                "config key '{}' in {} must be {}, not {}".format(
+                    dotted, source, _type_name(default), shown(value)),
                 "fix the value")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT
+               for v in items):
+            raise UserError("config key '{}' in {} is out of range: {}".format(
+                dotted, source, shown(value)), "give a value below 2**63")
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)
-        items = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in items):
             raise UserError("config key '{}' in {} must be a finite number, not {}".format(
-                dotted, source, value), "give a finite value")
+                dotted, source, shown(value)), "give a finite value")
         merged[key] = value
     return merged
+
+
+MAX_INT = 2**63 - 1
+"""The largest integer a config may hold (torch and numpy take 64-bit integers)."""
 
 
 def _type_name(default: Any) -> str:
@@ -141,8 +168,11 @@ def parse_set(items: Iterable[str]) -> Config:
                             "write it as --set train.lr=0.02")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""  # noqa: S506
+        except DuplicateKeyError as exc:
+            raise UserError("--set {} sets key {!r} twice".format(shown(item), exc.key),
+                            "keep one of them") from None
+        except (yaml.YAMLError, ValueError):  # not YAML, or an integer of thousands of digits
             value = raw
         value = _number_or_same(value)
         node = layer

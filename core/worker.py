@@ -50,7 +50,7 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     """Run the case of ``run_dir`` on this process's rank and return its final metrics."""
     import json
 
-    from chipbench.case import load_case
+    from chipbench.case import checked_metrics, load_case
     from chipbench.monitor import DeviceMonitor
 
     run_dir = Path(run_dir)
@@ -91,6 +91,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
             if not is_allocation_failure(exc):
                 raise
             raise allocation_error(case, spec["config"], exc) from None
+        if ctx.is_main:
+            metrics = checked_metrics(case, metrics, spec_target(case, spec["config"]))
         ctx.save_progress(final=True, metrics=metrics)
         return metrics
     finally:
@@ -100,6 +102,14 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def spec_target(case: Any, config: Dict[str, Any]) -> Any:
+    """The case's target for ``config`` (None where the case has none or cannot say)."""
+    try:
+        return case.target(config)
+    except ChipbenchError:
+        return None
 
 
 def allocation_error(case: Any, config: Dict[str, Any], exc: BaseException) -> UserError:

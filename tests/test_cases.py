@@ -182,3 +182,120 @@ def test_outside_case_with_two_processes(tmp_path):
     assert run_spirals(tmp_path / "run", "--nproc-per-node", "2") == 0
     result = check_spirals_result(tmp_path / "run", ranks=2)
     assert result["topology"]["nproc_per_node"] == 2
+
+
+FLAWED = '''
+import math
+from pathlib import Path
+
+from chipbench.case import Case
+
+HERE = Path(__file__).resolve().parent / "flawed_configs"
+
+
+class Flawed(Case):
+    config_dir = HERE
+    metric_name = "score"
+    returns = None
+
+    def target(self, config):
+        return config["target"]["score"]
+
+    def run(self, ctx):
+        return dict(self.returns, p_train=1.0, images=4, epochs=1)
+
+
+def make(name, **attrs):
+    return type(name, (Flawed,), dict(attrs, name=name))()
+
+
+def no_run_method():
+    return type("NoRun", (Case,), {"name": "flaw_norun", "config_dir": HERE})()
+
+
+def raising(exc):
+    def method(*args, **kwargs):
+        raise exc
+    return method
+
+
+def listing(self, ctx):
+    return [("score", 1.0)]
+
+
+norun = no_run_method()
+noconfig = make("flaw_noconfig", config_dir=Path("."))
+validate = make("flaw_validate", validate=raising(ValueError("hidden must be even")))
+prepare = make("flaw_prepare", prepare=raising(ZeroDivisionError("division by zero")))
+run = make("flaw_run", run=raising(KeyError("r2_missing")))
+memtext = make("flaw_memtext", returns={"score": 0.5, "mem_used_peak_bytes": "1G"})
+inf = make("flaw_inf", returns={"score": 0.5, "p_core": math.inf})
+nan = make("flaw_nan", returns={"score": math.nan})
+notdict = make("flaw_notdict", run=listing)
+boast = make("flaw_boast", returns={"score": 0.1, "converged": True})
+'''
+
+
+@pytest.fixture
+def flawed_cases(tmp_path, monkeypatch):
+    """Outside cases with the mistakes case authors make, registered through entry points."""
+    site = tmp_path / "site"
+    info = site / "flawed_cases-0.1.dist-info"
+    configs = site / "flawed_configs"
+    configs.mkdir(parents=True)
+    info.mkdir()
+    (configs / "defaults.yaml").write_text(
+        "train: {precision: fp32}\ntarget: {score: 0.9}\n"
+        "run: {monitor_interval_s: 1.0, timeout_s: 60}\n")
+    (site / "flawed_cases.py").write_text(FLAWED)
+    names = ["norun", "noconfig", "validate", "prepare", "run", "memtext", "inf", "nan",
+             "notdict", "boast"]
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flawed-cases\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[chipbench.cases]\n" + "".join(
+        "flaw_{0} = flawed_cases:{0}\n".format(n) for n in names))
+    monkeypatch.syspath_prepend(str(site))
+    return tmp_path
+
+
+def test_a_case_that_cannot_run_is_listed_broken(flawed_cases, capsys):
+    assert main(["cases", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["flaw_norun"]["status"] == "broken"
+    assert rows["flaw_norun"]["title"] == "it does not define run()"
+    assert rows["flaw_noconfig"]["status"] == "broken"
+    assert "config_dir '.' is not an absolute path" in rows["flaw_noconfig"]["title"]
+    assert rows["flaw_boast"]["status"] == "ok"
+    assert main(["run", "flaw_norun", "--vendor", "cpu"]) == 2
+    assert "does not define run()" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, fragment, recorded", [
+    ("validate", "failed in validate(): ValueError: hidden must be even", False),
+    ("prepare", "failed in prepare(): ZeroDivisionError: division by zero", True),
+    ("run", "failed in run(): KeyError: 'r2_missing'", True),
+    ("memtext", "returned mem_used_peak_bytes = '1G' from run()", True),
+    ("inf", "returned p_core = inf from run()", True),
+    ("nan", "returned score = nan from run()", True),
+    ("notdict", "returned list from run(), not a dict of metrics", True),
+])
+def test_a_failing_case_is_one_line_naming_it_and_the_run_says_failed(
+        flawed_cases, capsys, name, fragment, recorded):
+    out = flawed_cases / "run"
+    assert main(["run", "flaw_" + name, "--vendor", "cpu", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: case 'flaw_{}' ".format(name)) and fragment in err[-1]
+    assert "flawed-cases" in err[-1] or "returned" in err[-1]  # the package to fix, or the key
+    assert not any("Traceback" in line for line in err)
+    if recorded:
+        result = json.loads((out / "result.json").read_text())
+        assert result["status"] == "failed" and fragment in result["error"]
+        assert (out / "report.md").is_file()
+    else:
+        assert not out.exists()
+
+
+def test_converged_is_the_metric_reaching_the_target_not_the_case_s_word(flawed_cases, capsys):
+    out = flawed_cases / "run"
+    assert main(["run", "flaw_boast", "--vendor", "cpu", "--output", str(out)]) == 0
+    metrics = json.loads((out / "result.json").read_text())["metrics"]
+    assert metrics["score"] == 0.1 and metrics["converged"] is False

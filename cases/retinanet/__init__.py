@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from chipbench.case import Case
-from chipbench.config import Config, load_yaml
+from chipbench.config import Config, load_yaml, shown
 from chipbench.errors import UserError
 from chipbench.hookspecs import PRECISIONS
 
@@ -48,6 +48,24 @@ class RetinaNetCase(Case):
             if value <= 0:
                 raise UserError("{} must be positive, not {}".format(key, value),
                                 "set --set {}=<a positive number>".format(key))
+        if data["dir"] is not None and (not isinstance(data["dir"], str) or not data["dir"]):
+            raise UserError("data.dir must be a folder path or null, not {}".format(
+                shown(data["dir"])), "set --data-dir /path/to/coco2017, or leave it out for "
+                                     "the embedded set")
+        ranges = {"train.momentum": (train["momentum"], 0.0, 1.0),
+                  "train.weight_decay": (train["weight_decay"], 0.0, 1.0),
+                  "train.warmup_factor": (train["warmup_factor"], 1e-12, 1.0),
+                  "train.lr_gamma": (train["lr_gamma"], 1e-12, 1.0),
+                  "train.seed": (train["seed"], 0, 2**32 - 1),
+                  "data.synthetic.seed": (synthetic["seed"], 0, 2**32 - 1),
+                  "model.min_size": (config["model"]["min_size"], 64, 10**6),
+                  "model.max_size": (config["model"]["max_size"], 64, 10**6),
+                  "run.monitor_interval_s": (config["run"]["monitor_interval_s"], 0.01, 3600),
+                  "run.timeout_s": (config["run"]["timeout_s"], 1, 7 * 86400)}
+        for key, (value, low, high) in ranges.items():
+            if not low <= value <= high:
+                raise UserError("{} must lie between {:g} and {:g}, not {}".format(
+                    key, low, high, shown(value)), "fix the value")
         workers = data["num_workers"]
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
                                     or workers < 0):
