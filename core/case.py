@@ -260,8 +260,10 @@ def plugin_config_dirs(host: Any, case_name: str) -> List[Tuple[Path, str]]:
     found: List[Tuple[Path, str]] = []
     for impl in host.pm.hook.case_config_dirs.get_hookimpls():
         try:
-            folders = impl.function(case_name=case_name)
-        except Exception as exc:
+            # a hook implementation may take a subset of the spec's arguments, as pluggy allows
+            folders = impl.function(**{k: v for k, v in {"case_name": case_name}.items()
+                                       if k in impl.argnames})
+        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
             raise PluginError("plugin '{}' failed in hook case_config_dirs: {}: {}".format(
                 impl.plugin_name, type(exc).__name__, exc), "report it to the plugin's authors") from exc
         if not isinstance(folders, (list, tuple)) or not all(

@@ -6,6 +6,7 @@ one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, Union
 
 from chipbench.errors import PluginError, UserError
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     import torch
 
 LOSS_SCALED_PRECISIONS = ("amp", "fp16")
+SCALER_METHODS = ("scale", "unscale_", "step", "update")
+"""What the training step calls on a loss scaler (torch.amp.GradScaler's interface)."""
 
 
 class Device:
@@ -34,7 +37,7 @@ class Device:
         caller = getattr(self.host.pm.hook, hook)
         try:
             result = caller(**kwargs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end chipbench
             raise PluginError(
                 "vendor '{}' failed in hook {}: {}".format(self.vendor, hook, describe_exception(exc)),
                 "report it to the plugin's authors, or choose another --vendor "
@@ -48,12 +51,21 @@ class Device:
             )
         return result
 
+    def _wrong(self, hook: str, result: Any, expected: str) -> PluginError:
+        return PluginError("vendor '{}' returned {!r} from hook {}, expected {}".format(
+            self.vendor, result, hook, expected),
+            "report it to the plugin's authors, or choose another --vendor")
+
     # backend and identity
     def init_backend(self, local_rank: int = 0) -> torch.device:
         """Prepare and return the device of ``local_rank`` (sets it current, applies switches)."""
         import torch
 
-        return self._call("device_init_backend", torch.device, local_rank=local_rank)
+        device = self._call("device_init_backend", torch.device, local_rank=local_rank)
+        if device.type != self.info.device_type:
+            raise self._wrong("device_init_backend", device, "a device of type '{}' (its "
+                              "vendor_detect's device_type)".format(self.info.device_type))
+        return device
 
     def count(self) -> int:
         """How many devices this process sees."""
@@ -74,11 +86,17 @@ class Device:
 
     def memory_query(self, device: torch.device) -> MemoryInfo:
         """Device-wide used/total memory of ``device``."""
-        return self._call("device_memory_query", MemoryInfo, device=device)
+        info = self._call("device_memory_query", MemoryInfo, device=device)
+        if not (_count(info.used_bytes) and _count(info.total_bytes)) or info.total_bytes == 0:
+            raise self._wrong("device_memory_query", info, "byte counts >= 0 and a total > 0")
+        return info
 
     def memory_peak(self, device: torch.device) -> int:
         """This process's allocator peak on ``device`` in bytes."""
-        return self._call("device_memory_peak", int, device=device)
+        peak = self._call("device_memory_peak", int, device=device)
+        if not _count(peak):
+            raise self._wrong("device_memory_peak", peak, "a byte count >= 0")
+        return peak
 
     def memory_reset_peak(self, device: torch.device) -> None:
         """Reset the allocator peak."""
@@ -132,6 +150,10 @@ class Device:
             return None
         if self.implements("device_grad_scaler"):
             scaler = self._call("device_grad_scaler", None, device=device, precision=precision)
+            if scaler is not None and not all(callable(getattr(scaler, m, None))
+                                              for m in SCALER_METHODS):
+                raise self._wrong("device_grad_scaler", scaler, "None or a loss scaler with "
+                                  "methods " + ", ".join(SCALER_METHODS))
             if scaler is not None:
                 return scaler
         import torch
@@ -154,6 +176,9 @@ class Device:
         does not implement it or cannot tell."""
         result = self._call("device_peak_flops", (int, float, type(None)), device=device,
                             precision=precision)
+        if result is not None and (isinstance(result, bool) or not math.isfinite(result)
+                                   or result <= 0):
+            raise self._wrong("device_peak_flops", result, "FLOP/s > 0, or None")
         return None if result is None else float(result)
     # optional hooks (a vendor may leave them out)
     def loader_workers(self, configured: Optional[int], local_world_size: int) -> Optional[int]:
@@ -166,6 +191,12 @@ class Device:
                               "expected a count >= 0".format(self.vendor, result),
                               "report it to the plugin's authors, or choose another --vendor")
         return result
+
+
+def _count(value: Any) -> bool:
+    """A finite number >= 0 (a bool is not a count)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:

@@ -60,6 +60,10 @@ def iter_entry_points(group: str = ENTRY_POINT_GROUP) -> Iterator[Tuple[Any, str
             yield ep, "{} {}".format(dist_name, dist.version)
 
 
+
+OBSERVER_HOOKS = hookspecs.LIFECYCLE_HOOKS + ("case_config_dirs",)
+"""What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""
+
 class PluginHost:
     """The plugin manager and what was learnt while loading it.
 
@@ -97,7 +101,7 @@ class PluginHost:
             return None
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # pluggy validation error, duplicate name, ...
+        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too  # pluggy validation error, duplicate name, ...
             return self._broken(name, origin, "cannot register: {}".format(describe_exception(exc)), extra)
         problem = self._validate(plugin)
         if problem:
@@ -110,7 +114,7 @@ class PluginHost:
             return record
         try:
             info = self._detect(plugin)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
             self.pm.unregister(plugin)
             return self._broken(name, origin, "vendor_detect failed: {}".format(describe_exception(exc)),
                                 extra)
@@ -139,7 +143,7 @@ class PluginHost:
             return None
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
             return self._broken(short, origin, "import failed: {}".format(describe_exception(exc)),
                                 {"aliases": [short]})
         return self.add(module, short, origin)
@@ -157,7 +161,7 @@ class PluginHost:
             aliases = [dist.rsplit(" ", 1)[0]]
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
                 self._broken(ep.name, origin, "import failed: {}".format(describe_exception(exc)),
                              {"aliases": [ep.name] + aliases})
                 continue
@@ -193,6 +197,15 @@ class PluginHost:
         info = answers[0] if answers else None
         if not isinstance(info, VendorInfo):
             raise TypeError("vendor_detect returned {!r}, not a VendorInfo".format(info))
+        fields = (("name", info.name, str), ("device_type", info.device_type, str),
+                  ("priority", info.priority, int), ("available", info.available, bool),
+                  ("reason", info.reason, str))
+        for field, value, kind in fields:
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) \
+                    or (field in ("name", "device_type") and not value.strip()):
+                raise TypeError("vendor_detect returned {} = {!r}, expected {}".format(
+                    field, value, "a non-empty str" if field in ("name", "device_type")
+                    else kind.__name__))
         return info
 
     def _guard_lifecycle(self, plugin: Any) -> None:
@@ -215,7 +228,7 @@ class PluginHost:
         def guarded(*args: Any) -> Any:
             try:
                 return function(*args)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
                 failures.append("plugin '{}' failed in {}: {}".format(
                     plugin_name, hook_name, describe_exception(exc)))
                 return None
@@ -231,6 +244,13 @@ class PluginHost:
         ]
         if unknown:
             return "implements unknown hooks: {}".format(", ".join(sorted(unknown)))
+        if not _implements(self.pm, plugin, "vendor_detect"):
+            device = sorted(name for name, _ in _plugin_hooks(self.pm, plugin)
+                            if name not in OBSERVER_HOOKS)
+            if device:
+                return ("implements device hooks ({}) without vendor_detect: they would answer "
+                        "for the chosen vendor; mark vendor_detect with @hookimpl, or keep only "
+                        "{}".format(", ".join(device), ", ".join(OBSERVER_HOOKS)))
         if _implements(self.pm, plugin, "vendor_detect"):
             missing = [h for h in hookspecs.DEVICE_HOOKS if not _implements(self.pm, plugin, h)]
             if missing:

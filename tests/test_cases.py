@@ -299,3 +299,17 @@ def test_converged_is_the_metric_reaching_the_target_not_the_case_s_word(flawed_
     assert main(["run", "flaw_boast", "--vendor", "cpu", "--output", str(out)]) == 0
     metrics = json.loads((out / "result.json").read_text())["metrics"]
     assert metrics["score"] == 0.1 and metrics["converged"] is False
+
+
+def test_shipped_config_hook_may_take_no_arguments(tmp_path):
+    """pluggy lets an implementation take a subset of the spec's arguments: case_config_dirs()
+    without case_name is called without it."""
+    import types
+
+    from chipbench import hookimpl
+
+    module = types.ModuleType("argless")
+    module.case_config_dirs = hookimpl(lambda: [str(tmp_path)])
+    host = build_host()
+    host.add(module, "argless", "test")
+    assert (tmp_path, "argless") in plugin_config_dirs(host, "retinanet")

@@ -81,6 +81,81 @@ def test_vendor_detect_raising_or_wrong_type_is_broken():
     assert host.vendors()[-1].name == "cpu"
 
 
+@pytest.mark.parametrize("field, value, fragment", [
+    ("priority", "high", "priority = 'high', expected int"),
+    ("priority", None, "priority = None, expected int"),
+    ("priority", True, "priority = True, expected int"),
+    ("name", None, "name = None, expected a non-empty str"),
+    ("name", "  ", "name = '  ', expected a non-empty str"),
+    ("device_type", None, "device_type = None"),
+    ("available", "no", "available = 'no', expected bool"),
+    ("reason", None, "reason = None, expected str"),
+])
+def test_vendor_detect_fields_of_the_wrong_type_make_the_plugin_broken(field, value, fragment):
+    """Only the answer's class was checked: a str priority then broke every command's sort."""
+    info = dict(name="odd", device_type="cpu", priority=5, available=True, reason="here")
+    info[field] = value
+    host = build_host(load_entry_points=False)
+    record = host.add(vendor_module("odd", vendor_detect=lambda: VendorInfo(**info)), "odd",
+                      "test")
+    assert record.broken and fragment in record.error
+    assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]  # listing works
+
+
+def test_sys_exit_in_a_plugin_is_a_broken_plugin_or_a_plugin_error():
+    def leave():
+        raise SystemExit("driver not loaded")
+
+    host = build_host(load_entry_points=False)
+    record = host.add(vendor_module("quitter", vendor_detect=leave), "quitter", "test")
+    assert record.broken and "SystemExit: driver not loaded" in record.error
+    host.add(vendor_module("quits_later", priority=-5, device_count=lambda: exit(0)),
+             "quits_later", "test")
+    with pytest.raises(PluginError, match="quits_later' failed in hook device_count: SystemExit"):
+        select_device(host, "quits_later").count()
+
+
+def test_device_hooks_without_vendor_detect_are_refused_not_answering_for_another_vendor():
+    """A forgotten @hookimpl on vendor_detect made a plugin an 'observer' whose hardware_id and
+    memory hooks then answered for the cpu vendor in every run."""
+    from chipbench.records import HardwareId
+
+    module = types.ModuleType("hijack")
+    module.hardware_id = hookimpl(lambda: HardwareId(label="HIJACK", config_tag="B1"))
+    module.on_run_end = hookimpl(lambda run, result: None)
+    host = build_host(load_entry_points=False)
+    record = host.add(module, "hijack", "test")
+    assert record.broken and "device hooks (hardware_id) without vendor_detect" in record.error
+    assert select_device(host, "cpu").hardware_id().label != "HIJACK"
+    observer = types.ModuleType("watcher")
+    observer.on_run_end = hookimpl(lambda run, result: None)
+    assert not host.add(observer, "watcher", "test").broken
+
+
+def test_answers_of_the_right_type_but_impossible_values_are_plugin_errors():
+    import torch
+
+    from chipbench.records import MemoryInfo
+
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module(
+        "odd", priority=-5, device_memory_peak=lambda device: -4096,
+        device_memory_query=lambda device: MemoryInfo(1.5e9, float("nan")),
+        device_peak_flops=lambda device, precision: float("nan"),
+        device_init_backend=lambda local_rank: torch.device("meta"),
+        device_grad_scaler=lambda device, precision: "not a scaler"), "odd", "test")
+    facade = select_device(host, "odd")
+    cpu = torch.device("cpu")
+    for call, fragment in ((lambda: facade.memory_peak(cpu), "a byte count >= 0"),
+                           (lambda: facade.memory_query(cpu), "byte counts >= 0"),
+                           (lambda: facade.peak_flops(cpu, "fp32"), "FLOP/s > 0"),
+                           (lambda: facade.init_backend(0), "a device of type 'cpu'"),
+                           (lambda: facade.grad_scaler(cpu, "amp"), "a loss scaler")):
+        with pytest.raises(PluginError) as err:
+            call()
+        assert "vendor 'odd' returned" in err.value.one_line() and fragment in str(err.value)
+
+
 def test_duplicate_vendor_name_is_refused():
     host = build_host(load_entry_points=False)
     record = host.add(vendor_module("cpu"), "cpu-again", "test")
