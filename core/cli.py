@@ -14,7 +14,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional
 
 from chipbench import __version__
 from chipbench.errors import (
@@ -260,6 +260,29 @@ def interrupt_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def _text(value: str) -> str:
+    """A non-empty option value (an empty --output or --data-dir, from an unset shell variable,
+    would otherwise mean "not given")."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _ranged(low: int, high: int) -> Callable[[str], int]:
+    """An integer option value from ``low`` to ``high``."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError("{!r} is not an integer".format(value)) from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError("{} is not between {} and {}".format(
+                number, low, high))
+        return number
+    parse.__name__ = "integer"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="core", description="chipbench: the same AI training benchmark on any accelerator.")
@@ -276,17 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     vendors.set_defaults(func=cmd_vendors)
 
     info = sub.add_parser("info", parents=[common], help="print the chosen vendor's environment report")
-    info.add_argument("--vendor", help="vendor name (default: auto-detect)")
+    info.add_argument("--vendor", type=_text, help="vendor name (default: auto-detect)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
 
     doctor = sub.add_parser("doctor", parents=[common],
                             help="run the vendor conformance checks on the real device")
-    doctor.add_argument("--vendor", help="vendor name (default: auto-detect)")
+    doctor.add_argument("--vendor", type=_text, help="vendor name (default: auto-detect)")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.add_argument("--static", action="store_true",
                         help="only checks that run no work on the device and start no process")
-    doctor.add_argument("--alloc-mib", type=int, default=64, help="test allocation (MiB)")
+    doctor.add_argument("--alloc-mib", type=_ranged(1, 2**20), default=64, help="test allocation (MiB)")
     doctor.set_defaults(func=cmd_doctor)
 
     cases = sub.add_parser("cases", parents=[common],
@@ -295,39 +318,39 @@ def build_parser() -> argparse.ArgumentParser:
     cases.set_defaults(func=cmd_cases)
 
     run = sub.add_parser("run", parents=[common], help="run a benchmark case (e.g. cases/retinanet)")
-    run.add_argument("case", nargs="?", help="case name or folder: retinanet, cases/retinanet")
-    run.add_argument("--resume", metavar="RUN_DIR",
+    run.add_argument("case", nargs="?", type=_text, help="case name or folder: retinanet, cases/retinanet")
+    run.add_argument("--resume", metavar="RUN_DIR", type=_text,
                      help="continue that run folder from its last epoch checkpoint")
-    run.add_argument("--vendor", help="vendor name (default: $CHIPBENCH_VENDOR, else auto)")
-    run.add_argument("--config", help="hardware config name (C500x1x8) or YAML path "
+    run.add_argument("--vendor", type=_text, help="vendor name (default: $CHIPBENCH_VENDOR, else auto)")
+    run.add_argument("--config", type=_text, help="hardware config name (C500x1x8) or YAML path "
                                       "(default: chosen from vendor and topology)")
-    run.add_argument("--data-dir", help="COCO2017 root (default: the embedded synthetic set)")
+    run.add_argument("--data-dir", type=_text, help="COCO2017 root (default: the embedded synthetic set)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set train.lr=0.02 (repeatable)")
-    run.add_argument("--precision", help="fp32, amp, fp16 or bf16")
-    run.add_argument("--output", help="run folder (default: runs/<case>-<vendor>-<time>)")
+    run.add_argument("--precision", type=_text, help="fp32, amp, fp16 or bf16")
+    run.add_argument("--output", type=_text, help="run folder (default: runs/<case>-<vendor>-<time>)")
     run.add_argument("--nproc-per-node", type=int, default=1, help="processes on this node")
     run.add_argument("--devices", metavar="LIST",
                      help="devices this node's workers may use, e.g. 4,5,6,7 (set through the "
                           "vendor's visible-devices variable)")
     run.add_argument("--nnodes", type=int, default=1, help="number of nodes")
     run.add_argument("--node-rank", type=int, default=0, help="this node's rank")
-    run.add_argument("--master-addr", default="127.0.0.1", help="rank-0 node address")
-    run.add_argument("--master-port", type=int, default=29500, help="rank-0 node port")
-    run.add_argument("--rdzv-endpoint", help="c10d rendezvous HOST:PORT instead of a master")
-    run.add_argument("--join-timeout", type=int, default=600, metavar="SECONDS",
+    run.add_argument("--master-addr", type=_text, default="127.0.0.1", help="rank-0 node address")
+    run.add_argument("--master-port", type=_ranged(1, 65535), default=29500, help="rank-0 node port")
+    run.add_argument("--rdzv-endpoint", type=_text, help="c10d rendezvous HOST:PORT instead of a master")
+    run.add_argument("--join-timeout", type=_ranged(1, 7 * 86400), default=600, metavar="SECONDS",
                      help="how long the nodes wait for each other to join (default 600)")
     run.set_defaults(func=cmd_run)
 
     compare = sub.add_parser("compare", parents=[common],
                              help="compare run folders: table, ratios, fairness warnings")
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (copies work)")
-    compare.add_argument("--baseline", metavar="RUN_DIR", help="the run the ratios are against "
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", type=_text, help="run folders (copies work)")
+    compare.add_argument("--baseline", metavar="RUN_DIR", type=_text, help="the run the ratios are against "
                                                               "(default: the first)")
     form = compare.add_mutually_exclusive_group()
     form.add_argument("--markdown", action="store_true", help="print a paste-ready table")
     form.add_argument("--json", action="store_true", help="print JSON")
-    compare.add_argument("--plots", metavar="DIR", help="write SVG charts (p_core per run, loss "
+    compare.add_argument("--plots", metavar="DIR", type=_text, help="write SVG charts (p_core per run, loss "
                                                        "and mAP curves, monitor timelines) there")
     compare.set_defaults(func=cmd_compare)
     return parser

@@ -120,7 +120,7 @@ def load_run(path: str) -> RunFolder:
     except OSError:
         raise UserError("{} holds no result.json".format(path),
                         "give run folders written by `core run` (copy the whole folder)") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise UserError("{} is not valid JSON ({})".format(file, exc),
                         "give run folders written by `core run`") from None
     if not isinstance(result, dict):

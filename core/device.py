@@ -37,6 +37,8 @@ class Device:
         caller = getattr(self.host.pm.hook, hook)
         try:
             result = caller(**kwargs)
+        except UserError:  # the plugin names a setting of the user's (CHIPBENCH_CPU_THREADS=x)
+            raise
         except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end chipbench
             raise PluginError(
                 "vendor '{}' failed in hook {}: {}".format(self.vendor, hook, describe_exception(exc)),

@@ -72,7 +72,8 @@ USER_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not pe
                errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
                errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a part of the path is a file",
                errno.EEXIST: "it exists and is not a folder",
-               errno.EISDIR: "it is a folder", errno.ENAMETOOLONG: "the name is too long"}
+               errno.EISDIR: "it is a folder", errno.ENAMETOOLONG: "the name is too long",
+               errno.ELOOP: "a symbolic link on the path loops"}
 """File-system errors that a user fixes (a path, a permission, free space), not a bug."""
 
 

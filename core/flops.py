@@ -16,6 +16,8 @@ The peak comes from the vendor's optional ``device_peak_flops`` hook (None: no M
 import random
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from chipbench.errors import UserError
+
 
 def flop_counter_available() -> bool:
     """Whether this torch has ``torch.utils.flop_counter.FlopCounterMode`` (torch >= 2.1)."""
@@ -77,7 +79,9 @@ def peak_flops(facade: Any, device: Any, precision: str) -> Dict[str, Any]:
     missing when it is: ``{"peak_flops": float|None, "peak_note": str}``."""
     try:
         peak = facade.peak_flops(device, precision)
-    except Exception as exc:  # an optional figure never stops a run
+    except UserError:  # a bad setting of the user's (CHIPBENCH_CPU_PEAK_GEMM_S=nan) is refused
+        raise
+    except Exception as exc:  # a vendor's failure on an optional figure never stops a run
         text = exc.one_line() if hasattr(exc, "one_line") else str(exc)
         return {"peak_flops": None, "peak_note": "peak unknown: " + text}
     if peak is None:

@@ -34,6 +34,13 @@ class Topology:
     """Devices the workers may use ("4,5,6,7"), set through the vendor's visible-devices variable."""
 
     def __post_init__(self) -> None:
+        for name, kind in (("nproc_per_node", int), ("nnodes", int), ("node_rank", int),
+                           ("master_port", int), ("join_timeout_s", int), ("master_addr", str),
+                           ("rdzv_id", str), ("rdzv_endpoint", (str, type(None))),
+                           ("devices", (str, type(None)))):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise TypeError("{} is {!r}".format(name, value))
         if self.devices is not None:
             listed = [d for d in str(self.devices).split(",") if d.strip()]
             if len(listed) < self.nproc_per_node:

@@ -192,7 +192,7 @@ def read_samples(path: Path) -> List[Dict[str, Any]]:
     for line in lines:
         try:
             sample = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if not isinstance(sample, dict) or not _finite_number(sample.get("time")):
             continue

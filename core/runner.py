@@ -158,6 +158,14 @@ def check_output(output: Optional[str]) -> None:
     if (run_dir / RESULT_FILE).exists() or (run_dir / SPEC_FILE).exists():
         raise UserError("run folder {} already holds a run".format(run_dir),
                         "choose another --output, or continue it with --resume {}".format(run_dir))
+    try:
+        held = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    except OSError:
+        held = []
+    if held:  # a stale progress.json would join the new result; a report.md would be replaced
+        raise UserError("--output {} is not empty (it holds {}{})".format(
+            run_dir, ", ".join(held[:3]), ", ..." if len(held) > 3 else ""),
+            "give a new or empty folder for the run")
 
 
 def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
@@ -178,9 +186,8 @@ def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
     except OSError as exc:
         error = user_os_error(exc, "the run folder {}".format(run_dir),
                               "give --output a folder you can write to")
-        if error is None:
-            raise
-        raise error from None
+        raise (error or UserError("cannot create the run folder {} ({})".format(
+            run_dir, exc.strerror or exc), "give --output a folder you can write to")) from None
     return run_dir
 
 
@@ -332,7 +339,7 @@ class Run:
         self.config = checked_spec_config(self.case, spec, self.run_dir / SPEC_FILE)
         try:
             self.topology = Topology(**spec["topology"])
-        except TypeError as exc:
+        except (TypeError, ValueError, UserError) as exc:
             raise UserError("{} has a bad topology ({})".format(self.run_dir / SPEC_FILE, exc),
                             "restore the spec.json that core run wrote, or start a new run"
                             ) from None
@@ -363,7 +370,9 @@ class Run:
             "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
         }
         if self.previous is not None:
-            self.result["resumed"] = int(self.previous.get("resumed", 0)) + 1
+            resumed = self.previous.get("resumed", 0)
+            self.result["resumed"] = (resumed if isinstance(resumed, int) and resumed >= 0
+                                      else 0) + 1
         self._write()
         try:
             self.result.update(fix_hp=fix_hp(self.case, self.config), versions=versions(),
@@ -476,7 +485,7 @@ def read_spec(run_dir: Path) -> Dict[str, Any]:
     try:
         with open(path) as handle:
             spec = json.load(handle)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError("{} is unreadable ({})".format(path, exc),
                         "it is truncated or corrupt: restore it, or start a new run") from None
     kinds = {"case": str, "vendor": str, "config": dict, "topology": dict}
@@ -502,6 +511,7 @@ def checked_spec_config(case: Case, spec: Dict[str, Any], source: Path) -> Confi
 def _read_json(path: Path) -> Dict[str, Any]:
     try:
         with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+            data = json.load(handle)
+    except (OSError, ValueError, RecursionError):
         return {}
+    return data if isinstance(data, dict) else {}

@@ -7,11 +7,13 @@ data-loader workers of every rank on the node never exceed the cores this proces
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import psutil
 
+from chipbench.errors import UserError
 from chipbench.hookspecs import hookimpl
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
@@ -297,11 +299,15 @@ def measure_gemm_flops(seconds: float, precision: str = "fp32", size: int = 1024
 @hookimpl
 def device_peak_flops(device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
     # measured, not a datasheet figure: a short GEMM at run start, once per process
+    raw = os.environ.get(ENV_PEAK_GEMM, "0.5")
     try:
-        seconds = float(os.environ.get(ENV_PEAK_GEMM, "0.5"))
+        seconds = float(raw)
     except ValueError:
-        seconds = 0.5
-    if seconds <= 0:
+        seconds = math.nan
+    if not 0 <= seconds <= 60:  # NaN too: a NaN deadline never came
+        raise UserError("{}={!r} is not a number of seconds from 0 to 60".format(
+            ENV_PEAK_GEMM, raw), "set it to 0.5 (the default), or 0 to skip the peak")
+    if seconds == 0:
         return None
     if precision not in _measured_peaks:
         _measured_peaks[precision] = measure_gemm_flops(seconds, precision)

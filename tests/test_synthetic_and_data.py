@@ -219,3 +219,19 @@ def test_transforms_v2_path_matches_own_converter(tmp_path, small_set, hflip):
                 assert torch.equal(target_a["boxes"], target_b["boxes"])
                 assert torch.equal(target_a["labels"], target_b["labels"])
                 assert int(target_a["image_id"]) == int(target_b["image_id"])
+
+
+def test_16_bit_greyscale_images_keep_their_contrast(tmp_path):
+    """PIL's own RGB conversion clips 16-bit greyscale: a 16-bit PNG came out all white."""
+    import numpy as np
+    from PIL import Image
+
+    from chipbench.cases.retinanet.data import decode_image_file
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    assert Image.open(tmp_path / "ramp.png").mode.startswith("I")
+    pixels = decode_image_file(str(tmp_path / "ramp.png"))
+    assert pixels.shape == (3, 64, 64) and pixels.dtype.is_floating_point is False
+    assert int(pixels.min()) == 0 and int(pixels.max()) == 255
+    assert 120 < float(pixels.float().mean()) < 135  # a ramp, not a white sheet (254)

@@ -152,7 +152,7 @@ class RetinaNetCase(Case):
         return ("batches of {} image(s) resized to {}-{} px".format(
             config["train"]["batch_size"], config["model"]["min_size"],
             config["model"]["max_size"]),
-            "lower model.min_size/model.max_size or train.batch_size")
+            "model.min_size/model.max_size or train.batch_size")
 
     def target(self, config: Config) -> Any:
         return config["target"]["mAP"]

@@ -145,6 +145,6 @@ def load(path: Path) -> Dict[str, Any]:
             path, type(exc).__name__, first[:160]), fix) from None
     try:
         return unpack(data)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
         raise UserError("checkpoint {} is not a chipbench checkpoint ({})".format(path, exc),
                         fix) from None

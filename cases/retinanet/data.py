@@ -25,6 +25,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import functional as F
 
+from chipbench.config import shown
 from chipbench.errors import UserError
 
 SPLITS = ("train", "val")
@@ -50,7 +51,19 @@ def decode_image_file(path: str) -> torch.Tensor:
         except RuntimeError:
             pass  # PIL decides: it reads more JPEG variants, and fails on truly corrupt files
     with Image.open(io.BytesIO(data)) as image:
-        return F.pil_to_tensor(image.convert("RGB"))
+        return F.pil_to_tensor(to_rgb(image))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. 16- and 32-bit integer greyscale (``I;16``, ``I``) is scaled to
+    8 bits first: PIL's own conversion clips it, and a 16-bit PNG came out all white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        import numpy as np
+
+        pixels = np.asarray(image).astype(np.int64)
+        bits = 16 if image.mode.startswith("I;16") or pixels.max(initial=0) < 2**16 else 32
+        image = Image.fromarray((np.clip(pixels, 0, 2**bits - 1) >> (bits - 8)).astype(np.uint8))
+    return image.convert("RGB")
 
 
 class _TensorImageCoco(torchvision.datasets.CocoDetection):
@@ -112,7 +125,7 @@ def load_coco_api(annotation_file: Path) -> Any:
     try:
         with open(annotation_file) as handle:
             dataset = json.load(handle)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError("annotation file {} is not valid JSON ({})".format(annotation_file, exc),
                         "re-download or regenerate it") from None
     if not isinstance(dataset, dict):
@@ -137,6 +150,31 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
     annotations whose boxes are valid and how many were not."""
     name = annotation_file.name
     fix = "fix or remove that entry in {}".format(annotation_file)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise UserError("annotation file {} has {} {}, not a list".format(
+                annotation_file, key, shown(dataset.get(key))), "restore the COCO file")
+    for key, entries in (("image", dataset["images"]), ("category", dataset["categories"]),
+                         ("annotation", dataset["annotations"])):
+        seen = set()
+        for entry in entries:
+            ident = entry.get("id") if isinstance(entry, dict) else None
+            if not _is_id(ident):
+                raise UserError("{} entry {} in {} has id {}, not a non-negative integer".format(
+                    key, shown(entry)[:60], name, shown(ident)), fix)
+            if ident in seen:
+                raise UserError("{} id {} appears twice in {}".format(key, ident, name), fix)
+            seen.add(ident)
+    largest = max((c["id"] for c in dataset["categories"]), default=0)
+    if largest > MAX_CATEGORY_ID:
+        raise UserError("category id {} in {} is over {}: the model has one output per id up to "
+                        "the largest".format(largest, name, MAX_CATEGORY_ID),
+                        "number the categories from 1 (COCO's go up to 90)")
+    for image in dataset["images"]:
+        file_name = image.get("file_name")
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise UserError("image {} in {} has file_name {}, not a file name".format(
+                image["id"], name, shown(file_name)), fix)
     try:
         categories = {c["id"] for c in dataset["categories"]}
         sizes = {}
@@ -155,6 +193,10 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
         if not isinstance(ann, dict):
             raise UserError("annotation file {} holds an annotation that is not a mapping".format(
                 annotation_file), fix)
+        for field in ("image_id", "category_id"):
+            if not _is_id(ann.get(field)):
+                raise UserError("annotation {} in {} has {} {}, not a non-negative integer"
+                                .format(ann.get("id"), name, field, shown(ann.get(field))), fix)
         if ann.get("category_id") not in categories:
             raise UserError("annotation {} in {} has category_id {!r}, which is not among its "
                             "categories ({})".format(ann.get("id"), name, ann.get("category_id"),
@@ -165,6 +207,14 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
         else:
             dropped += 1
     return kept, dropped
+
+
+MAX_CATEGORY_ID = 100000
+"""The largest category id taken: the classification head has an output for every id up to it."""
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _box_ok(bbox: Any, size: Optional[Tuple[float, float]]) -> bool:
