@@ -207,8 +207,17 @@ def discover_cases() -> List[CaseRecord]:
         taken.add(case.name)
         if origin != "built-in":
             guard_case(case, origin)
+            case._chipbench_package = origin.rsplit(" from ", 1)[-1]  # type: ignore[attr-defined]
         records.append(CaseRecord(case.name, origin, case=case))
     return records
+
+
+def case_package(case: Case) -> str:
+    """The distribution and version a case comes from ("chipbench-spirals 0.1.0"); chipbench's
+    own for a built-in case."""
+    from chipbench import __version__
+
+    return getattr(case, "_chipbench_package", None) or "chipbench {}".format(__version__)
 
 
 def case_folder(case: Case) -> Path:

@@ -60,9 +60,9 @@ def iter_entry_points(group: str = ENTRY_POINT_GROUP) -> Iterator[Tuple[Any, str
             yield ep, "{} {}".format(dist_name, dist.version)
 
 
-
 OBSERVER_HOOKS = hookspecs.LIFECYCLE_HOOKS + ("case_config_dirs",)
 """What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""
+
 
 class PluginHost:
     """The plugin manager and what was learnt while loading it.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from chipbench import __version__
-from chipbench.case import Case, load_case, plugin_config_dirs
+from chipbench.case import Case, case_package, load_case, plugin_config_dirs
 from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
 from chipbench.context import PROGRESS_FILE, write_json_atomic
 from chipbench.errors import ChipbenchError, Interrupted, RunFailed, UserError, user_os_error
@@ -195,7 +195,7 @@ def versions() -> Dict[str, str]:
     from importlib import metadata
 
     found = {"chipbench": __version__, "python": platform.python_version()}
-    for dist in ("torch", "torchvision", "pluggy", "pycocotools"):
+    for dist in ("torch", "torchvision", "pluggy", "pycocotools", "faster-coco-eval"):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -375,7 +375,8 @@ class Run:
                                       else 0) + 1
         self._write()
         try:
-            self.result.update(fix_hp=fix_hp(self.case, self.config), versions=versions(),
+            self.result.update(fix_hp=fix_hp(self.case, self.config),
+                               versions=dict(versions(), case=case_package(self.case)),
                                environment=self.facade.environment_report())
             prepared = self.case.prepare(self.config)
             self.result["general"] = {"rows": self.case.general_rows(

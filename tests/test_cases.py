@@ -162,6 +162,7 @@ def check_spirals_result(out, ranks):
     metrics = result["metrics"]
     assert metrics["converged"] is True and metrics["accuracy"] >= result["target"] == 0.9
     assert metrics["ranks"] == ranks and metrics["p_train"] > 0 and metrics["images"] > 0
+    assert result["versions"]["case"].startswith("chipbench-spirals ")  # compare's case version
     report = (out / "report.md").read_text()
     assert "| p_core | accuracy | mem |" in report and "points trained (all ranks)" in report
     assert "mAP" not in report

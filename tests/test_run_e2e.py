@@ -32,6 +32,7 @@ def test_result_json(tiny_run):
     assert any(s.endswith("CPUx1x1.yaml") for s in result["config_sources"])
     assert result["environment"]["framework"].startswith("torch ")
     assert result["versions"]["chipbench"] and "synthetic" in result["dataset_note"]
+    assert result["versions"]["case"] == "chipbench " + result["versions"]["chipbench"]
 
 
 def test_report_md_has_seed_tables(tiny_run):
