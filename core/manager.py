@@ -13,6 +13,7 @@ Environment switches:
 - ``CHIPBENCH_TRACE_HOOKS=1`` prints every hook call and result to stderr (pluggy's tracing).
 """
 
+import contextlib
 import importlib
 import os
 import sys
@@ -350,7 +351,9 @@ def build_host(load_entry_points: bool = True, strict: Optional[bool] = None) ->
         pm.enable_tracing()
     host = PluginHost(pm, strict=_env_flag(ENV_STRICT) if strict is None else strict,
                       blocked=_blocked_names())
-    host.load_all(BUILTIN_OBSERVERS + tuple(BUILTIN_VENDORS), entry_points=load_entry_points)
+    # a plugin that prints while it loads or detects must not corrupt `--json` on stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        host.load_all(BUILTIN_OBSERVERS + tuple(BUILTIN_VENDORS), entry_points=load_entry_points)
     unmatched = host.unmatched_blocks()
     if unmatched and load_entry_points:
         sys.stderr.write("warning: {} names no plugin: {} (plugin and vendor names: {})\n".format(

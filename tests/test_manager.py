@@ -305,3 +305,27 @@ def test_auto_selection_takes_priority_and_announces_cpu(monkeypatch):
     host = build_host(load_entry_points=False)
     host.add(vendor_module("fast", priority=70), "fast", "test")
     assert select_device(host, None).vendor == "cpu"
+
+
+def test_a_plugin_printing_while_it_loads_does_not_corrupt_stdout(monkeypatch, capsys):
+    """`core vendors --json` must stay JSON when a plugin prints in its import or vendor_detect."""
+    import json
+
+    from chipbench.cli import main
+    from chipbench.manager import PluginHost
+
+    def chatty():
+        print("hello from chatty's driver probe")
+        return VendorInfo("chatty", "cpu", -20, False, "no chatty hardware")
+
+    real = PluginHost.load_all
+
+    def load_all(self, modules, entry_points=True):
+        real(self, modules, entry_points)
+        self.add(vendor_module("chatty", vendor_detect=chatty), "chatty", "test")
+
+    monkeypatch.setattr(PluginHost, "load_all", load_all)
+    assert main(["vendors", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "chatty" in [v["name"] for v in json.loads(captured.out)]
+    assert "hello from chatty" in captured.err
