@@ -535,6 +535,50 @@ def check_overhead(subject: Subject) -> str:
         ", not timed: " + ", ".join(untimed) if untimed else "")
 
 
+OPTIONAL_DEVICE_HOOKS = ("device_loader_workers", "device_configure", "device_grad_scaler",
+                         "device_peak_flops")
+
+
+def check_optional_hooks(subject: Subject) -> str:
+    """Each optional hook the vendor implements answers as a run needs: device_loader_workers a
+    count >= 0 or None, device_configure None, device_grad_scaler None or a loss scaler (scale,
+    unscale_, step, update), device_peak_flops FLOP/s > 0 or None for every supported precision."""
+    from chipbench.errors import PluginError
+
+    facade = subject.facade
+    implemented = [h for h in OPTIONAL_DEVICE_HOOKS if facade.implements(h)]
+    if not implemented:
+        raise CheckSkipped("none implemented: chipbench's defaults serve")
+    answers = []
+    try:
+        if "device_loader_workers" in implemented:
+            answers.append("workers {}".format(", ".join(
+                str(facade.loader_workers(configured, 1)) for configured in (None, 0, 2))))
+        if subject.live:
+            device = subject.device()
+            precisions = facade.supported_precisions()
+            if "device_configure" in implemented:
+                for deterministic, autotune in ((False, False), (True, False), (False, True)):
+                    facade.configure(device, deterministic, autotune)
+                answers.append("configure ok")
+            if "device_grad_scaler" in implemented:
+                for precision in (p for p in ("amp", "fp16") if p in precisions):
+                    facade.grad_scaler(device, precision)
+                answers.append("grad scaler ok")
+            if "device_peak_flops" in implemented:
+                answers.append("peak " + ", ".join("{} {}".format(p, _tflops(
+                    facade.peak_flops(device, p))) for p in precisions))
+    except PluginError as exc:
+        raise CheckFailed("answers a run can use", exc.problem) from None
+    if not subject.live:
+        answers.append("not live: configure, grad scaler and peak not called")
+    return "; ".join(answers)
+
+
+def _tflops(value: Optional[float]) -> str:
+    return "n/a" if value is None else "{:.3g} TFLOP/s".format(value / 1e12)
+
+
 # --------------------------------------------------------------------------------------------------
 # the list, and running it
 # --------------------------------------------------------------------------------------------------
@@ -557,6 +601,7 @@ CHECKS: Tuple[Tuple[str, Callable[[Subject], str]], ...] = (
     ("device_sample", check_device_sample),
     ("environment_report", check_environment_report),
     ("shipped_configs", check_shipped_configs),
+    ("optional_hooks", check_optional_hooks),
     ("call_overhead", check_overhead),
 )
 """Every check, in the order they run: (name, function)."""

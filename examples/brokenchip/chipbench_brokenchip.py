@@ -81,3 +81,8 @@ def environment_report() -> Dict[str, Any]:
 @hookimpl
 def device_sample(device) -> Dict[str, Any]:
     return {"util_percent": "93%"}  # broken: a string, not a number
+
+
+@hookimpl
+def device_loader_workers(configured, local_world_size):
+    return -3  # broken: a negative worker count (optional hook)

@@ -3,8 +3,9 @@
 
 Copy this file to start a real vendor plugin: every required hook of ``chipbench.hookspecs`` is
 here, one line of work each, imported from ``chipbench``'s public surface only. The optional hooks
-(``device_configure``, ``device_grad_scaler``, API 1.1) are left to chipbench's defaults. Priority
--10 keeps it below the CPU, so it is only used when asked for by name.
+(``device_configure``, ``device_grad_scaler``, ``device_peak_flops``, ``device_loader_workers``;
+API 1.1) are left to chipbench's defaults; ``case_config_dirs`` ships its F1 config. Priority -10
+keeps it below the CPU, so it is only used when asked for by name.
 """
 
 from pathlib import Path
