@@ -125,8 +125,11 @@ class PluginHost:
             return None
         if info.name in self._vendor_plugins:
             self.pm.unregister(plugin)
+            taker = next((r.origin for r in self.records if r.info is not None
+                          and r.info.name == info.name), "another plugin")
             return self._broken(
-                info.name, origin, "vendor name '{}' is already taken".format(info.name), extra)
+                info.name, origin, "vendor name '{}' is already taken by {}: rename it in this "
+                "plugin's vendor_detect".format(info.name, taker), extra)
         self._vendor_plugins[info.name] = plugin
         record = PluginRecord(name=info.name, origin=origin, info=info,
                               extra=dict(extra, kind="vendor"))

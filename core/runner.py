@@ -20,7 +20,14 @@ from chipbench import __version__
 from chipbench.case import Case, case_package, load_case, plugin_config_dirs
 from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
 from chipbench.context import PROGRESS_FILE, write_json_atomic
-from chipbench.errors import ChipbenchError, Interrupted, RunFailed, UserError, user_os_error
+from chipbench.errors import (
+    ChipbenchError,
+    Interrupted,
+    PluginError,
+    RunFailed,
+    UserError,
+    user_os_error,
+)
 from chipbench.hookspecs import PRECISIONS
 from chipbench.launcher import Topology, launch_workers
 from chipbench.manager import build_host
@@ -81,7 +88,15 @@ def resolve_run_config(case: Case, explicit_config: Optional[str], hardware: Har
     base: List[Tuple[str, Config]] = []
     hw_path = hardware_config_path(case, explicit_config, hardware, topology, folders)
     if hw_path is not None:
-        base.append((str(hw_path), load_yaml(hw_path)))
+        shipper = {str(folder): plugin for folder, plugin in extra_dirs}.get(str(hw_path.parent))
+        try:
+            base.append((str(hw_path), load_yaml(hw_path)))
+        except UserError as exc:
+            if shipper is None:
+                raise
+            raise PluginError("{} (shipped by plugin '{}')".format(exc.problem, shipper),
+                              "report it to the plugin's authors; meanwhile give --config a "
+                              "fixed copy") from None
     else:
         wanted = "{}x{}".format(hardware.config_tag, topology.label)
         names = _hardware_files([case.config_dir] + folders)

@@ -72,6 +72,11 @@ def auto_selection_line(host: PluginHost, info: VendorInfo) -> str:
     no accelerator was taken (only vendors that really are unavailable are called so)."""
     line = "auto-selected vendor '{}' (priority {}, device type {})".format(
         info.name, info.priority, info.device_type)
+    tied = [v.name for v in host.vendors()
+            if v.available and v.priority == info.priority and v.name != info.name]
+    if tied:
+        line += " over {} of the same priority (ties go by name; choose with --vendor)".format(
+            ", ".join(repr(n) for n in tied))
     if info.device_type != "cpu":
         return line
     accelerators = [v for v in host.vendors() if v.device_type != "cpu" and v.name != info.name]

@@ -314,3 +314,25 @@ def test_shipped_config_hook_may_take_no_arguments(tmp_path):
     host = build_host()
     host.add(module, "argless", "test")
     assert (tmp_path, "argless") in plugin_config_dirs(host, "retinanet")
+
+
+def test_a_broken_shipped_config_names_the_plugin(tmp_path, capsys):
+    """A shipped config the user cannot fix (it is inside an installed package) names its plugin."""
+    import types
+
+    from chipbench import hookimpl
+
+    from chipbench.records import HardwareId
+
+    (tmp_path / "Z1x1x1.yaml").write_text("train:\n  lr: [1\n")
+    module = types.ModuleType("shipper")
+    module.case_config_dirs = hookimpl(lambda case_name: [str(tmp_path)])
+    host = build_host()
+    host.add(module, "shipper", "test")
+    with pytest.raises(PluginError) as caught:
+        resolve_run_config(load_case("retinanet"), None, HardwareId("Z1 chip", "Z1"), Topology(),
+                           [], {},
+                           extra_dirs=plugin_config_dirs(host, "retinanet"))
+    line = caught.value.one_line()
+    assert "not valid YAML" in line and "(shipped by plugin 'shipper')" in line
+    assert "give --config a fixed copy" in line

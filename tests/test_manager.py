@@ -159,7 +159,17 @@ def test_answers_of_the_right_type_but_impossible_values_are_plugin_errors():
 def test_duplicate_vendor_name_is_refused():
     host = build_host(load_entry_points=False)
     record = host.add(vendor_module("cpu"), "cpu-again", "test")
-    assert record.broken and "already taken" in record.error
+    assert record.broken and "'cpu' is already taken by built-in" in record.error
+    assert "rename it in this plugin's vendor_detect" in record.error
+
+
+def test_a_priority_tie_is_announced_with_its_rule():
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("zeta", priority=60), "zeta", "test")
+    host.add(vendor_module("alpha", priority=60), "alpha", "test")
+    lines = []
+    assert select_device(host, None, announce=lines.append).vendor == "alpha"
+    assert "over 'zeta' of the same priority (ties go by name; choose with --vendor)" in lines[0]
 
 
 def test_strict_mode_makes_failures_fatal(monkeypatch):
