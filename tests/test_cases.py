@@ -321,7 +321,6 @@ def test_a_broken_shipped_config_names_the_plugin(tmp_path, capsys):
     import types
 
     from chipbench import hookimpl
-
     from chipbench.records import HardwareId
 
     (tmp_path / "Z1x1x1.yaml").write_text("train:\n  lr: [1\n")
