@@ -201,12 +201,13 @@ class PluginHost:
         info = answers[0] if answers else None
         if not isinstance(info, VendorInfo):
             raise TypeError("vendor_detect returned {!r}, not a VendorInfo".format(info))
-        fields = (("name", info.name, str), ("device_type", info.device_type, str),
-                  ("priority", info.priority, int), ("available", info.available, bool),
-                  ("reason", info.reason, str))
+        fields: Tuple[Tuple[str, Any, type], ...] = (
+            ("name", info.name, str), ("device_type", info.device_type, str),
+            ("priority", info.priority, int), ("available", info.available, bool),
+            ("reason", info.reason, str))
         for field, value, kind in fields:
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) \
-                    or (field in ("name", "device_type") and not value.strip()):
+                    or (field in ("name", "device_type") and not str(value).strip()):
                 raise TypeError("vendor_detect returned {} = {!r}, expected {}".format(
                     field, value, "a non-empty str" if field in ("name", "device_type")
                     else kind.__name__))
