@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import os
 import sys
+import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import pluggy
@@ -61,6 +62,9 @@ def iter_entry_points(group: str = ENTRY_POINT_GROUP) -> Iterator[Tuple[Any, str
             yield ep, "{} {}".format(dist_name, dist.version)
 
 
+SLOW_DETECT_S = 2.0
+"""A ``vendor_detect`` slower than this is named in a warning (it delays every command)."""
+
 OBSERVER_HOOKS = hookspecs.LIFECYCLE_HOOKS + ("case_config_dirs",)
 """What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""
 
@@ -83,6 +87,8 @@ class PluginHost:
         """Names asked for in ``CHIPBENCH_BLOCK_PLUGINS``."""
         self.block_matched: Set[str] = set()
         """The requested names that matched a plugin (by its plugin or its vendor name)."""
+        self.slow_detects: List[Tuple[str, float]] = []
+        """``(plugin, seconds)`` of each ``vendor_detect`` slower than :data:`SLOW_DETECT_S`."""
         for name in self.block_requested:
             pm.set_blocked(name)
 
@@ -113,12 +119,16 @@ class PluginHost:
             record = PluginRecord(name=name, origin=origin, extra=dict(extra, kind="observer"))
             self.records.append(record)
             return record
+        started = time.perf_counter()
         try:
             info = self._detect(plugin)
         except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
             self.pm.unregister(plugin)
             return self._broken(name, origin, "vendor_detect failed: {}".format(describe_exception(exc)),
                                 extra)
+        took = time.perf_counter() - started
+        if took > SLOW_DETECT_S:
+            self.slow_detects.append((name, took))
         if info.name != name and self.pm.is_blocked(info.name):
             self.block_matched.add(info.name)
             self.pm.set_blocked(name)  # unregisters it, and keeps it out for this host's life
@@ -358,6 +368,10 @@ def build_host(load_entry_points: bool = True, strict: Optional[bool] = None) ->
     # a plugin that prints while it loads or detects must not corrupt `--json` on stdout
     with contextlib.redirect_stdout(sys.stderr):
         host.load_all(BUILTIN_OBSERVERS + tuple(BUILTIN_VENDORS), entry_points=load_entry_points)
+    for name, took in host.slow_detects:
+        sys.stderr.write("warning: plugin '{}' took {:.1f} s in vendor_detect, which runs on every "
+                         "command; report it to its authors, or block it with {}={}\n".format(
+                             name, took, ENV_BLOCK, name))
     unmatched = host.unmatched_blocks()
     if unmatched and load_entry_points:
         sys.stderr.write("warning: {} names no plugin: {} (plugin and vendor names: {})\n".format(

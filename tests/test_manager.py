@@ -339,3 +339,20 @@ def test_a_plugin_printing_while_it_loads_does_not_corrupt_stdout(monkeypatch, c
     captured = capsys.readouterr()
     assert "chatty" in [v["name"] for v in json.loads(captured.out)]
     assert "hello from chatty" in captured.err
+
+
+def test_a_slow_vendor_detect_is_named_in_a_warning(monkeypatch, capsys):
+    import chipbench.manager as manager
+    from chipbench.manager import PluginHost
+
+    monkeypatch.setattr(manager, "SLOW_DETECT_S", 0.0)  # every detect counts as slow here
+    real = PluginHost.load_all
+
+    def load_all(self, modules, entry_points=True):
+        real(self, modules, entry_points=False)
+        self.add(vendor_module("sluggish", priority=-20), "sluggish", "test")
+
+    monkeypatch.setattr(PluginHost, "load_all", load_all)
+    build_host()
+    err = capsys.readouterr().err
+    assert "warning: plugin 'sluggish' took" in err and "CHIPBENCH_BLOCK_PLUGINS=sluggish" in err
