@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Callable, Optional
 
 from chipbench.errors import UserError
-from chipbench.manager import PluginHost
+from chipbench.manager import ENV_BLOCK, PluginHost
 from chipbench.records import VendorInfo
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ def choose_vendor(host: PluginHost, requested: Optional[str] = None) -> VendorIn
     requested = requested or os.environ.get(ENV_VENDOR) or None
     if requested:
         record = host.record(requested) or host.find(requested)
+        if record is None and requested in host.block_matched:
+            raise UserError("vendor '{}' is blocked by {}".format(requested, ENV_BLOCK),
+                            "remove it from {}, or choose another vendor: {}".format(
+                                ENV_BLOCK, _available_list(host)))
         if record is None:
             known = ", ".join(v.name for v in host.vendors()) or "none"
             raise UserError(

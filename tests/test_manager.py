@@ -184,6 +184,8 @@ def test_block_list_skips_plugins(monkeypatch):
     monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "cuda, metax")
     host = build_host(load_entry_points=False)
     assert [v.name for v in host.vendors()] == ["cpu"]
+    with pytest.raises(UserError, match="vendor 'cuda' is blocked by CHIPBENCH_BLOCK_PLUGINS"):
+        select_device(host, "cuda")
 
 
 def test_block_list_takes_vendor_names_through_pluggy(monkeypatch):
