@@ -371,6 +371,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
+            _print_err("error: no command given; run one of the commands above (core COMMAND "
+                       "--help says more)")
             return EXIT_USER_ERROR
         return args.func(args)
     except ChipbenchError as exc:

@@ -254,6 +254,8 @@ ROWS = [
     Row("config-hflip", RUN + ["--set", "data.hflip=2"], "between 0 and 1"),
     Row("config-target", RUN + ["--set", "target.mAP=-0.1"], "between 0 and 1"),
     Row("config-lr-steps", RUN + ["--set", "train.lr_steps=[0]"], "train.lr_steps"),
+    Row("config-lr-steps-bool", RUN + ["--set", "train.lr_steps=[true]"], "train.lr_steps"),
+    Row("cli-no-command", [], "no command given"),
     Row("config-eval-backend", RUN + ["--set", "eval.backend=foo"], "eval.backend"),
     Row("config-image-size", RUN + ["--set", "data.synthetic.image_size=8"], "at least 32"),
     Row("config-workers", RUN + ["--set", "data.num_workers=-1"], "must be a count >= 0 or null"),

@@ -84,7 +84,7 @@ class RetinaNetCase(Case):
             raise UserError("data.hflip and target.mAP must lie between 0 and 1", "fix the value")
         if synthetic["image_size"] < 32:
             raise UserError("data.synthetic.image_size must be at least 32", "use 128")
-        if any(not isinstance(s, int) or s < 1 for s in train["lr_steps"]):
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in train["lr_steps"]):
             raise UserError("train.lr_steps must be epoch numbers (positive integers)",
                             "e.g. --set 'train.lr_steps=[16,22]'")
         if config["eval"]["backend"] not in ("auto", "pycocotools", "faster_coco_eval"):
