@@ -256,6 +256,10 @@ ROWS = [
     Row("config-lr-steps", RUN + ["--set", "train.lr_steps=[0]"], "train.lr_steps"),
     Row("config-lr-steps-bool", RUN + ["--set", "train.lr_steps=[true]"], "train.lr_steps"),
     Row("cli-no-command", [], "no command given"),
+    Row("weights-empty", RUN + ["--set", "model.backbone_weights="], "model.backbone_weights is "
+        "empty", folder="failed"),
+    Row("weights-folder", RUN + ["--set", "model.backbone_weights={tmp}"], "is a folder, not a "
+        "file", folder="failed"),
     Row("config-eval-backend", RUN + ["--set", "eval.backend=foo"], "eval.backend"),
     Row("config-image-size", RUN + ["--set", "data.synthetic.image_size=8"], "at least 32"),
     Row("config-workers", RUN + ["--set", "data.num_workers=-1"], "must be a count >= 0 or null"),

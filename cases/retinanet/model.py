@@ -63,7 +63,13 @@ def resolve_backbone_weights(setting: str) -> Optional[Path]:
                     "resnet50-0676ba61.pth (or =none for random init)".format(target)) from None
         path = target
     else:
+        if not setting.strip():
+            raise UserError("model.backbone_weights is empty",
+                            "set it to imagenet, none, or file:///path/to/resnet50-0676ba61.pth")
         path = Path(urlparse(setting).path if setting.startswith("file://") else setting)
+        if path.is_dir():
+            raise UserError("backbone weights {} is a folder, not a file".format(path),
+                            "give the .pth file in it, or set model.backbone_weights=none")
         if not path.is_file():
             raise UserError("backbone weights file {} does not exist".format(path),
                             "download {} there, or set model.backbone_weights=none".format(
