@@ -106,6 +106,12 @@ class PluginHost:
         if self.pm.is_blocked(name):
             self.block_matched.add(name)
             return None
+        holder = self.pm.get_plugin(name)
+        if holder is not None:
+            taken = next((r.origin for r in self.records if name in r.extra.get("aliases", [])),
+                         "another plugin")
+            return self._broken(name, origin, "plugin name '{}' is already taken by {}; rename "
+                                "this entry point".format(name, taken), extra)
         try:
             self.pm.register(plugin, name=name)
         except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too  # pluggy validation error, duplicate name, ...
@@ -168,8 +174,10 @@ class PluginHost:
         A blocked entry-point name is not even imported.
         """
         for ep, dist in iter_entry_points(group):
-            if self.pm.is_blocked(ep.name):
-                self.block_matched.add(ep.name)
+            dist_name = dist.rsplit(" ", 1)[0]
+            blocked = [n for n in (ep.name, dist_name) if self.pm.is_blocked(n)]
+            if blocked:  # by its entry-point name or its distribution's
+                self.block_matched.update(blocked)
                 continue
             origin = "entry point '{}' from {}".format(ep.name, dist)
             aliases = [dist.rsplit(" ", 1)[0]]

@@ -240,12 +240,13 @@ def core_budget(configured: Optional[int], local_world_size: int,
     override = os.environ.get(THREADS_ENV, "").strip()
     if override:
         try:
-            threads = max(1, int(override))
+            threads = int(override)
         except ValueError:
-            from chipbench.errors import UserError
-
-            raise UserError("{}={!r} is not a number".format(THREADS_ENV, override),
-                            "set it to a thread count, e.g. {}=4, or unset it".format(THREADS_ENV)) from None
+            threads = 0
+        if not 1 <= threads <= 4096:
+            raise UserError("{}={!r} is not a thread count from 1 to 4096".format(
+                THREADS_ENV, override),
+                "set it to a thread count, e.g. {}=4, or unset it".format(THREADS_ENV)) from None
     return workers, threads
 
 

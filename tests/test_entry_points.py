@@ -89,6 +89,14 @@ def test_block_by_entry_point_name_skips_the_import(acme_and_broken, monkeypatch
     assert "warning" not in capsys.readouterr().err
 
 
+def test_block_by_distribution_name_skips_the_import(acme_and_broken, monkeypatch, capsys):
+    """`core vendors` shows the distribution a plugin came from: that name blocks it too."""
+    monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "broken-chipbench")
+    host = build_host()
+    assert host.record("broken") is None and host.record("acme-shown") is not None
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_block_by_shown_vendor_name_and_warn_about_the_rest(acme_and_broken, monkeypatch, capsys):
     monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "acme-shown, nothing-like-it")
     host = build_host()

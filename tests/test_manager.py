@@ -358,3 +358,11 @@ def test_a_slow_vendor_detect_is_named_in_a_warning(monkeypatch, capsys):
     build_host()
     err = capsys.readouterr().err
     assert "warning: plugin 'sluggish' took" in err and "CHIPBENCH_BLOCK_PLUGINS=sluggish" in err
+
+
+def test_an_entry_point_named_like_a_builtin_is_told_to_rename(monkeypatch):
+    host = build_host(load_entry_points=False)
+    record = host.add(vendor_module("shadow"), "cpu", "entry point 'cpu' from shadow 0.1")
+    assert record.broken and "plugin name 'cpu' is already taken by built-in" in record.error
+    assert "rename this entry point" in record.error
+    assert host.record("cpu").info.name == "cpu"  # the built-in still answers

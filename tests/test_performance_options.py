@@ -32,9 +32,10 @@ def test_cpu_budget_gives_configured_workers_their_cores(monkeypatch):
     assert cpu.core_budget(3, 1, cores=8) == (3, 5)
     monkeypatch.setenv(cpu.THREADS_ENV, "2")
     assert cpu.core_budget(3, 1, cores=8) == (3, 2)
-    monkeypatch.setenv(cpu.THREADS_ENV, "many")
-    with pytest.raises(UserError, match=cpu.THREADS_ENV):
-        cpu.core_budget(None, 1, cores=8)
+    for bad in ("many", "-5", "0", "1e3"):  # -5 was taken as 1 in silence
+        monkeypatch.setenv(cpu.THREADS_ENV, bad)
+        with pytest.raises(UserError, match="is not a thread count from 1 to 4096"):
+            cpu.core_budget(None, 1, cores=8)
 
 
 def test_cpu_vendor_sets_threads_for_its_workers(monkeypatch):
