@@ -69,6 +69,10 @@ def load_yaml(path: Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = " at line {}".format(mark.line + 1) if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character, not YAML text
+            char = exc.character
+            problem = "character {} at offset {} is not allowed".format(
+                "{:#04x}".format(char) if isinstance(char, int) else repr(char), exc.position)
         raise UserError("config {} is not valid YAML{}: {}".format(path, where, problem),
                         "fix the YAML syntax there") from None
     if data is None:

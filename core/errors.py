@@ -83,11 +83,17 @@ def user_os_error(exc: BaseException, what: Optional[str] = None,
     (permission, read-only, full disk, a file where a folder should be); else None."""
     if not isinstance(exc, OSError) or exc.errno not in USER_ERRNOS:
         return None
-    what = what or str(exc.filename or "a file")
-    where = " ({})".format(exc.filename) if exc.filename and str(exc.filename) not in what else ""
+    what = _cut(what or str(exc.filename or "a file"))
+    where = " ({})".format(_cut(str(exc.filename))) if exc.filename \
+        and str(exc.filename) not in what else ""
     return UserError("cannot write {}{}: {}".format(what, where, USER_ERRNOS[exc.errno]),
                      fix or "check that path: its permissions, free space, and that no part of "
                             "it is a file")
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    """``text`` cut in the middle to ``limit`` characters (a path of thousands of characters)."""
+    return text if len(text) <= limit else text[:limit // 2 - 2] + "...." + text[-limit // 2 + 2:]
 
 
 ALLOCATION_FAILURES = ("out of memory", "can't allocate memory", "cannot allocate memory",

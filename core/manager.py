@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set,
 import pluggy
 
 from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
-from chipbench.errors import PluginError
+from chipbench.errors import PluginError, UserError
 from chipbench.records import PluginRecord, VendorInfo
 
 ENV_STRICT = "CHIPBENCH_STRICT_PLUGINS"
@@ -35,7 +35,14 @@ BUILTIN_OBSERVERS = ("chipbench.report",)
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    """An on/off environment switch; a value that is neither is a one-line error."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise UserError("{}={!r} is neither on nor off".format(name, os.environ[name]),
+                    "set it to 1 (on) or 0 (off), or unset it")
 
 
 def _blocked_names() -> List[str]:

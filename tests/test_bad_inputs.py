@@ -256,6 +256,12 @@ ROWS = [
     Row("config-lr-steps", RUN + ["--set", "train.lr_steps=[0]"], "train.lr_steps"),
     Row("config-lr-steps-bool", RUN + ["--set", "train.lr_steps=[true]"], "train.lr_steps"),
     Row("cli-no-command", [], "no command given"),
+    Row("env-strict-plugins-2", ["vendors"], "CHIPBENCH_STRICT_PLUGINS='2' is neither on nor off",
+        env={"CHIPBENCH_STRICT_PLUGINS": "2"}),
+    Row("config-file-control-character", RUN + ["--config", "{tmp}/ctl.yaml"],
+        "character 0x01 at offset 13 is not allowed", setup=write("ctl.yaml", "train:\n  lr: \x01\n")),
+    Row("data-dir-name-too-long", RUN + ["--data-dir", "{tmp}/" + "a" * 5000],
+        "(File name too long)", folder="failed"),
     Row("weights-empty", RUN + ["--set", "model.backbone_weights="], "model.backbone_weights is "
         "empty", folder="failed"),
     Row("weights-folder", RUN + ["--set", "model.backbone_weights={tmp}"], "is a folder, not a "

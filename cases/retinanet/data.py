@@ -101,17 +101,22 @@ def check_data_dir(data_dir: Path) -> None:
     fix = ("point --data-dir at a COCO2017 folder (train2017/, val2017/, "
            "annotations/instances_{train,val}2017.json from cocodataset.org), or omit --data-dir "
            "to use the embedded synthetic set")
-    if data_dir.exists() and not data_dir.is_dir():
-        raise UserError("data dir {} is a file, not a folder".format(data_dir), fix)
-    if not data_dir.is_dir():
-        raise UserError("data dir {} does not exist".format(data_dir), fix)
-    for split in SPLITS:
-        images, annotations = coco_paths(data_dir, split)
-        if not images.is_dir():
-            raise UserError("data dir {} has no {}/ image folder".format(data_dir, images.name), fix)
-        if not annotations.is_file():
-            raise UserError("data dir {} has no annotations/{}".format(data_dir, annotations.name),
-                            fix)
+    try:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise UserError("data dir {} is a file, not a folder".format(data_dir), fix)
+        if not data_dir.is_dir():
+            raise UserError("data dir {} does not exist".format(data_dir), fix)
+        for split in SPLITS:
+            images, annotations = coco_paths(data_dir, split)
+            if not images.is_dir():
+                raise UserError("data dir {} has no {}/ image folder".format(
+                    data_dir, images.name), fix)
+            if not annotations.is_file():
+                raise UserError("data dir {} has no annotations/{}".format(
+                    data_dir, annotations.name), fix)
+    except OSError as exc:  # a name too long, a looping link, no permission to look
+        raise UserError("cannot read data dir {} ({})".format(
+            shown(str(data_dir)), exc.strerror or type(exc).__name__), fix) from None
 
 
 def load_coco_api(annotation_file: Path) -> Any:
