@@ -65,8 +65,13 @@ def test_loss_window_reads_the_mean_and_names_the_iterations_of_a_nan():
         window.add(torch.tensor(value), {"cls": torch.tensor(value)})
     assert window.read(13) == pytest.approx(2.0)
     window.add(torch.tensor(float("nan")), {"cls": torch.tensor(float("nan"))})
-    with pytest.raises(UserError, match=r"epoch 2 \(iterations 14-14"):
+    with pytest.raises(UserError, match=r"epoch 2 \(iterations 14-14") as caught:
         window.read(14)
+    assert "train in fp32" not in str(caught.value)  # it is fp32 already
+    mixed = LossWindow(epoch=0, first_iteration=0, precision="bf16")
+    mixed.add(torch.tensor(float("inf")), {})
+    with pytest.raises(UserError, match="or train in fp32"):
+        mixed.read(1)
 
 
 def test_bf16_support_names_native_units_or_warns(tmp_path):

@@ -86,7 +86,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
                     synchronize: Callable[[], None], autocast: Callable[[], Any],
                     scaler: Optional[Any], clip_grad_norm: float, warmup: Optional[Any],
                     log: Any, log_every: int, max_iters: int, bar: bool = False,
-                    core_every: int = 1) -> Dict[str, float]:
+                    core_every: int = 1, precision: str = "fp32") -> Dict[str, float]:
     """Train ``model`` for one epoch; returns the mean loss and the last learning rate.
 
     The forward + backward + step of one in ``core_every`` iterations (:func:`timed_iteration`) is
@@ -98,7 +98,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
     iteration, showing the loss last read.
     """
     model.train()
-    window = LossWindow(epoch, meter.seen_iterations)
+    window = LossWindow(epoch, meter.seen_iterations, precision)
     steps, shown, core_rate = 0, float("nan"), float("nan")
     synchronize()
     last = time.perf_counter()
@@ -169,8 +169,9 @@ class LossWindow:
     raises a one-line :class:`UserError` naming the epoch and the iterations it covers.
     """
 
-    def __init__(self, epoch: int, first_iteration: int) -> None:
+    def __init__(self, epoch: int, first_iteration: int, precision: str = "fp32") -> None:
         self.epoch = epoch
+        self.precision = precision
         self.first = first_iteration + 1
         self.total: Optional[torch.Tensor] = None
         self.count = 0
@@ -194,7 +195,8 @@ class LossWindow:
                 "training loss became {} in epoch {} (iterations {}-{}; last: {})".format(
                     mean, self.epoch, self.first, last_iteration,
                     ", ".join("{}={:.4g}".format(k, float(v)) for k, v in self.last_parts.items())),
-                "lower train.lr, enable train.clip_grad_norm, or train in fp32")
+                "lower train.lr or enable train.clip_grad_norm" + (
+                    ", or train in fp32" if self.precision != "fp32" else ""))
         self.read_sum += total
         self.total, self.count, self.first = None, 0, last_iteration + 1
         return mean

@@ -227,7 +227,8 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
                                 ctx.synchronize, autocast, scaler, train_cfg["clip_grad_norm"],
                                 warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"],
                                 bar=ctx.is_main and sys.stderr.isatty(),
-                                core_every=train_cfg["core_every"])
+                                core_every=train_cfg["core_every"],
+                                precision=train_cfg["precision"])
         scheduler.step()
         last_epoch = epoch + 1 == train_cfg["epochs"] or iterations_spent()
         scores: Dict[str, float] = {}
