@@ -206,6 +206,17 @@ def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
     return run_dir
 
 
+def command_line() -> str:
+    """This process's command as a user would type it again (``core run ...``, not the path of
+    ``chipbench/__main__.py`` that ``python -m chipbench`` puts in ``sys.argv[0]``)."""
+    program = Path(sys.argv[0]).name if sys.argv else "core"
+    if program in ("__main__.py", "chipbench", "core", ""):
+        program = "core"
+    else:
+        program = sys.argv[0]
+    return " ".join(shlex.quote(a) for a in [program] + sys.argv[1:])
+
+
 def versions() -> Dict[str, str]:
     from importlib import metadata
 
@@ -380,7 +391,7 @@ class Run:
             "precision": self.case.precision(self.config), "target": self.case.target(self.config),
             "target_metric": self.case.metric_name, "sample_unit": self.case.sample_unit,
             "config": self.config, "config_sources": self.sources,
-            "command": " ".join(shlex.quote(a) for a in sys.argv),
+            "command": command_line(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
         }
@@ -388,6 +399,15 @@ class Run:
             resumed = self.previous.get("resumed", 0)
             self.result["resumed"] = (resumed if isinstance(resumed, int) and resumed >= 0
                                       else 0) + 1
+            # the run began with the first attempt: its command and start stay; each resume
+            # is listed after them
+            for key in ("command", "started_at"):
+                if isinstance(self.previous.get(key), str):
+                    self.result[key] = self.previous[key]
+            earlier = self.previous.get("resumes")
+            self.result["resumes"] = (earlier if isinstance(earlier, list) else []) + [
+                {"command": command_line(), "started_at": time.strftime(
+                    "%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))}]
         self._write()
         try:
             self.result.update(fix_hp=fix_hp(self.case, self.config),

@@ -187,3 +187,13 @@ def test_console_script_exit_code_and_output_through_a_pipe():
     proc = run_core("vendors")
     assert proc.returncode == 0 and "cpu" in proc.stdout, proc.stderr
     assert_one_line_error(run_core("run", "retinanet", "--vendor", "nosuchchip"), "unknown vendor")
+
+
+def test_the_recorded_command_is_one_a_user_can_type_again(monkeypatch):
+    from chipbench.runner import command_line
+
+    monkeypatch.setattr("sys.argv", ["/site-packages/chipbench/__main__.py", "run", "--resume",
+                                     "runs/a b"])
+    assert command_line() == "core run --resume 'runs/a b'"
+    monkeypatch.setattr("sys.argv", ["/usr/bin/core", "run", "retinanet"])
+    assert command_line() == "core run retinanet"

@@ -44,9 +44,14 @@ def assert_failed_after_epoch_0(run_dir: Path) -> None:
 
 
 def resume_finishes(run_dir: Path) -> None:
+    first = result_of(run_dir)
     assert main(["run", "--resume", str(run_dir)]) == 0
     result = result_of(run_dir)
     assert result["status"] == "finished" and result["resumed"] == 1
+    # the first attempt's command and start stay; the resume is listed after them
+    assert (result["command"], result["started_at"]) == (first["command"], first["started_at"])
+    assert len(result["resumes"]) == 1
+    assert result["started_at"] <= result["resumes"][0]["started_at"]
     assert [e["epoch"] for e in result["epochs"]] == [0, 1]
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
 
