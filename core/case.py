@@ -11,7 +11,6 @@ an existing folder that is a registered case's package; anything else is a one-l
 
 import functools
 import importlib
-import math
 import os
 import pkgutil
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from chipbench.config import Config
 from chipbench.errors import ChipbenchError, PluginError, UserError, is_allocation_failure
+from chipbench.metrics import FIGURES, is_count, is_number
 
 
 class Case:
@@ -140,12 +140,6 @@ def _guarded(case: Case, name: str, method: Any, origin: str) -> Any:
     return call
 
 
-NUMBER_METRICS = ("p_whole", "p_train", "p_core", "images", "core_images", "iterations",
-                  "epochs", "train_seconds", "eval_seconds", "core_seconds",
-                  "mem_used_peak_bytes", "mem_total_bytes", "allocator_peak_bytes")
-"""Metrics a run reports as counts, times, rates or sizes: each None or a finite number >= 0."""
-
-
 def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
     """The final metrics ``case.run`` returned, checked; ``converged`` is set here, as the case's
     metric reaching ``target`` (where both are numbers). A case that returns something else is a
@@ -154,21 +148,16 @@ def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
     if not isinstance(metrics, dict):
         raise PluginError("case '{}' returned {} from run(), not a dict of metrics".format(
             case.name, type(metrics).__name__), fix)
-    for key in NUMBER_METRICS + (case.metric_name,):
+    for key in FIGURES + (case.metric_name,):
         value = metrics.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or (value < 0 and key != case.metric_name):
+        if value is not None and not (is_number(value) if key == case.metric_name
+                                      else is_count(value)):
             raise PluginError("case '{}' returned {} = {!r} from run()".format(
                 case.name, key, value), fix)
     value = metrics.get(case.metric_name)
-    if isinstance(value, (int, float)) and isinstance(target, (int, float)) \
-            and not isinstance(target, bool):
-        metrics = dict(metrics, converged=value >= target)
-    else:
-        metrics = dict(metrics, converged=bool(metrics.get("converged") is True))
-    return metrics
+    converged = value >= target if is_number(value) and is_number(target) \
+        else metrics.get("converged") is True
+    return dict(metrics, converged=converged)
 
 
 def _describe(exc: BaseException) -> str:
@@ -182,15 +171,15 @@ def discover_cases() -> List[CaseRecord]:
     from chipbench import cases
     from chipbench.manager import iter_entry_points
 
-    found: List[Tuple[str, str, Any]] = []
+    found: List[Tuple[str, str, Optional[str], Any]] = []  # name, origin, distribution, load
     for module in sorted(m.name for m in pkgutil.iter_modules(cases.__path__) if m.ispkg):
-        found.append((module, "built-in",
+        found.append((module, "built-in", None,
                       lambda m=module: importlib.import_module("chipbench.cases." + m)))
     for ep, dist in iter_entry_points(CASE_ENTRY_POINT_GROUP):
-        found.append((ep.name, "entry point '{}' from {}".format(ep.name, dist), ep.load))
+        found.append((ep.name, "entry point '{}' from {}".format(ep.name, dist), dist, ep.load))
     records: List[CaseRecord] = []
     taken = set()
-    for name, origin, load in found:
+    for name, origin, package, load in found:
         try:
             case = _case_of(load())
         except Exception as exc:
@@ -205,9 +194,9 @@ def discover_cases() -> List[CaseRecord]:
             records.append(CaseRecord(case.name, origin, error=problem))
             continue
         taken.add(case.name)
-        if origin != "built-in":
+        if package is not None:  # an outside case
             guard_case(case, origin)
-            case._chipbench_package = origin.rsplit(" from ", 1)[-1]  # type: ignore[attr-defined]
+            case._chipbench_package = package  # type: ignore[attr-defined]
         records.append(CaseRecord(case.name, origin, case=case))
     return records
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.errors import UserError
+from chipbench.metrics import FIGURES, is_count
 from chipbench.report import PERF_COLUMNS, markdown_table, perf_row, text_table
 
 RATIO_COLUMNS = (("p_whole", "p_whole x"), ("p_train", "p_train x"), ("p_core", "p_core x"),
@@ -21,10 +22,8 @@ COLUMNS = PERF_COLUMNS + tuple(c for _, c in RATIO_COLUMNS) + (MAP_COLUMN,)
 metric in its place (:func:`columns_for`)."""
 
 STATUSES = ("running", "finished", "failed", "interrupted")
-NUMBER_METRICS = ("p_whole", "p_train", "p_core", "e2e_time", "mem_used_peak_bytes",
-                  "mem_total_bytes", "images", "iterations", "epochs", "train_seconds",
-                  "eval_seconds")
-"""Metrics the comparison computes with: each None or a finite number >= 0."""
+NUMBER_METRICS = FIGURES + ("e2e_time",)
+"""Metrics the comparison reads: each None or a finite number >= 0."""
 OPTIONAL_FIELDS: Dict[str, Tuple[type, ...]] = {
     "row_label": (str,), "precision": (str,), "fix_hp": (str,), "target_metric": (str,),
     "sample_unit": (str,), "error": (str,), "general": (dict,), "versions": (dict,),
@@ -61,8 +60,7 @@ def check_result(result: Dict[str, Any], file: Path) -> None:
     metric = result.get("target_metric") or "mAP"
     for key in NUMBER_METRICS + (metric,):
         value = metrics.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
+        if value is not None and not is_count(value):
             raise bad("metrics." + key, value, "a finite number >= 0")
     if metrics.get("converged") is not None and not isinstance(metrics["converged"], bool):
         raise bad("metrics.converged", metrics["converged"], "true or false")

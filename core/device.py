@@ -6,12 +6,12 @@ one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, Union
 
 from chipbench.errors import PluginError, UserError
 from chipbench.hookspecs import PRECISIONS
 from chipbench.manager import PluginHost, describe_exception
+from chipbench.metrics import is_count
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 if TYPE_CHECKING:
@@ -89,14 +89,14 @@ class Device:
     def memory_query(self, device: torch.device) -> MemoryInfo:
         """Device-wide used/total memory of ``device``."""
         info = self._call("device_memory_query", MemoryInfo, device=device)
-        if not (_count(info.used_bytes) and _count(info.total_bytes)) or info.total_bytes == 0:
+        if not (is_count(info.used_bytes) and is_count(info.total_bytes)) or info.total_bytes == 0:
             raise self._wrong("device_memory_query", info, "byte counts >= 0 and a total > 0")
         return info
 
     def memory_peak(self, device: torch.device) -> int:
         """This process's allocator peak on ``device`` in bytes."""
         peak = self._call("device_memory_peak", int, device=device)
-        if not _count(peak):
+        if not is_count(peak):
             raise self._wrong("device_memory_peak", peak, "a byte count >= 0")
         return peak
 
@@ -152,11 +152,10 @@ class Device:
             return None
         if self.implements("device_grad_scaler"):
             scaler = self._call("device_grad_scaler", None, device=device, precision=precision)
-            if scaler is not None and not all(callable(getattr(scaler, m, None))
-                                              for m in SCALER_METHODS):
-                raise self._wrong("device_grad_scaler", scaler, "None or a loss scaler with "
-                                  "methods " + ", ".join(SCALER_METHODS))
             if scaler is not None:
+                if not all(callable(getattr(scaler, m, None)) for m in SCALER_METHODS):
+                    raise self._wrong("device_grad_scaler", scaler, "None or a loss scaler with "
+                                      "methods " + ", ".join(SCALER_METHODS))
                 return scaler
         import torch
 
@@ -178,8 +177,7 @@ class Device:
         does not implement it or cannot tell."""
         result = self._call("device_peak_flops", (int, float, type(None)), device=device,
                             precision=precision)
-        if result is not None and (isinstance(result, bool) or not math.isfinite(result)
-                                   or result <= 0):
+        if result is not None and not (is_count(result) and result > 0):
             raise self._wrong("device_peak_flops", result, "FLOP/s > 0, or None")
         return None if result is None else float(result)
     # optional hooks (a vendor may leave them out)
@@ -193,12 +191,6 @@ class Device:
                               "expected a count >= 0".format(self.vendor, result),
                               "report it to the plugin's authors, or choose another --vendor")
         return result
-
-
-def _count(value: Any) -> bool:
-    """A finite number >= 0 (a bool is not a count)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value >= 0)
 
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:

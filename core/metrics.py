@@ -14,8 +14,27 @@ makes the host wait for the device twice); ``core images`` are the images of the
 all of them when every iteration is timed.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, Optional
+
+FIGURES = ("p_whole", "p_train", "p_core", "images", "core_images", "iterations", "epochs",
+           "train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",
+           "mem_total_bytes", "allocator_peak_bytes")
+"""The counts, times, rates and sizes a run reports in its final metrics: each None or a
+:func:`is_count`."""
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (a bool is not a number here)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def is_count(value: Any) -> bool:
+    """A finite number >= 0."""
+    return is_number(value) and value >= 0
+
 
 SUMMED = ("images", "iterations", "monitor_errors")
 MAXED = ("train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",

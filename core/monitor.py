@@ -9,7 +9,6 @@ the summary (``monitor_failures``), and the report names the figures it cost.
 """
 
 import json
-import math
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from chipbench.device import Device
+from chipbench.metrics import is_number
 
 FIGURES_OF_HOOK = {"device_memory_query": "device memory (the mem column)",
                    "device_sample": "device util, power and temperature"}
@@ -194,16 +194,11 @@ def read_samples(path: Path) -> List[Dict[str, Any]]:
             sample = json.loads(line)
         except (ValueError, RecursionError):
             continue
-        if not isinstance(sample, dict) or not _finite_number(sample.get("time")):
+        if not isinstance(sample, dict) or not is_number(sample.get("time")):
             continue
         samples.append({k: v for k, v in sample.items()
-                        if isinstance(v, str) or _finite_number(v)})
+                        if isinstance(v, str) or is_number(v)})
     return samples
-
-
-def _finite_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 SUMMARY_FIELDS = (("util_percent", "util", "%", 1.0), ("power_w", "power", "W", 1.0),

@@ -209,12 +209,9 @@ def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
 def command_line() -> str:
     """This process's command as a user would type it again (``core run ...``, not the path of
     ``chipbench/__main__.py`` that ``python -m chipbench`` puts in ``sys.argv[0]``)."""
-    program = Path(sys.argv[0]).name if sys.argv else "core"
-    if program in ("__main__.py", "chipbench", "core", ""):
-        program = "core"
-    else:
-        program = sys.argv[0]
-    return " ".join(shlex.quote(a) for a in [program] + sys.argv[1:])
+    argv = sys.argv or ["core"]
+    program = "core" if Path(argv[0]).name in ("__main__.py", "chipbench", "core", "") else argv[0]
+    return " ".join(shlex.quote(a) for a in [program] + argv[1:])
 
 
 def versions() -> Dict[str, str]:
@@ -383,6 +380,7 @@ class Run:
     def execute(self) -> Dict[str, Any]:
         """Prepare, run the workers and write the result; errors are recorded, then re-raised."""
         english, chinese = row_labels(self.hardware, self.topology)
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))
         self.result = {
             "status": "running", "error": None, "case": self.case.name,
             "vendor": self.facade.vendor, "hardware": {"label": self.hardware.label,
@@ -392,7 +390,7 @@ class Run:
             "target_metric": self.case.metric_name, "sample_unit": self.case.sample_unit,
             "config": self.config, "config_sources": self.sources,
             "command": command_line(),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "started_at": started_at,
             "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
         }
         if self.previous is not None:
@@ -406,8 +404,7 @@ class Run:
                     self.result[key] = self.previous[key]
             earlier = self.previous.get("resumes")
             self.result["resumes"] = (earlier if isinstance(earlier, list) else []) + [
-                {"command": command_line(), "started_at": time.strftime(
-                    "%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))}]
+                {"command": command_line(), "started_at": started_at}]
         self._write()
         try:
             self.result.update(fix_hp=fix_hp(self.case, self.config),

@@ -9,13 +9,13 @@ start processes; ``live=False`` leaves them out (for simulated machines, where t
 
 import functools
 import json
-import math
 import time
 import traceback
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.hookspecs import DEVICE_HOOKS, PRECISIONS
+from chipbench.metrics import is_number
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 SAMPLE_KEYS = ("util_percent", "power_w", "temperature_c", "memory_used_bytes")
@@ -112,10 +112,6 @@ class Subject:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _mib(value: float) -> str:
@@ -415,7 +411,7 @@ def check_device_sample(subject: Subject) -> str:
     if unknown:
         raise CheckFailed("keys among {}".format(", ".join(SAMPLE_KEYS)), ", ".join(unknown))
     for key, value in sample.items():
-        if not _is_number(value):
+        if not is_number(value):
             raise CheckFailed("{} to be a number".format(key), repr(value))
     util = sample.get("util_percent")
     if util is not None and not 0 <= util <= 100:
