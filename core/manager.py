@@ -10,13 +10,17 @@ Environment switches:
 - ``CHIPBENCH_BLOCK_PLUGINS=a,b`` blocks the named plugins (``pm.set_blocked``): entry-point or
   built-in module names (not even imported) and vendor names as ``core vendors`` shows them;
   a name that matches nothing is warned about on stderr;
-- ``CHIPBENCH_TRACE_HOOKS=1`` prints every hook call and result to stderr (pluggy's tracing).
+- ``CHIPBENCH_TRACE_HOOKS=1`` prints every hook call and result to stderr (pluggy's tracing);
+- ``CHIPBENCH_DETECT_TIMEOUT_S=<seconds>`` bounds each ``vendor_detect`` (default 60): one that
+  has not returned by then (a driver probe that hangs) is recorded as broken, and every command
+  goes on without it instead of hanging.
 """
 
 import contextlib
 import importlib
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
@@ -29,6 +33,7 @@ from chipbench.records import PluginRecord, VendorInfo
 ENV_STRICT = "CHIPBENCH_STRICT_PLUGINS"
 ENV_BLOCK = "CHIPBENCH_BLOCK_PLUGINS"
 ENV_TRACE = "CHIPBENCH_TRACE_HOOKS"
+ENV_DETECT_TIMEOUT = "CHIPBENCH_DETECT_TIMEOUT_S"
 
 BUILTIN_OBSERVERS = ("chipbench.report",)
 """Built-in plugins that only observe runs (lifecycle hooks)."""
@@ -72,6 +77,56 @@ def iter_entry_points(group: str = ENTRY_POINT_GROUP) -> Iterator[Tuple[Any, str
 SLOW_DETECT_S = 2.0
 """A ``vendor_detect`` slower than this is named in a warning (it delays every command)."""
 
+DETECT_TIMEOUT_S = 60.0
+"""A ``vendor_detect`` that has not returned after this long is given up on (broken)."""
+
+MAX_DETECT_TIMEOUT_S = 3600.0
+
+
+def detect_timeout() -> float:
+    """Seconds one ``vendor_detect`` may take: ``$CHIPBENCH_DETECT_TIMEOUT_S`` or the default."""
+    raw = os.environ.get(ENV_DETECT_TIMEOUT, "").strip()
+    if not raw:
+        return DETECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= MAX_DETECT_TIMEOUT_S:  # nan fails too
+        raise UserError("{}={!r} is not a number of seconds in (0, {:g}]".format(
+            ENV_DETECT_TIMEOUT, os.environ[ENV_DETECT_TIMEOUT], MAX_DETECT_TIMEOUT_S),
+            "set it to e.g. {:g}, or unset it".format(DETECT_TIMEOUT_S))
+    return value
+
+
+class DetectTimedOut(Exception):
+    """``vendor_detect`` did not return in time (it keeps running in a daemon thread)."""
+
+
+def call_with_timeout(function: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``function()``, run in a daemon thread and waited for at most ``timeout`` seconds.
+
+    Its result is returned and its exception re-raised; if it is still running after
+    ``timeout``, :class:`DetectTimedOut` is raised and the thread is left behind (a daemon
+    thread does not keep the process alive, so a hung driver probe cannot hang the command).
+    """
+    outcome: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # noqa: B902 - handed to the caller, SystemExit included
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="chipbench " + what, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise DetectTimedOut("{} did not return within {:g} s".format(what, timeout))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
 OBSERVER_HOOKS = hookspecs.LIFECYCLE_HOOKS + ("case_config_dirs",)
 """What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""
 
@@ -96,6 +151,7 @@ class PluginHost:
         """The requested names that matched a plugin (by its plugin or its vendor name)."""
         self.slow_detects: List[Tuple[str, float]] = []
         """``(plugin, seconds)`` of each ``vendor_detect`` slower than :data:`SLOW_DETECT_S`."""
+        self.detect_timeout = detect_timeout()
         for name in self.block_requested:
             pm.set_blocked(name)
 
@@ -134,7 +190,13 @@ class PluginHost:
             return record
         started = time.perf_counter()
         try:
-            info = self._detect(plugin)
+            info = call_with_timeout(lambda: self._detect(plugin), self.detect_timeout,
+                                     "vendor_detect")
+        except DetectTimedOut as exc:
+            self.pm.unregister(plugin)
+            return self._broken(name, origin, "{} (a hung driver probe?); fix the plugin, block "
+                                "it with {}={}, or raise {}".format(exc, ENV_BLOCK, name,
+                                                                    ENV_DETECT_TIMEOUT), extra)
         except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
             self.pm.unregister(plugin)
             return self._broken(name, origin, "vendor_detect failed: {}".format(describe_exception(exc)),

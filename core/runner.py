@@ -34,7 +34,7 @@ from chipbench.manager import build_host
 from chipbench.metrics import gib, mem_text
 from chipbench.records import HardwareId
 from chipbench.selection import ENV_VENDOR, select_device
-from chipbench.worker import SPEC_FILE, TRACE, run_worker
+from chipbench.worker import RETURNED_DIR, SPEC_FILE, TRACE, returned_ranks, run_worker
 
 RESULT_FILE = "result.json"
 ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}
@@ -288,13 +288,33 @@ def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:
         ": " + root["traceback"] if root.get("traceback", "").startswith("Signal") else "")
 
 
-def worker_errors(run_dir: Path) -> List[str]:
-    """One-line errors that failed workers left behind, rank order."""
+PEER_LOSS = re.compile(r"gloo|nccl|hccl|connection|socket|peer|broken pipe|timed out|timeout|"
+                       r"collective|barrier|all_?reduce|broadcast|all_?gather|process group|"
+                       r"tcpstore", re.IGNORECASE)
+"""What a rank's error says when a peer it was exchanging with went away."""
+
+
+def early_return(errors: List[Tuple[int, str]], returned: List[int]) -> Optional[str]:
+    """Where a rank failed on a lost peer after other ranks had returned from the case's
+    ``run()``: one line saying so (the failure alone blames the rank that was left waiting)."""
+    lost = [(rank, line) for rank, line in errors
+            if rank not in returned and PEER_LOSS.search(line)]
+    if not returned or not lost:
+        return None
+    rank, line = lost[0]
+    return ("rank{} {} returned from the case's run() while rank {} was still in a collective, "
+            "which then failed: {}".format("s" if len(returned) > 1 else "",
+                                           ", ".join(map(str, returned)), rank, line))
+
+
+def worker_errors(run_dir: Path) -> List[Tuple[int, str]]:
+    """``(rank, one-line error)`` that failed workers left behind, rank order."""
     folder = Path(run_dir) / "errors"
     if not folder.is_dir():
         return []
-    files = sorted(folder.glob("rank*.txt"), key=lambda p: int(p.stem[4:] or 0))
-    return [line for line in (p.read_text().strip() for p in files) if line]
+    files = [(int(p.stem[4:]), p) for p in folder.glob("rank*.txt") if p.stem[4:].isdigit()]
+    lines = ((rank, p.read_text().strip()) for rank, p in sorted(files))
+    return [(rank, line) for rank, line in lines if line]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,20 +478,27 @@ class Run:
         env = {ENV_VENDOR: self.facade.vendor}
         if self.topology.devices:
             env[self.facade.visible_devices_env()] = self.topology.devices
-        shutil.rmtree(self.run_dir / "errors", ignore_errors=True)  # a resumed run's old ones
+        for folder in ("errors", RETURNED_DIR):  # a resumed run's old ones
+            shutil.rmtree(self.run_dir / folder, ignore_errors=True)
         log_file = self.run_dir / "logs" / "torchrun-node{}.log".format(self.topology.node_rank)
         offset = log_file.stat().st_size if log_file.exists() else 0
         code = launch_workers(self.topology, self.run_dir, env)
         if code != 0:
-            errors = worker_errors(self.run_dir)
+            ranked = worker_errors(self.run_dir)
+            errors = [line for _, line in ranked]
             cause = torchrun_root_cause(log_file, offset)
             # a rank killed by a signal leaves no error file: the others' errors are echoes
             if cause and ("Signal" in cause or not errors):
-                errors = [cause]
+                errors, ranked = [cause], []
             first = errors[0] if errors else "torchrun exited with code {}".format(code)
             user_error = errors and all(not e.startswith(("rank ", "torchrun ")) for e in errors)
             error_type = UserError if user_error else RunFailed
-            raise error_type(first, "see {}/logs for every rank's log".format(self.run_dir))
+            logs = "see {}/logs for every rank's log".format(self.run_dir)
+            early = early_return(ranked, returned_ranks(self.run_dir))
+            if early:
+                raise error_type(early, "every rank must run the same collectives: does run() "
+                                 "return early on some ranks? " + logs)
+            raise error_type(first, logs)
 
     def _finish(self) -> None:
         progress = _read_json(self.run_dir / PROGRESS_FILE)

@@ -9,9 +9,10 @@ import datetime
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from chipbench.context import RunContext
 from chipbench.errors import ChipbenchError, RunFailed, UserError, is_allocation_failure, user_os_error
@@ -91,6 +92,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
             if not is_allocation_failure(exc):
                 raise
             raise allocation_error(case, spec["config"], exc) from None
+        if world_size > 1:
+            record_returned(run_dir, rank)
         if ctx.is_main:
             metrics = checked_metrics(case, metrics, spec_target(case, spec["config"]))
         ctx.save_progress(final=True, metrics=metrics)
@@ -129,6 +132,30 @@ def record_error(run_dir: Path, rank: int, message: str) -> None:
         (errors / "rank{}.txt".format(rank)).write_text(message + "\n")
     except OSError:
         pass
+
+
+RETURNED_DIR = "ranks"
+"""``ranks/rank<N>.returned``: rank N's ``case.run()`` returned (the launcher's evidence when the
+other ranks then fail in a collective that rank N never joined)."""
+
+
+def record_returned(run_dir: Path, rank: int) -> None:
+    """Note that this rank's ``case.run()`` returned."""
+    try:
+        folder = Path(run_dir) / RETURNED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "rank{}.returned".format(rank)).write_text("{:.3f}\n".format(time.time()))
+    except OSError:
+        pass
+
+
+def returned_ranks(run_dir: Path) -> List[int]:
+    """The ranks whose ``case.run()`` returned, in order."""
+    folder = Path(run_dir) / RETURNED_DIR
+    if not folder.is_dir():
+        return []
+    ranks = (p.name[4:-len(".returned")] for p in folder.glob("rank*.returned"))
+    return sorted(int(r) for r in ranks if r.isdigit())
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -277,24 +277,34 @@ _measured_peaks: Dict[str, float] = {}
 def measure_gemm_flops(seconds: float, precision: str = "fp32", size: int = 1024) -> float:
     """FLOP/s of square matrix products on this CPU: the best of several short windows within
     about ``seconds`` (a peak, so the fastest window counts, not the mean that a busy neighbour or
-    a cold cache drags down)."""
+    a cold cache drags down).
+
+    The matrices start at 128 and double up to ``size`` while the next size's product fits in a
+    tenth of ``seconds``: where one 1024 product takes longer (bf16 on a CPU without bf16 units
+    runs ~100x slower than fp32: 1.6 s a product), the measurement still keeps to its window."""
     import time
 
     import torch
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
-    b = a.t().contiguous()
-    for _ in range(2):  # warm-up: kernel choice, page faults
-        torch.mm(a, b)
-    best, deadline = 0.0, time.perf_counter() + seconds
+    n = min(128, size)
     while True:
+        a = torch.randn(n, n, generator=torch.Generator().manual_seed(0)).to(dtype)
+        b = a.t().contiguous()
+        torch.mm(a, b)  # warm-up: kernel choice, page faults
+        start = time.perf_counter()
+        torch.mm(a, b)
+        took = time.perf_counter() - start
+        if n * 2 > size or took * 8 > seconds / 10:  # doubling n costs 8x
+            break
+        n *= 2
+    best, deadline = 2.0 * n ** 3 / max(took, 1e-9), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
         start = time.perf_counter()
         torch.mm(a, b)
         elapsed = time.perf_counter() - start
-        best = max(best, 2.0 * size ** 3 / max(elapsed, 1e-9))
-        if time.perf_counter() >= deadline:
-            return best
+        best = max(best, 2.0 * n ** 3 / max(elapsed, 1e-9))
+    return best
 
 
 @hookimpl

@@ -2,6 +2,8 @@
 from outside packages (entry-point group chipbench.cases) and how a case argument is read."""
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -335,3 +337,60 @@ def test_a_broken_shipped_config_names_the_plugin(tmp_path, capsys):
     line = caught.value.one_line()
     assert "not valid YAML" in line and "(shipped by plugin 'shipper')" in line
     assert "give --config a fixed copy" in line
+
+
+EARLY = '''
+from pathlib import Path
+
+from chipbench.case import Case
+
+
+class Early(Case):
+    """Rank 0 returns at once; the other ranks wait for it in an all-reduce it never joins."""
+    name = "early"
+    config_dir = Path(__file__).resolve().parent / "early_configs"
+    metric_name = "score"
+
+    def target(self, config):
+        return 0.5
+
+    def run(self, ctx):
+        import torch
+        import torch.distributed as dist
+
+        if ctx.rank != 0:
+            dist.all_reduce(torch.ones(1))
+        return {"score": 1.0, "p_train": 1.0, "images": 4, "epochs": 1}
+
+
+early = Early()
+'''
+
+
+@pytest.mark.distributed
+def test_a_rank_returning_early_is_named_not_only_the_rank_left_waiting(tmp_path, monkeypatch,
+                                                                         capsys):
+    site = tmp_path / "site"
+    (site / "early_configs").mkdir(parents=True)
+    (site / "early_configs" / "defaults.yaml").write_text(
+        "train: {precision: fp32}\nrun: {monitor_interval_s: 1.0, timeout_s: 30}\n")
+    (site / "early_case.py").write_text(EARLY)
+    info = site / "early_case-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: early-case\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[chipbench.cases]\nearly = early_case:early\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = tmp_path / "run"
+    started = time.monotonic()
+    code = main(["run", "early", "--vendor", "cpu", "--nproc-per-node", "2", "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, "\n".join(err)  # the case's mistake, as any case error is
+    assert time.monotonic() - started < 25  # the waiting rank fails when rank 0 leaves, not later
+    assert err[-1].startswith("error: rank 0 returned from the case's run() while rank 1 was "
+                              "still in a collective, which then failed: case 'early' failed in "
+                              "run(): RuntimeError: "), err[-1]
+    assert "every rank must run the same collectives" in err[-1]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and "rank 0 returned from" in result["error"]

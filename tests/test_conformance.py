@@ -169,3 +169,35 @@ def test_shipped_configs_are_checked(tmp_path):
     (tmp_path / "z1-big.yaml").write_text("train:\n  lr: 0.5\n")
     (result,) = run_checks(facade, live=False, only=["shipped_configs"])
     assert result.status == "fail" and result.got.endswith("z1-big.yaml")
+
+
+def test_a_vendor_suite_with_its_own_vendor_option_keeps_it(tmp_path):
+    """The kit is a pytest11 plugin, loaded in every pytest session where chipbench is installed:
+    a vendor's own conftest.py that adds --vendor/--static/--alloc-mib must keep working, and
+    the kit stays reachable under its long names."""
+    (tmp_path / "conftest.py").write_text(
+        "def pytest_addoption(parser):\n"
+        "    parser.addoption('--vendor', default='mine')\n"
+        "    parser.addoption('--static', action='store_true')\n"
+        "    parser.addoption('--alloc-mib', default='x')\n")
+    (tmp_path / "test_own.py").write_text(
+        "def test_own_options(request):\n"
+        "    assert request.config.getoption('--vendor') == 'theirs'\n"
+        "    assert request.config.getoption('--static') is True\n"
+        "    assert request.config.getoption('chipbench_vendor') is None\n")
+    own = subprocess.run([sys.executable, "-m", "pytest", "--vendor", "theirs", "--static", "-q",
+                          "-p", "no:cacheprovider", "test_own.py"],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert own.returncode == 0, own.stdout[-2000:] + own.stderr[-2000:]
+    kit = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "chipbench.conformance", "-q",
+         "--chipbench-vendor", "fakechip", "--chipbench-static", "-p", "no:cacheprovider"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert kit.returncode == 0, kit.stdout[-2000:] + kit.stderr[-2000:]
+    assert "passed" in kit.stdout
+
+
+def test_kit_alloc_size_is_checked_like_doctor_does(tmp_path):
+    done = run_pytest_entry("cpu", "--alloc-mib", "0", cwd=tmp_path)
+    assert done.returncode == 4  # pytest's usage error, naming the option and the range
+    assert "--alloc-mib" in done.stderr and "0 is not in 1..1048576" in done.stderr

@@ -66,3 +66,24 @@ def test_vendor_without_the_optional_hook_gives_no_peak():
     host = build_host(load_entry_points=False)
     assert host.add(module, "bare", "test").error in (None, "")
     assert select_device(host, "bare").peak_flops("cpu", "fp32") is None
+
+
+def test_cpu_peak_measurement_keeps_to_its_window_when_products_are_slow(monkeypatch):
+    """bf16 on a CPU without bf16 units: a 1024 product took 1.6 s, and a 0.5 s measurement
+    took 5 s of every bf16 run's start. The matrices now shrink to fit the window."""
+    import time
+
+    import torch
+
+    from chipbench.plugins.cpu import measure_gemm_flops
+
+    def slow_mm(a, b):  # 1 s for a 1024 x 1024 product, as a CPU emulating bf16
+        time.sleep(a.shape[0] ** 3 / 1024 ** 3)
+        return a
+
+    monkeypatch.setattr(torch, "mm", slow_mm)
+    started = time.perf_counter()
+    rate = measure_gemm_flops(0.2, "bf16")
+    took = time.perf_counter() - started
+    assert took < 0.6
+    assert 0.5e9 < rate <= 2.2e9  # 2 * n^3 FLOPs per n^3 / 1024^3 s: ~2.1 GFLOP/s at any size

@@ -366,3 +366,58 @@ def test_an_entry_point_named_like_a_builtin_is_told_to_rename(monkeypatch):
     assert record.broken and "plugin name 'cpu' is already taken by built-in" in record.error
     assert "rename this entry point" in record.error
     assert host.record("cpu").info.name == "cpu"  # the built-in still answers
+
+
+def test_a_hanging_vendor_detect_is_given_up_and_the_others_keep_working(monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv("CHIPBENCH_DETECT_TIMEOUT_S", "0.3")
+    release = threading.Event()
+
+    def hung():
+        release.wait(60)  # a driver probe that never answers
+        return VendorInfo("hung", "cpu", 99, True, "")
+
+    host = build_host(load_entry_points=False)
+    started = time.perf_counter()
+    record = host.add(vendor_module("hung", vendor_detect=hung), "hung", "test")
+    took = time.perf_counter() - started
+    release.set()
+    assert 0.3 <= took < 10
+    assert record.broken and "vendor_detect did not return within 0.3 s" in record.error
+    assert "CHIPBENCH_BLOCK_PLUGINS=hung" in record.error and "\n" not in record.error
+    assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]
+    assert select_device(host, "cpu").info.name == "cpu"
+    with pytest.raises(UserError, match="hung"):
+        select_device(host, "hung")
+
+
+def test_a_hanging_vendor_detect_is_fatal_in_strict_mode(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("CHIPBENCH_DETECT_TIMEOUT_S", "0.2")
+    release = threading.Event()
+
+    def hung():
+        release.wait(60)
+        return VendorInfo("hung", "cpu", 1, True, "")
+
+    host = build_host(load_entry_points=False, strict=True)
+    try:
+        with pytest.raises(PluginError, match="plugin 'hung' .* did not return within 0.2 s"):
+            host.add(vendor_module("hung", vendor_detect=hung), "hung", "test")
+    finally:
+        release.set()
+
+
+def test_vendor_detect_answers_and_errors_come_back_through_the_timeout(monkeypatch):
+    monkeypatch.setenv("CHIPBENCH_DETECT_TIMEOUT_S", "30")
+
+    def exits():
+        raise SystemExit(3)
+
+    host = build_host(load_entry_points=False)
+    record = host.add(vendor_module("quits", vendor_detect=exits), "quits", "test")
+    assert record.broken and "vendor_detect failed" in record.error
+    assert host.add(vendor_module("fine"), "fine", "test").info.name == "fine"

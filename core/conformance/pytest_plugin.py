@@ -2,27 +2,85 @@
 
 A pytest plugin registered under the ``pytest11`` entry point (a conftest.py inside an installed
 package is not read for ``--pyargs``, so its options would be unknown). Importing it is cheap.
-Adds ``--vendor`` (default: ``$CHIPBENCH_VENDOR``, else auto-detection), ``--static`` (leave out
-the checks that run work on the device or start processes) and ``--alloc-mib``. The checks run
-once per session; :mod:`chipbench.conformance.test_contract` has one test per check.
+
+Being a ``pytest11`` plugin, it is loaded in every pytest session of an environment where
+chipbench is installed, a vendor's own test suite included. So its options have names no one else
+uses: ``--chipbench-vendor`` (default: ``$CHIPBENCH_VENDOR``, else auto-detection),
+``--chipbench-static`` (leave out the checks that run work on the device or start processes) and
+``--chipbench-alloc-mib``. The short names ``--vendor``, ``--static`` and ``--alloc-mib`` are added
+too, after the project's own conftest.py files have added theirs, and only where they are free: a
+suite whose conftest.py has its own ``--vendor`` keeps it. The checks run once per session;
+:mod:`chipbench.conformance.test_contract` has one test per check.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict
+import argparse
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Set, Tuple
 
 import pytest
 
 if TYPE_CHECKING:
     from chipbench.conformance.checks import Result
 
+GROUP = "chipbench conformance"
+MAX_ALLOC_MIB = 2**20
+
+
+def _alloc_mib(text: str) -> int:
+    """``--alloc-mib``: a whole number of MiB in 1..2**20 (as ``core doctor`` takes it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not a whole number of MiB".format(text)) from None
+    if not 1 <= value <= MAX_ALLOC_MIB:
+        raise argparse.ArgumentTypeError("{} is not in 1..{}".format(value, MAX_ALLOC_MIB))
+    return value
+
+
+OPTIONS: Tuple[Tuple[str, str, Dict[str, Any]], ...] = (
+    ("vendor", "chipbench_vendor",
+     dict(default=None, metavar="NAME", help="vendor plugin to check (default: auto)")),
+    ("static", "chipbench_static",
+     dict(action="store_true", help="only checks that run no work on the device and start no "
+          "process")),
+    ("alloc-mib", "chipbench_alloc_mib",
+     dict(type=_alloc_mib, default=64, metavar="MIB", help="test allocation in MiB")),
+)
+"""``(short name, dest, argparse attributes)`` of each option; the long name is
+``--chipbench-<short name>``."""
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("chipbench conformance")
-    group.addoption("--vendor", default=None, help="vendor plugin to check (default: auto)")
-    group.addoption("--static", action="store_true",
-                    help="only checks that run no work on the device and start no process")
-    group.addoption("--alloc-mib", type=int, default=64, help="test allocation in MiB")
+    group = parser.getgroup(GROUP)
+    for short, dest, attrs in OPTIONS:
+        group.addoption("--chipbench-" + short, dest=dest, **attrs)
+
+
+def _option_names(parser: pytest.Parser) -> Set[str]:
+    """Every option string added so far (pytest's own, plugins', conftest.py files')."""
+    groups: List[Any] = [getattr(parser, "_anonymous", None)] + list(getattr(parser, "_groups", []))
+    names: Set[str] = set()
+    for group in groups:
+        for option in getattr(group, "options", ()):
+            names.update(option.names())
+    return names
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: List[str]) -> Generator[None, None, None]:
+    """After the initial conftest.py files added their options: the short names still free."""
+    yield
+    taken = _option_names(parser)
+    group = parser.getgroup(GROUP)
+    for short, dest, attrs in OPTIONS:
+        if "--" + short in taken:
+            continue
+        try:
+            group.addoption("--" + short, dest=dest, **dict(attrs, help="same as --chipbench-" + short))
+        except (ValueError, argparse.ArgumentError):  # taken after all (a pytest we cannot read)
+            pass
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +92,9 @@ def conformance_results(request: pytest.FixtureRequest) -> Dict[str, Result]:
     from chipbench.selection import select_device
 
     try:
-        facade = select_device(build_host(), request.config.getoption("--vendor"))
+        facade = select_device(build_host(), request.config.getoption("chipbench_vendor"))
     except ChipbenchError as exc:
         pytest.fail("cannot select the vendor: " + exc.one_line(), pytrace=False)
-    results = run_checks(facade, live=not request.config.getoption("--static"),
-                         alloc_mib=request.config.getoption("--alloc-mib"))
+    results = run_checks(facade, live=not request.config.getoption("chipbench_static"),
+                         alloc_mib=request.config.getoption("chipbench_alloc_mib"))
     return {r.check: r for r in results}
