@@ -288,10 +288,11 @@ def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:
         ": " + root["traceback"] if root.get("traceback", "").startswith("Signal") else "")
 
 
-PEER_LOSS = re.compile(r"gloo|nccl|hccl|connection|socket|peer|broken pipe|timed out|timeout|"
-                       r"collective|barrier|all_?reduce|broadcast|all_?gather|process group|"
-                       r"tcpstore", re.IGNORECASE)
-"""What a rank's error says when a peer it was exchanging with went away."""
+PEER_LOSS = re.compile(r"connection|socket|peer|broken pipe|timed out|timeout|remote|network|"
+                       r"watchdog|collective|barrier|all_?reduce|broadcast|all_?gather|"
+                       r"process group|tcpstore", re.IGNORECASE)
+"""What a rank's error says when a peer it was exchanging with went away (in any collective
+backend's words: no backend is named here)."""
 
 
 def early_return(errors: List[Tuple[int, str]], returned: List[int]) -> Optional[str]:
