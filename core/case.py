@@ -9,17 +9,27 @@ A case is named by its bare name (``retinanet``), by the documented spelling ``c
 an existing folder that is a registered case's package; anything else is a one-line error.
 """
 
+import contextlib
 import functools
 import importlib
 import os
 import pkgutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from chipbench.config import Config
-from chipbench.errors import ChipbenchError, PluginError, UserError, is_allocation_failure
-from chipbench.metrics import FIGURES, is_count, is_number
+from chipbench.config import Config, shown
+from chipbench.errors import (
+    ChipbenchError,
+    PluginError,
+    UserError,
+    exception_text,
+    is_allocation_failure,
+    plugin_fault,
+)
+from chipbench.hookspecs import PRECISIONS
+from chipbench.metrics import FIGURES, RESERVED_KEYS, is_count, is_number
 
 
 class Case:
@@ -100,9 +110,17 @@ CASE_METHODS = ("overlays", "validate", "prepare", "general_rows", "precision", 
 
 def contract_problem(case: Case) -> str:
     """What keeps ``case`` from being run at all ("" when nothing): no ``run()``, no config folder
-    with a ``defaults.yaml``."""
+    with a ``defaults.yaml``, names that are not text, a target metric named like one of
+    chipbench's own columns."""
     if type(case).run is Case.run:
         return "it does not define run()"
+    for attribute in ("name", "title", "metric_name", "sample_unit"):
+        value = getattr(case, attribute, None)
+        if not isinstance(value, str) or not value.strip() or "\n" in value:
+            return "its {} {} is not a one-line text".format(attribute, shown(value))
+    if case.metric_name in RESERVED_KEYS:
+        return ("its metric_name '{}' is one of chipbench's own figures (it would replace that "
+                "column); name the metric after what it measures".format(case.metric_name))
     folder = Path(case.config_dir)
     if not folder.is_absolute():
         return "its config_dir '{}' is not an absolute path (set it from __file__)".format(folder)
@@ -124,27 +142,58 @@ def guard_case(case: Case, origin: str) -> Case:
 
 
 def _guarded(case: Case, name: str, method: Any, origin: str) -> Any:
+    fix = "fix the case or report it to its authors ({})".format(origin)
+
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            answer = method(*args, **kwargs)
         except (ChipbenchError, MemoryError):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B902 - sys.exit() and the like too
+            if not plugin_fault(exc):
+                raise
             if name == "run" and is_allocation_failure(exc):
                 raise
             raise PluginError("case '{}' failed in {}(): {}".format(case.name, name,
-                                                                  _describe(exc)),
-                              "fix the case or report it to its authors ({})".format(origin)
-                              ) from exc
+                                                                  _describe(exc)), fix) from exc
+        expected = ANSWERS.get(name)
+        if expected is not None and not expected[0](answer):
+            raise PluginError("case '{}' returned {} from {}(), expected {}".format(
+                case.name, shown(answer), name, expected[1]), fix)
+        return answer
     return call
+
+
+def _overlays_ok(answer: Any) -> bool:
+    return isinstance(answer, list) and all(
+        isinstance(layer, (tuple, list)) and len(layer) == 2 and isinstance(layer[0], str)
+        and isinstance(layer[1], dict) for layer in answer)
+
+
+def _rows_ok(answer: Any) -> bool:
+    return isinstance(answer, (list, tuple)) and all(
+        isinstance(row, (tuple, list)) and len(row) == 3
+        and all(isinstance(cell, str) or is_number(cell) for cell in row) for row in answer)
+
+
+ANSWERS: Dict[str, Tuple[Any, str]] = {
+    "overlays": (_overlays_ok, "a list of (source, mapping) pairs"),
+    "prepare": (lambda answer: isinstance(answer, dict), "a dict of facts"),
+    "general_rows": (_rows_ok, "a list of (indicator, value, note) rows of text or numbers"),
+    "precision": (lambda answer: answer in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
+    "target": (lambda answer: answer is None or is_number(answer),
+               "a finite int or float, or None (no target)"),
+}
+"""What each launcher-side method of a case must return: (check, what it should be)."""
 
 
 def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
     """The final metrics ``case.run`` returned, checked; ``converged`` is set here, as the case's
     metric reaching ``target`` (where both are numbers). A case that returns something else is a
     one-line :class:`PluginError` naming the case and the metric."""
-    fix = "fix the case's run(): it returns a dict of finite numbers (see README, Writing a case)"
+    fix = "fix the case's run() ({}): it returns a dict of finite numbers (see README, Writing " \
+          "a case)".format(case_package(case))
     if not isinstance(metrics, dict):
         raise PluginError("case '{}' returned {} from run(), not a dict of metrics".format(
             case.name, type(metrics).__name__), fix)
@@ -152,16 +201,17 @@ def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
         value = metrics.get(key)
         if value is not None and not (is_number(value) if key == case.metric_name
                                       else is_count(value)):
-            raise PluginError("case '{}' returned {} = {!r} from run()".format(
-                case.name, key, value), fix)
+            raise PluginError("case '{}' returned {} = {} from run()".format(
+                case.name, key, shown(value)), fix)
     value = metrics.get(case.metric_name)
-    converged = value >= target if is_number(value) and is_number(target) \
-        else metrics.get("converged") is True
+    # only chipbench says converged: the metric is a number that reached a numeric target (a
+    # case's own "converged", a missing metric or no target never count)
+    converged = bool(is_number(value) and is_number(target) and value >= target)
     return dict(metrics, converged=converged)
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = exception_text(exc).strip().splitlines()
     return "{}: {}".format(type(exc).__name__, text[0]) if text else type(exc).__name__
 
 
@@ -181,13 +231,17 @@ def discover_cases() -> List[CaseRecord]:
     taken = set()
     for name, origin, package, load in found:
         try:
-            case = _case_of(load())
-        except Exception as exc:
+            with contextlib.redirect_stdout(sys.stderr):  # prints must not corrupt `--json`
+                case = _case_of(load())
+        except BaseException as exc:  # noqa: B902 - sys.exit() and the like too
+            if not plugin_fault(exc):
+                raise
             records.append(CaseRecord(name, origin, error="cannot load: " + _describe(exc)))
             continue
         if case.name in taken:
+            holder = next(r.origin for r in records if r.name == case.name and not r.broken)
             records.append(CaseRecord(case.name, origin, error="case name '{}' is already "
-                                      "taken".format(case.name)))
+                                      "taken by {}".format(case.name, holder)))
             continue
         problem = contract_problem(case)
         if problem:
@@ -221,9 +275,12 @@ def load_case(argument: str) -> Case:
     existing folder that is a registered case's package. Anything else is a one-line error (a
     file or a missing path that merely ends in a case name is never taken for that case)."""
     records: Dict[str, CaseRecord] = {}
+    shadowed: Dict[str, List[CaseRecord]] = {}
     for record in discover_cases():  # a working case wins over a broken one of the same name
         if record.name not in records or records[record.name].broken:
             records[record.name] = record
+        if record.broken and "is already taken by" in record.error:
+            shadowed.setdefault(record.name, []).append(record)
     working = ", ".join(sorted(n for n, r in records.items() if not r.broken)) or "none"
     text = argument.rstrip("/\\")
     parts = Path(text).parts
@@ -249,6 +306,9 @@ def load_case(argument: str) -> Case:
     if found.broken or found.case is None:
         raise UserError("case '{}' ({}) is broken: {}".format(name, found.origin, found.error),
                         "fix or reinstall it (see `core cases`)")
+    for other in shadowed.get(found.name, []):
+        sys.stderr.write("warning: case '{}' of {} is not used: {}\n".format(
+            found.name, other.origin, other.error))
     return found.case
 
 
@@ -261,7 +321,9 @@ def plugin_config_dirs(host: Any, case_name: str) -> List[Tuple[Path, str]]:
             # a hook implementation may take a subset of the spec's arguments, as pluggy allows
             folders = impl.function(**{k: v for k, v in {"case_name": case_name}.items()
                                        if k in impl.argnames})
-        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
+        except BaseException as exc:  # noqa: B902 - sys.exit() and the like too
+            if not plugin_fault(exc):
+                raise
             raise PluginError("plugin '{}' failed in hook case_config_dirs: {}: {}".format(
                 impl.plugin_name, type(exc).__name__, exc), "report it to the plugin's authors") from exc
         if not isinstance(folders, (list, tuple)) or not all(

@@ -7,14 +7,15 @@ Errors are one line on stderr (``error: <problem>; <fix>``) with exit code 2 for
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NoReturn, Optional
 
 from chipbench import __version__
 from chipbench.errors import (
@@ -24,9 +25,12 @@ from chipbench.errors import (
     Interrupted,
     UserError,
     interrupt_exit_code,
+    interrupt_on_stop_signals,
+    restore_handlers,
     user_os_error,
 )
 from chipbench.exiting import exit_now
+from chipbench.metrics import is_number
 
 if TYPE_CHECKING:
     from chipbench.device import Device
@@ -62,11 +66,11 @@ def cmd_vendors(args: argparse.Namespace) -> int:
             "available": ("broken" if record.broken or info is None
                           else "yes" if info.available else "no"),
             "priority": "" if info is None else str(info.priority),
-            "auto": "<- auto" if chosen == record.name else "",
+            "auto": "<- auto" if chosen == record.name and not record.broken else "",
             "reason": record.error if record.broken or info is None else info.reason,
         })
     if args.json:
-        print(json.dumps(rows, indent=2))
+        emit(json.dumps(rows, indent=2))
         return 0
     columns = ("name", "available", "priority", "origin", "reason", "auto")
     widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
@@ -92,9 +96,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                    "collective_backend": facade.collective_backend(),
                    "visible_devices_env": facade.visible_devices_env() or "(none)",
                    "supported_precisions": facade.supported_precisions()})
-    report.update(facade.environment_report())
+    # the vendor's facts after chipbench's own, which it cannot overwrite
+    report.update({k: v for k, v in facade.environment_report().items() if k not in report})
     if args.json:
-        print(json.dumps(report, indent=2, default=str))
+        emit(json.dumps(report, indent=2, default=str))
         return 0
     for key, value in report.items():
         if key == "devices" and isinstance(value, list):
@@ -117,7 +122,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     facade = _selected(args)
     results = run_doctor(facade, alloc_mib=args.alloc_mib, live=not args.static)
-    print(as_json(facade.vendor, results) if args.json else as_table(facade.vendor, results))
+    emit(as_json(facade.vendor, results) if args.json else as_table(facade.vendor, results))
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -146,7 +151,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
                                else record.case.title),
                      "configs": ", ".join(configs) or "none"})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        emit(json.dumps(rows, indent=2))
         return 0
     columns = ("name", "status", "origin", "title", "configs")
     widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
@@ -188,9 +193,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(text_table([perf_row(result)], perf_columns(result)))
         metrics = result["metrics"]
         metric = result.get("target_metric", "mAP")
-        print("converged: {}  (target {} {}, reached {:.4f})".format(
-            str(bool(metrics.get("converged"))).lower(), metric, result.get("target"),
-            metrics.get(metric) or 0.0))
+        value, target = metrics.get(metric), result.get("target")
+        print("converged: {}  ({}, reached {})".format(
+            str(bool(metrics.get("converged"))).lower(),
+            "target {} {}".format(metric, target) if target is not None else "no target",
+            "{:.4f}".format(value) if is_number(value) else "no " + metric))
         print("result: {}/result.json  report: {}/report.md".format(run.run_dir, run.run_dir))
     return 0
 
@@ -226,13 +233,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         "give a folder for the charts (it is created if missing)")
     runs, baseline, rows, warnings = comparison(args.runs, args.baseline)
     if args.json:
-        print(json.dumps(as_json(runs, baseline, rows, warnings), indent=2, default=str,
+        emit(json.dumps(as_json(runs, baseline, rows, warnings), indent=2, default=str,
                          allow_nan=False))
     else:
         print(as_text(rows, warnings, markdown=args.markdown,
                       metric=metric_of(baseline.result)))
     if args.plots:
-        for path in write_charts(runs, args.plots):
+        try:
+            written = write_charts(runs, args.plots)
+        except OSError as exc:
+            raise UserError("cannot write the charts to {} ({})".format(
+                args.plots, exc.strerror or exc), "give --plots a folder you can write") from None
+        for path in written:
             _print_err("chart: {}".format(path))
     return 0
 
@@ -249,22 +261,24 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message, "see {} --help".format(self.prog))
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
-def interrupt_on_sigterm() -> Any:
-    """Make SIGTERM (a batch system's cancel) stop a run like Ctrl-C: the previous handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _on_sigterm)
-
-
 def _text(value: str) -> str:
     """A non-empty option value (an empty --output or --data-dir, from an unset shell variable,
     would otherwise mean "not given")."""
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _endpoint(value: str) -> str:
+    """``HOST:PORT`` (or ``HOST``: torchrun's default port), the port a number in 1..65535."""
+    host, colon, port = _text(value).rpartition(":")
+    if not colon:
+        return value
+    if not host.strip("[]"):
+        raise argparse.ArgumentTypeError("{!r} names no host before the port".format(value))
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError("port {!r} of {!r} is not a number in 1..65535".format(
+            port, value))
     return value
 
 
@@ -337,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--node-rank", type=int, default=0, help="this node's rank")
     run.add_argument("--master-addr", type=_text, default="127.0.0.1", help="rank-0 node address")
     run.add_argument("--master-port", type=_ranged(1, 65535), default=29500, help="rank-0 node port")
-    run.add_argument("--rdzv-endpoint", type=_text, help="c10d rendezvous HOST:PORT instead of a master")
+    run.add_argument("--rdzv-endpoint", type=_endpoint, help="c10d rendezvous HOST:PORT instead of a master")
     run.add_argument("--join-timeout", type=_ranged(1, 7 * 86400), default=600, metavar="SECONDS",
                      help="how long the nodes wait for each other to join (default 600)")
     run.set_defaults(func=cmd_run)
@@ -362,10 +376,53 @@ def console_main() -> None:
     exit_now(main())
 
 
+_RESULT_STREAMS: List[Any] = []
+
+
+def emit(text: str) -> None:
+    """Print a command's result: to the real stdout, also while :func:`results_only_on_stdout`
+    sends everything else written there to stderr."""
+    print(text, file=_RESULT_STREAMS[-1] if _RESULT_STREAMS else sys.stdout)
+
+
+@contextlib.contextmanager
+def results_only_on_stdout() -> Iterator[None]:
+    """While a ``--json`` command runs, whatever else writes to stdout (a plugin's print, a native
+    library's banner on file descriptor 1, a leftover detection thread) goes to stderr, so that
+    stdout holds the JSON alone; :func:`emit` writes to the real stdout."""
+    real = sys.stdout
+    saved = None
+    try:
+        real.flush()
+        fd = real.fileno()
+        saved = os.dup(fd)
+        os.dup2(sys.stderr.fileno(), fd)
+        stream: Any = os.fdopen(os.dup(saved), "w", encoding=getattr(real, "encoding", None))
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a real file
+        if saved is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
+            saved = None
+        stream = real
+    _RESULT_STREAMS.append(stream)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _RESULT_STREAMS.pop()
+        if saved is not None:
+            try:
+                stream.close()  # flushes the JSON
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, fd)
+                os.close(saved)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``core`` command; returns the exit code."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-    previous = interrupt_on_sigterm()
+    previous = interrupt_on_stop_signals()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -374,15 +431,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             _print_err("error: no command given; run one of the commands above (core COMMAND "
                        "--help says more)")
             return EXIT_USER_ERROR
-        return args.func(args)
+        if getattr(args, "json", False):
+            with results_only_on_stdout():
+                return int(args.func(args))
+        return int(args.func(args))
     except ChipbenchError as exc:
         if debug:
             traceback.print_exc()
         _print_err("error: " + exc.one_line())
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        _print_err("interrupted" + (" (SIGTERM)" if isinstance(exc, Interrupted)
-                                    and exc.signum == signal.SIGTERM else ""))
+        _print_err("interrupted" + (" ({})".format(signal.Signals(exc.signum).name)
+                                    if isinstance(exc, Interrupted)
+                                    and exc.signum != signal.SIGINT else ""))
         return interrupt_exit_code(exc)
     except BrokenPipeError:  # the reader went away (`core compare ... | head`): stop quietly
         try:
@@ -402,5 +463,4 @@ def main(argv: Optional[List[str]] = None) -> int:
             type(exc).__name__, first))
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_handlers(previous)

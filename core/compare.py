@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.errors import UserError
-from chipbench.metrics import FIGURES, is_count
-from chipbench.report import PERF_COLUMNS, markdown_table, perf_row, text_table
+from chipbench.metrics import FIGURES, RESERVED_KEYS, is_count, is_number
+from chipbench.report import PERF_COLUMNS, markdown_table, one_line, perf_row, text_table
 
 RATIO_COLUMNS = (("p_whole", "p_whole x"), ("p_train", "p_train x"), ("p_core", "p_core x"),
                  ("e2e_time", "e2e_time x"), ("mem_used_peak_bytes", "mem x"))
@@ -55,9 +55,12 @@ def check_result(result: Dict[str, Any], file: Path) -> None:
     if not isinstance(metrics, dict):
         raise bad("metrics", metrics, "a dict")
     target = result.get("target")
-    if target is not None and not math.isfinite(target):
+    if target is not None and not is_number(target):
         raise bad("target", target, "a finite number")
     metric = result.get("target_metric") or "mAP"
+    if metric in RESERVED_KEYS:
+        raise bad("target_metric", metric, "a metric of the case's own (it names one of "
+                  "chipbench's columns)")
     for key in NUMBER_METRICS + (metric,):
         value = metrics.get(key)
         if value is not None and not is_count(value):
@@ -89,16 +92,18 @@ class RunFolder:
     def __init__(self, path: Path, result: Dict[str, Any]) -> None:
         self.path = path
         self.result = result
-        self.label = result.get("row_label") or path.name
+        self.label = one_line(result.get("row_label") or path.name)
+        self.folder_name = path.name
+        """As much of the folder's path as tells it apart from the other runs' (label_runs)."""
 
     @property
     def chart_label(self) -> str:
         """Short and distinct for chart legends: folder, hardware, topology, precision."""
         topology = (self.result.get("topology") or {})
-        return "{}: {} {} {}".format(
-            self.path.name, (self.result.get("hardware") or {}).get("label", "?"),
+        return one_line("{}: {} {} {}".format(
+            self.folder_name, (self.result.get("hardware") or {}).get("label", "?"),
             "{}x{}".format(topology.get("nnodes", "?"), topology.get("nproc_per_node", "?")),
-            self.result.get("precision", "?"))
+            self.result.get("precision", "?")))
 
     @property
     def metrics(self) -> Dict[str, Any]:
@@ -130,19 +135,29 @@ def load_run(path: str) -> RunFolder:
 
 def label_runs(runs: List[RunFolder]) -> None:
     """Runs that share a row label get their folder added (as much of its path as tells them
-    apart), so every row can be told apart."""
+    apart), so every row can be told apart; chart legends name each folder the same way."""
     def base(run: RunFolder) -> str:
-        return run.result.get("row_label") or run.path.name
+        return one_line(run.result.get("row_label") or run.path.name)
 
     for run in runs:
         same = [r for r in runs if base(r) == base(run)]
         if len(same) < 2:
             continue
-        depth = 1
-        while depth < len(run.path.resolve().parts) and len(
-                {_tail(r.path, depth) for r in same}) < len(same):
-            depth += 1
-        run.label = "{} [{}]".format(run.result.get("row_label") or "?", _tail(run.path, depth))
+        run.label = "{} [{}]".format(base(run), _tail(run.path, _telling_depth(same)))
+    depth = _telling_depth(runs)
+    for run in runs:
+        run.folder_name = _tail(run.path, depth)
+
+
+def _telling_depth(runs: Sequence[RunFolder]) -> int:
+    """The fewest trailing path parts that tell the folders of ``runs`` apart."""
+    longest = max(len(r.path.resolve().parts) for r in runs)
+    depth = 1
+    while depth < longest and len({_tail(r.path, depth) for r in runs}) < len(runs):
+        depth += 1
+    return depth
+
+
 
 
 def _tail(path: Path, depth: int) -> str:
@@ -223,7 +238,7 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
         if status != "finished":
             warnings.append("{} did not finish (status {}{}): its figures are partial".format(
                 run.label, status, ": " + run.result["error"] if run.result.get("error") else ""))
-        elif not run.metrics.get("converged"):
+        elif not reached_target(run.result):
             metric = metric_of(run.result)
             warnings.append("{} did not converge ({} {} < target {}): its time to target is "
                             "not known".format(run.label, metric, _show(run.metrics.get(metric)),
@@ -231,18 +246,30 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
     return warnings
 
 
+def reached_target(result: Dict[str, Any]) -> bool:
+    """Whether the run's metric is a number that reached a numeric target: what "converged"
+    means, checked on the numbers (a result.json's own flag is not taken on its word)."""
+    value: Any = (result.get("metrics") or {}).get(metric_of(result))
+    target: Any = result.get("target")
+    return bool(result["metrics"].get("converged") is not False and is_number(value)
+                and is_number(target) and value >= target)
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "(not recorded)"
+    if value == "":
+        return "(none)"
     if isinstance(value, float):
         return "{:.4g}".format(value)
-    return str(value)
+    return one_line(value)
 
 
 def _ratio(value: Any, base: Any) -> str:
-    if not isinstance(value, (int, float)) or not isinstance(base, (int, float)) or not base:
+    if not is_number(value) or not is_number(base) or not base:
         return "/"
-    return "{:.2f}x".format(value / base)
+    ratio = value / base
+    return "{:.2f}x".format(ratio) if abs(ratio) < 1e6 else "{:.3g}x".format(ratio)
 
 
 def compare_rows(runs: Sequence[RunFolder], baseline: RunFolder) -> List[Dict[str, str]]:
@@ -281,12 +308,19 @@ def comparison(paths: Sequence[str], baseline_path: Optional[str] = None
             baseline = load_run(baseline_path)
             runs.insert(0, baseline)
             given.insert(0, baseline_path)
-    seen: Dict[Path, str] = {}
+    seen: Dict[Any, str] = {}
     for run, name in zip(runs, given):
         if run.path.resolve() in seen:
             raise UserError("run {} is given twice ({} and {})".format(
                 run.path, seen[run.path.resolve()], name), "give each run folder once")
         seen[run.path.resolve()] = name
+        started, where = run.result.get("started_at"), run.result.get("run_dir")
+        if started is not None and where is not None:
+            identity = (str(where), str(started))
+            if identity in seen:
+                raise UserError("{} and {} are copies of one run (both started at {} in {})".format(
+                    seen[identity], name, started, where), "give each run once")
+            seen[identity] = name
     cases = sorted({r.result["case"] for r in runs})
     if len(cases) > 1:
         raise UserError("these runs are of different cases ({}): their throughputs count "
@@ -326,7 +360,8 @@ def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = Fa
         lines = [markdown_table(rows, columns), ""]
     else:  # fix_hp is long: listed under the table
         lines = [text_table(rows, [c for c in columns if c != "fix_hp"]), ""]
-        lines += ["fix_hp of {}: {}".format(row["config"], row["fix_hp"]) for row in rows]
+        lines += ["fix_hp of {}: {}".format(row["config"], one_line(row["fix_hp"]))
+                  for row in rows]
         lines.append("")
     if warnings:
         head = "**WARNING: this comparison is not fair:**" if markdown else \

@@ -58,6 +58,9 @@ def load_yaml(path: Path) -> Config:
     except OSError as exc:
         raise UserError("cannot read config {} ({})".format(path, exc.strerror),
                         "check the path") from None
+    except RecursionError:
+        raise UserError("config {} nests too deeply to read".format(path),
+                        "flatten it: a config is a few levels of keys") from None
     except UnicodeDecodeError as exc:
         raise UserError("config {} is not UTF-8 text (byte {} is {:#04x})".format(
             path, exc.start, exc.object[exc.start]), "give a YAML text file") from None
@@ -80,7 +83,47 @@ def load_yaml(path: Path) -> Config:
     if not isinstance(data, dict):
         raise UserError("config {} must be a mapping of keys, not a {}".format(
             path, type(data).__name__), "write it as `key: value` lines")
+    check_plain(data, str(path))
     return data
+
+
+def check_plain(layer: Config, source: str) -> None:
+    """Refuse what no config may hold, in any layer (a case's own defaults included): a key that
+    is not a name, a value that is not plain YAML (bytes from ``!!binary``, a timestamp, a set),
+    a number that is not finite, an integer beyond 64 bits, nesting hundreds of levels deep."""
+    try:
+        _check_mapping(layer, source, "")
+    except RecursionError:
+        raise UserError("config {} nests too deeply to read".format(source),
+                        "flatten it: a config is a few levels of keys") from None
+
+
+def _check_mapping(layer: Config, source: str, prefix: str) -> None:
+    for key, value in layer.items():
+        if not isinstance(key, str) or not key.strip() or "." in key:
+            raise UserError("config {} has key {} under '{}', which is not a name".format(
+                source, shown(key), prefix.rstrip(".") or "the top level"),
+                "use names without dots as keys (quote a number: '1')")
+        _check_value(value, prefix + key, source)
+
+
+def _check_value(value: Any, dotted: str, source: str) -> None:
+    if isinstance(value, dict):
+        _check_mapping(value, source, dotted + ".")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_value(item, dotted, source)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError("config key '{}' in {} must be a finite number, not {}".format(
+            dotted, source, shown(value)), "give a finite value")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise UserError("config key '{}' in {} is out of range: {}".format(
+            dotted, source, shown(value)), "give a value below 2**63")
+    elif value is not None and not isinstance(value, (bool, int, float, str)):
+        raise UserError("config key '{}' in {} holds a {} ({}), which a config cannot hold".format(
+            dotted, source, type(value).__name__, shown(value)),
+            "write a number, a string, true/false, a list or a mapping (quote it to keep it "
+            "as text)")
 
 
 SHOWN = reprlib.Repr()
@@ -90,7 +133,10 @@ SHOWN.maxlong = 40
 
 def shown(value: Any) -> str:
     """``repr(value)`` cut to a readable length (a YAML alias nest can expand to gigabytes)."""
-    text = SHOWN.repr(value)
+    try:
+        text = SHOWN.repr(value)
+    except Exception:  # noqa: BLE001 - an object whose __repr__ raises (a plugin's answer)
+        text = "<{} object>".format(type(value).__name__)
     return text if len(text) <= 100 else text[:97] + "..."
 
 
@@ -178,14 +224,25 @@ def parse_set(items: Iterable[str]) -> Config:
                             "keep one of them") from None
         except (yaml.YAMLError, ValueError):  # not YAML, or an integer of thousands of digits
             value = raw
+        except RecursionError:
+            raise UserError("--set {} nests too deeply to read".format(shown(item)),
+                            "give a plain value or a short list") from None
         value = _number_or_same(value)
         node = layer
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise UserError("--set {!r} has an empty key".format(item), "write --set train.lr=0.02")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError("--set {} gives a sub-key of '{}', which another --set sets to "
+                                "{}".format(shown(item), ".".join(parts[:depth + 1]), shown(node)),
+                                "drop one of the two")
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise UserError("--set {} replaces the sub-keys that another --set gives '{}'".format(
+                shown(item), ".".join(parts)), "drop one of the two")
         node[parts[-1]] = value
+    check_plain(layer, "--set")
     return layer
 
 

@@ -6,10 +6,12 @@ one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, Union
 
-from chipbench.errors import PluginError, UserError
-from chipbench.hookspecs import PRECISIONS
+from chipbench.config import shown
+from chipbench.errors import PluginError, UserError, plugin_fault
+from chipbench.hookspecs import PRECISIONS, sample_problem
 from chipbench.manager import PluginHost, describe_exception
 from chipbench.metrics import is_count
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
@@ -39,7 +41,9 @@ class Device:
             result = caller(**kwargs)
         except UserError:  # the plugin names a setting of the user's (CHIPBENCH_CPU_THREADS=x)
             raise
-        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end chipbench
+        except BaseException as exc:  # noqa: B902 - a plugin's sys.exit() must not end chipbench
+            if not plugin_fault(exc):
+                raise
             raise PluginError(
                 "vendor '{}' failed in hook {}: {}".format(self.vendor, hook, describe_exception(exc)),
                 "report it to the plugin's authors, or choose another --vendor "
@@ -47,15 +51,15 @@ class Device:
             ) from exc
         if expected is not None and not isinstance(result, expected):
             raise PluginError(
-                "vendor '{}' returned {!r} from hook {}, expected {}".format(
-                    self.vendor, result, hook, _type_names(expected)),
+                "vendor '{}' returned {} from hook {}, expected {}".format(
+                    self.vendor, shown(result), hook, _type_names(expected)),
                 "report it to the plugin's authors, or choose another --vendor",
             )
         return result
 
     def _wrong(self, hook: str, result: Any, expected: str) -> PluginError:
-        return PluginError("vendor '{}' returned {!r} from hook {}, expected {}".format(
-            self.vendor, result, hook, expected),
+        return PluginError("vendor '{}' returned {} from hook {}, expected {}".format(
+            self.vendor, shown(result), hook, expected),
             "report it to the plugin's authors, or choose another --vendor")
 
     # backend and identity
@@ -79,7 +83,11 @@ class Device:
 
     def hardware_id(self) -> HardwareId:
         """Table label and config tag of the hardware."""
-        return self._call("hardware_id", HardwareId)
+        hardware = self._call("hardware_id", HardwareId)
+        if not all(type(v) is str and v.strip() and "\n" not in v
+                   for v in (hardware.label, hardware.config_tag)):
+            raise self._wrong("hardware_id", hardware, "a one-line text label and config_tag")
+        return hardware
 
     # synchronisation and memory
     def synchronize(self, device: torch.device) -> None:
@@ -89,8 +97,10 @@ class Device:
     def memory_query(self, device: torch.device) -> MemoryInfo:
         """Device-wide used/total memory of ``device``."""
         info = self._call("device_memory_query", MemoryInfo, device=device)
-        if not (is_count(info.used_bytes) and is_count(info.total_bytes)) or info.total_bytes == 0:
-            raise self._wrong("device_memory_query", info, "byte counts >= 0 and a total > 0")
+        if not (is_count(info.used_bytes) and is_count(info.total_bytes)) or info.total_bytes == 0 \
+                or info.used_bytes > info.total_bytes or type(info.source) is not str:
+            raise self._wrong("device_memory_query", info, "byte counts with 0 <= used <= total "
+                              "and total > 0, and a text source")
         return info
 
     def memory_peak(self, device: torch.device) -> int:
@@ -129,9 +139,16 @@ class Device:
         are chipbench's own reading, the rest is the vendor's."""
         from chipbench.environment import software_report
 
-        report = software_report()
-        report.update(self._call("environment_report", dict))
-        return report
+        report = self._call("environment_report", dict)
+        try:
+            json.dumps(report, allow_nan=False)
+            plain = all(isinstance(key, str) for key in report)
+        except (TypeError, ValueError, RecursionError):
+            plain = False
+        if not plain:
+            raise self._wrong("environment_report", report, "a dict of text keys and strict "
+                              "JSON values (no NaN, no objects)")
+        return dict(report, **software_report())  # chipbench's own reading wins
 
     # run switches (optional hooks: a default when the vendor has none)
     def implements(self, hook: str) -> bool:
@@ -170,7 +187,11 @@ class Device:
 
     def sample(self, device: torch.device) -> Dict[str, float]:
         """One monitoring sample (util, power, temperature) of ``device``."""
-        return self._call("device_sample", dict, device=device)
+        sample = self._call("device_sample", dict, device=device)
+        problem = sample_problem(sample)
+        if problem:
+            raise self._wrong("device_sample", sample, problem)
+        return sample
 
     def peak_flops(self, device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
         """Peak FLOP/s of one device in ``precision`` (optional hook); None when the vendor
@@ -186,11 +207,16 @@ class Device:
         None when the vendor leaves the choice to the caller."""
         result = self._call("device_loader_workers", (int, type(None)), configured=configured,
                             local_world_size=local_world_size)
-        if isinstance(result, bool) or (result is not None and result < 0):
-            raise PluginError("vendor '{}' returned {!r} from hook device_loader_workers, "
-                              "expected a count >= 0".format(self.vendor, result),
+        if isinstance(result, bool) or (result is not None and not 0 <= result <= MAX_WORKERS):
+            raise PluginError("vendor '{}' returned {} from hook device_loader_workers, "
+                              "expected a count in 0..{}".format(self.vendor, shown(result),
+                                                                 MAX_WORKERS),
                               "report it to the plugin's authors, or choose another --vendor")
         return result
+
+
+MAX_WORKERS = 1024
+"""The most loader worker processes per rank a vendor may ask for."""
 
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:

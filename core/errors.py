@@ -2,7 +2,8 @@
 
 import errno
 import signal
-from typing import Optional
+import threading
+from typing import Any, List, Optional, Tuple
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -63,6 +64,35 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+"""Signals that stop a run as Ctrl-C does: a batch system's cancel, a closed terminal or SSH
+session (SIGHUP only where it is not ignored, as ``nohup`` ignores it)."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def interrupt_on_stop_signals() -> List[Tuple[int, Any]]:
+    """Make :data:`STOP_SIGNALS` raise :class:`Interrupted` (main thread only); returns the
+    handlers that :func:`restore_handlers` puts back."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    saved = []
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None or (name == "SIGHUP" and signal.getsignal(signum) is not signal.SIG_DFL):
+            continue
+        saved.append((signum, signal.signal(signum, _raise_interrupted)))
+    return saved
+
+
+def restore_handlers(saved: List[Tuple[int, Any]]) -> None:
+    """Put back the handlers :func:`interrupt_on_stop_signals` replaced."""
+    for signum, handler in saved:
+        signal.signal(signum, handler)
+
+
 def interrupt_exit_code(exc: BaseException) -> int:
     """130 for Ctrl-C, 128 + the signal number for an :class:`Interrupted`."""
     return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
@@ -106,3 +136,18 @@ def is_allocation_failure(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(f in text for f in ALLOCATION_FAILURES)
+
+
+def plugin_fault(exc: BaseException) -> bool:
+    """Whether ``exc``, raised inside a plugin's or a case's code, is that code's failure: anything
+    but the user's Ctrl-C (``sys.exit()`` and odd ``BaseException`` subclasses included)."""
+    return not isinstance(exc, (KeyboardInterrupt, GeneratorExit))
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in where even that raises (an exception can be built to)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - whatever its __str__ raises
+        return "(its message cannot be printed)"
+

@@ -13,9 +13,9 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Dict, List, Optional
+from typing import IO, Dict, List, Optional
 
-from chipbench.errors import Interrupted, RunFailed, UserError
+from chipbench.errors import RunFailed, UserError, interrupt_on_stop_signals, restore_handlers
 
 
 @dataclass
@@ -104,28 +104,16 @@ def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str]) -> in
                                 stderr=subprocess.STDOUT, start_new_session=True)
         tee = threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True)
         tee.start()
-        previous = _interrupt_on_sigterm()
+        previous = interrupt_on_stop_signals()
         try:
             code = _wait_for_join(proc, topology, Path(run_dir), time.time())
         except BaseException:
             _stop(proc)
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            restore_handlers(previous)
             tee.join(timeout=5)
         return code
-
-
-def _interrupt_on_sigterm() -> Any:
-    """Treat SIGTERM (a batch system's cancel) like Ctrl-C, so torchrun is never orphaned."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Interrupted(signum)
-
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _workers_started(run_dir: Path, since: float) -> bool:

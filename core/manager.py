@@ -11,9 +11,9 @@ Environment switches:
   built-in module names (not even imported) and vendor names as ``core vendors`` shows them;
   a name that matches nothing is warned about on stderr;
 - ``CHIPBENCH_TRACE_HOOKS=1`` prints every hook call and result to stderr (pluggy's tracing);
-- ``CHIPBENCH_DETECT_TIMEOUT_S=<seconds>`` bounds each ``vendor_detect`` (default 60): one that
-  has not returned by then (a driver probe that hangs) is recorded as broken, and every command
-  goes on without it instead of hanging.
+- ``CHIPBENCH_DETECT_TIMEOUT_S=<seconds>`` bounds each ``vendor_detect`` and each entry point's
+  import (default 60): one that has not returned by then (a driver probe that hangs) is recorded
+  as broken, and every command goes on without it instead of hanging.
 """
 
 import contextlib
@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set,
 import pluggy
 
 from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
-from chipbench.errors import PluginError, UserError
+from chipbench.config import shown
+from chipbench.errors import PluginError, UserError, exception_text, plugin_fault
 from chipbench.records import PluginRecord, VendorInfo
 
 ENV_STRICT = "CHIPBENCH_STRICT_PLUGINS"
@@ -80,7 +81,7 @@ SLOW_DETECT_S = 2.0
 DETECT_TIMEOUT_S = 60.0
 """A ``vendor_detect`` that has not returned after this long is given up on (broken)."""
 
-MAX_DETECT_TIMEOUT_S = 3600.0
+MIN_DETECT_TIMEOUT_S, MAX_DETECT_TIMEOUT_S = 0.1, 3600.0
 
 
 def detect_timeout() -> float:
@@ -92,9 +93,10 @@ def detect_timeout() -> float:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not 0 < value <= MAX_DETECT_TIMEOUT_S:  # nan fails too
-        raise UserError("{}={!r} is not a number of seconds in (0, {:g}]".format(
-            ENV_DETECT_TIMEOUT, os.environ[ENV_DETECT_TIMEOUT], MAX_DETECT_TIMEOUT_S),
+    if not MIN_DETECT_TIMEOUT_S <= value <= MAX_DETECT_TIMEOUT_S:  # nan fails too
+        raise UserError("{}={!r} is not a number of seconds in {:g}..{:g}".format(
+            ENV_DETECT_TIMEOUT, os.environ[ENV_DETECT_TIMEOUT], MIN_DETECT_TIMEOUT_S,
+            MAX_DETECT_TIMEOUT_S),
             "set it to e.g. {:g}, or unset it".format(DETECT_TIMEOUT_S))
     return value
 
@@ -177,7 +179,9 @@ class PluginHost:
                                 "this entry point".format(name, taken), extra)
         try:
             self.pm.register(plugin, name=name)
-        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too  # pluggy validation error, duplicate name, ...
+        except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
+            if not plugin_fault(exc):
+                raise
             return self._broken(name, origin, "cannot register: {}".format(describe_exception(exc)), extra)
         problem = self._validate(plugin)
         if problem:
@@ -197,7 +201,9 @@ class PluginHost:
             return self._broken(name, origin, "{} (a hung driver probe?); fix the plugin, block "
                                 "it with {}={}, or raise {}".format(exc, ENV_BLOCK, name,
                                                                     ENV_DETECT_TIMEOUT), extra)
-        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
+        except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
+            if not plugin_fault(exc):
+                raise
             self.pm.unregister(plugin)
             return self._broken(name, origin, "vendor_detect failed: {}".format(describe_exception(exc)),
                                 extra)
@@ -232,7 +238,9 @@ class PluginHost:
             return None
         try:
             module = importlib.import_module(module_name)
-        except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
+        except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
+            if not plugin_fault(exc):
+                raise
             return self._broken(short, origin, "import failed: {}".format(describe_exception(exc)),
                                 {"aliases": [short]})
         return self.add(module, short, origin)
@@ -250,9 +258,17 @@ class PluginHost:
                 continue
             origin = "entry point '{}' from {}".format(ep.name, dist)
             aliases = [dist.rsplit(" ", 1)[0]]
-            try:
-                plugin = ep.load()
-            except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
+            try:  # an import that hangs (a driver probe at module level) is given up on too
+                plugin = call_with_timeout(ep.load, self.detect_timeout, "its import")
+            except DetectTimedOut as exc:
+                self._broken(ep.name, origin, "{} (a hung driver probe?); fix the plugin, block "
+                             "it with {}={}, or raise {}".format(exc, ENV_BLOCK, ep.name,
+                                                                 ENV_DETECT_TIMEOUT),
+                             {"aliases": [ep.name] + aliases})
+                continue
+            except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
+                if not plugin_fault(exc):
+                    raise
                 self._broken(ep.name, origin, "import failed: {}".format(describe_exception(exc)),
                              {"aliases": [ep.name] + aliases})
                 continue
@@ -293,10 +309,11 @@ class PluginHost:
             ("priority", info.priority, int), ("available", info.available, bool),
             ("reason", info.reason, str))
         for field, value, kind in fields:
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) \
+            # exactly the built-in type: a subclass may override what chipbench relies on
+            if type(value) is not kind \
                     or (field in ("name", "device_type") and not str(value).strip()):
-                raise TypeError("vendor_detect returned {} = {!r}, expected {}".format(
-                    field, value, "a non-empty str" if field in ("name", "device_type")
+                raise TypeError("vendor_detect returned {} = {}, expected {}".format(
+                    field, shown(value), "a non-empty str" if field in ("name", "device_type")
                     else kind.__name__))
         return info
 
@@ -320,7 +337,9 @@ class PluginHost:
         def guarded(*args: Any) -> Any:
             try:
                 return function(*args)
-            except (Exception, SystemExit) as exc:  # noqa: B902 - sys.exit() in a plugin too
+            except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
+                if not plugin_fault(exc):
+                    raise
                 failures.append("plugin '{}' failed in {}: {}".format(
                     plugin_name, hook_name, describe_exception(exc)))
                 return None
@@ -336,6 +355,9 @@ class PluginHost:
         ]
         if unknown:
             return "implements unknown hooks: {}".format(", ".join(sorted(unknown)))
+        if not list(_plugin_hooks(self.pm, plugin)):
+            return ("implements no chipbench hook (is each marked with chipbench.hookimpl, not "
+                    "another project's marker, and does the entry point name the module?)")
         if not _implements(self.pm, plugin, "vendor_detect"):
             device = sorted(name for name, _ in _plugin_hooks(self.pm, plugin)
                             if name not in OBSERVER_HOOKS)
@@ -404,7 +426,9 @@ class PluginHost:
         del self._failures[:]
         try:
             getattr(self.pm.hook, hook_name)(**kwargs)
-        except Exception as exc:  # a hook wrapper's own failure
+        except BaseException as exc:  # noqa: B902 - a hook wrapper's own failure
+            if not plugin_fault(exc):
+                raise
             self._failures.append("a wrapper failed in {}: {}".format(hook_name, describe_exception(exc)))
         failures = list(self._failures)
         del self._failures[:]
@@ -413,7 +437,7 @@ class PluginHost:
 
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` on one line, the whole message kept (pluggy's reasons span lines)."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = " ".join(line.strip() for line in exception_text(exc).splitlines() if line.strip())
     return "{}: {}".format(type(exc).__name__, text) if text else type(exc).__name__
 
 

@@ -26,15 +26,27 @@ FIGURES = ("p_whole", "p_train", "p_core", "images", "core_images", "iterations"
 
 
 def is_number(value: Any) -> bool:
-    """A finite int or float (a bool is not a number here)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """A finite int or float (a bool is not a number here; nor is an int beyond a float's range,
+    which no figure can be turned into)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of hundreds of digits
+        return False
 
 
 def is_count(value: Any) -> bool:
     """A finite number >= 0."""
     return is_number(value) and value >= 0
 
+
+RESERVED_KEYS = FIGURES + (
+    "e2e_time", "converged", "mem", "mfu", "achieved_tflops", "peak_tflops", "flops_per_image",
+    "flops_note", "peak_note", "ranks", "monitor_errors", "throughput_note", "mem_used_peak_gib",
+    "mem_total_gib", "allocator_peak_gib", "config", "precision", "fix_hp", "loss", "lr", "epoch")
+"""Keys chipbench itself writes into a run's metrics or shows as columns: no case's target
+metric may be named like one (it would replace that column)."""
 
 SUMMED = ("images", "iterations", "monitor_errors")
 MAXED = ("train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape
 
+from chipbench.metrics import is_number
 from chipbench.monitor import read_samples
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -31,6 +32,11 @@ class Series:
     colour: str
     points: Sequence[Tuple[float, float]]
     dashed: bool = False
+
+    def __post_init__(self) -> None:
+        # only finite numbers are drawn: a run's record may hold None, text or NaN for a figure
+        self.points = [(float(x), float(y)) for x, y in self.points
+                       if is_number(x) and is_number(y)]
 
 
 @dataclass
@@ -194,6 +200,7 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float
     row_h = 26
     plot_w = WIDTH - label_w - 40
     height = TOP + 16 + row_h * max(len(labels), 1) + BOTTOM
+    values = [float(v) if v is not None and is_number(v) else None for v in values]
     known = [v for v in values if v is not None]
     ticks = nice_ticks(0.0, max(known) if known else 1.0)
     hi = ticks[-1] or 1.0
@@ -234,6 +241,12 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float
 # -- the charts of a run ----------------------------------------------------------------------------
 
 
+def _per_epoch(epochs: List[Dict[str, Any]], key: str) -> List[Tuple[float, float]]:
+    """``(epoch counted from 1, value of key)`` of the epochs that hold numbers for both."""
+    return [(e["epoch"] + 1, e[key]) for e in epochs
+            if isinstance(e, dict) and is_number(e.get("epoch")) and is_number(e.get(key))]
+
+
 def epochs_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], target: Optional[float],
                  metric: str = "mAP") -> str:
     """Loss (top) and the case's quality ``metric`` (bottom, 0..1, target line) per epoch of one
@@ -241,10 +254,8 @@ def epochs_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], target: Optio
     loss, scores = [], []
     for index, (name, epochs) in enumerate(runs):
         colour = COLOURS[index % len(COLOURS)]
-        loss.append(Series(name, colour, [(e["epoch"] + 1, e["loss"]) for e in epochs
-                                          if e.get("loss") is not None]))
-        scores.append(Series(name, colour, [(e["epoch"] + 1, e[metric]) for e in epochs
-                                            if e.get(metric) is not None]))
+        loss.append(Series(name, colour, _per_epoch(epochs, "loss")))
+        scores.append(Series(name, colour, _per_epoch(epochs, metric)))
     top = max([y for s in scores for _, y in s.points] + [target or 0.0, 0.05])
     hlines = [(float(target), "target {} {:g}".format(metric, target))] if target is not None else []
     label = "mAP (COCO bbox AP@[.50:.95])" if metric == "mAP" else metric

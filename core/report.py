@@ -5,6 +5,7 @@ already written to ``result.json`` (blocking the plugin drops the Markdown, neve
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,8 +22,16 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
+        if math.isfinite(value) and abs(value) >= 1e12:  # no 300-digit cells
+            return "{:.4g}".format(value)
         return "{:.{}f}".format(value, digits)
-    return str(value)
+    return one_line(value)
+
+
+def one_line(text: Any) -> str:
+    """``text`` as one printable line: line breaks, terminal escapes and other control characters
+    become spaces (a label, a setting or a hand-edited field cannot break a table)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
 
 
 def perf_columns(result: Dict[str, Any]) -> Tuple[str, ...]:

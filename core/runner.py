@@ -10,6 +10,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -31,7 +32,7 @@ from chipbench.errors import (
 from chipbench.hookspecs import PRECISIONS
 from chipbench.launcher import Topology, launch_workers
 from chipbench.manager import build_host
-from chipbench.metrics import gib, mem_text
+from chipbench.metrics import gib, is_count, mem_text
 from chipbench.records import HardwareId
 from chipbench.selection import ENV_VENDOR, select_device
 from chipbench.worker import RETURNED_DIR, SPEC_FILE, TRACE, returned_ranks, run_worker
@@ -369,6 +370,10 @@ class Run:
         self.run_dir = Path(run_dir)
         spec = read_spec(self.run_dir)
         self.previous = _read_json(self.run_dir / RESULT_FILE)
+        if self.previous:  # hand-edited into something core run never wrote: refused, untouched
+            from chipbench.compare import check_result
+
+            check_result(self.previous, self.run_dir / RESULT_FILE)
         self.done = self.previous.get("status") == "finished"
         if self.done:
             return self
@@ -415,6 +420,10 @@ class Run:
             "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
         }
         if self.previous is not None:
+            # until this attempt records more, result.json keeps what the earlier ones measured
+            for key, kind in (("metrics", dict), ("epochs", list), ("data", dict)):
+                if isinstance(self.previous.get(key), kind):
+                    self.result[key] = self.previous[key]
             resumed = self.previous.get("resumed", 0)
             self.result["resumed"] = (resumed if isinstance(resumed, int) and resumed >= 0
                                       else 0) + 1
@@ -445,7 +454,8 @@ class Run:
             self._run_workers()
             self.result["status"] = "finished"
         except KeyboardInterrupt as exc:
-            how = "SIGTERM" if isinstance(exc, Interrupted) and exc.signum != 2 else "Ctrl-C"
+            how = (signal.Signals(exc.signum).name if isinstance(exc, Interrupted)
+                   and exc.signum != signal.SIGINT else "Ctrl-C")
             self.result.update(status="interrupted", error="interrupted ({})".format(how))
             raise
         except ChipbenchError as exc:
@@ -503,9 +513,15 @@ class Run:
 
     def _finish(self) -> None:
         progress = _read_json(self.run_dir / PROGRESS_FILE)
-        metrics = dict(progress.get("metrics") or {})
-        earlier = ((self.previous or {}).get("metrics") or {}).get("e2e_time") or 0.0
-        metrics["e2e_time"] = time.time() - self.started + earlier  # resumed runs add up
+        previous = self.previous or {}
+        if not isinstance(progress.get("epochs"), list):  # unreadable: keep the earlier record
+            progress = {key: previous[key] for key in ("metrics", "epochs", "data")
+                        if key in previous}
+        recorded = progress.get("metrics")
+        metrics: Dict[str, Any] = dict(recorded) if isinstance(recorded, dict) else {}
+        earlier: Any = (previous.get("metrics") or {}).get("e2e_time")
+        metrics["e2e_time"] = time.time() - self.started + (
+            earlier if is_count(earlier) else 0.0)  # resumed runs add up
         if metrics.get("mem_used_peak_bytes") is not None:
             metrics["mem"] = mem_text(metrics["mem_used_peak_bytes"], metrics["mem_total_bytes"])
             metrics["mem_used_peak_gib"] = gib(metrics["mem_used_peak_bytes"])

@@ -29,8 +29,10 @@ TINY_RUN_ITERS = 2
 def default_sigint() -> None:
     """A child's ``preexec_fn``: Ctrl-C as a terminal delivers it. A shell that starts a job in
     the background (``nohup ... &``) makes its children ignore SIGINT, and Python keeps an ignored
-    SIGINT ignored: a test that sends SIGINT would then see the run finish instead."""
+    SIGINT ignored: a test that sends SIGINT would then see the run finish instead. SIGHUP too
+    (``nohup`` ignores it, and chipbench leaves an ignored SIGHUP ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def tiny(iterations: int = 1, *more: str) -> List[str]:

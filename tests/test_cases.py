@@ -102,8 +102,8 @@ def odd_cases(tmp_path, monkeypatch):
     info.mkdir(parents=True)
     (site / "odd_broken_case.py").write_text("import no_such_module_here\n")
     (site / "odd_dup_case.py").write_text(
-        "from chipbench.case import Case\n\n\nclass Dup(Case):\n    name = 'retinanet'\n\n\n"
-        "CASE = Dup()\n")
+        "from chipbench.case import Case\n\nprint('hello from odd_dup_case')\n\n\n"
+        "class Dup(Case):\n    name = 'retinanet'\n\n\nCASE = Dup()\n")
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: odd-cases\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[chipbench.cases]\noddbroken = odd_broken_case\n"
                                            "odddup = odd_dup_case\n")
@@ -113,7 +113,9 @@ def odd_cases(tmp_path, monkeypatch):
 
 def test_core_cases_lists_every_case(odd_cases, capsys):
     assert main(["cases", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)
+    assert "hello from odd_dup_case" in captured.err  # a print while importing: not on stdout
     rows = {r["name"]: r for r in listed if "odd-cases" not in r["origin"]}
     odd = {r["name"]: r for r in listed if "odd-cases" in r["origin"]}
     assert rows["retinanet"]["origin"] == "built-in" and rows["retinanet"]["status"] == "ok"
@@ -124,8 +126,10 @@ def test_core_cases_lists_every_case(odd_cases, capsys):
     assert odd["oddbroken"]["status"] == "broken"
     assert "ModuleNotFoundError: No module named 'no_such_module_here'" in odd["oddbroken"]["title"]
     assert odd["retinanet"]["status"] == "broken"
-    assert odd["retinanet"]["title"] == "case name 'retinanet' is already taken"
+    assert odd["retinanet"]["title"] == "case name 'retinanet' is already taken by built-in"
     assert load_case("retinanet").title.startswith("RetinaNet")  # the others keep working
+    assert ("warning: case 'retinanet' of entry point 'odddup' from odd-cases 0.1 is not used: "
+            "case name 'retinanet' is already taken by built-in") in capsys.readouterr().err
     assert main(["cases"]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == ["name", "status", "origin", "title", "configs"]
@@ -236,6 +240,21 @@ inf = make("flaw_inf", returns={"score": 0.5, "p_core": math.inf})
 nan = make("flaw_nan", returns={"score": math.nan})
 notdict = make("flaw_notdict", run=listing)
 boast = make("flaw_boast", returns={"score": 0.1, "converged": True})
+exitval = make("flaw_exitval", validate=raising(SystemExit(0)))
+exitrun = make("flaw_exitrun", run=raising(SystemExit(3)))
+targetnan = make("flaw_targetnan", target=lambda self, config: math.nan)
+targetstr = make("flaw_targetstr", target=lambda self, config: "0.9")
+prepared = make("flaw_prepared", prepare=lambda self, config: [1])
+precint = make("flaw_precint", precision=lambda self, config: 16)
+rows = make("flaw_rows", general_rows=lambda self, config, prepared, label: [("a", "b")])
+huge = make("flaw_huge", returns={"score": 0.5, "p_core": 10 ** 400})
+notarget = make("flaw_notarget", target=lambda self, config: None,
+                returns={"score": 0.95, "converged": True})
+nometric = make("flaw_nometric", returns={"converged": True})
+pcore = make("flaw_pcore", metric_name="p_core", returns={"p_core": 0.95})
+untitled = make("flaw_untitled", title=None)
+nanconf = make("flaw_nanconf", config_dir=HERE.parent / "nan_configs")
+intkey = make("flaw_intkey", config_dir=HERE.parent / "intkey_configs")
 '''
 
 
@@ -251,8 +270,14 @@ def flawed_cases(tmp_path, monkeypatch):
         "train: {precision: fp32}\ntarget: {score: 0.9}\n"
         "run: {monitor_interval_s: 1.0, timeout_s: 60}\n")
     (site / "flawed_cases.py").write_text(FLAWED)
+    for folder, text in (("nan_configs", "train: {precision: fp32, lr: .nan}\n"),
+                         ("intkey_configs", "train: {precision: fp32, 1: one}\n")):
+        (site / folder).mkdir()
+        (site / folder / "defaults.yaml").write_text(text + "target: {score: 0.9}\n")
     names = ["norun", "noconfig", "validate", "prepare", "run", "memtext", "inf", "nan",
-             "notdict", "boast"]
+             "notdict", "boast", "exitval", "exitrun", "targetnan", "targetstr", "prepared",
+             "precint", "rows", "huge", "notarget", "nometric", "pcore", "untitled", "nanconf",
+             "intkey"]
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flawed-cases\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[chipbench.cases]\n" + "".join(
         "flaw_{0} = flawed_cases:{0}\n".format(n) for n in names))
@@ -280,6 +305,14 @@ def test_a_case_that_cannot_run_is_listed_broken(flawed_cases, capsys):
     ("inf", "returned p_core = inf from run()", True),
     ("nan", "returned score = nan from run()", True),
     ("notdict", "returned list from run(), not a dict of metrics", True),
+    ("exitval", "failed in validate(): SystemExit: 0", False),
+    ("exitrun", "failed in run(): SystemExit: 3", True),
+    ("targetnan", "returned nan from target(), expected a finite int or float", None),
+    ("targetstr", "returned '0.9' from target(), expected a finite int or float", None),
+    ("prepared", "returned [1] from prepare(), expected a dict of facts", None),
+    ("precint", "returned 16 from precision(), expected one of fp32", None),
+    ("rows", "from general_rows(), expected a list of (indicator, value, note) rows", None),
+    ("huge", "returned p_core = 1000", True),
 ])
 def test_a_failing_case_is_one_line_naming_it_and_the_run_says_failed(
         flawed_cases, capsys, name, fragment, recorded):
@@ -293,7 +326,7 @@ def test_a_failing_case_is_one_line_naming_it_and_the_run_says_failed(
         result = json.loads((out / "result.json").read_text())
         assert result["status"] == "failed" and fragment in result["error"]
         assert (out / "report.md").is_file()
-    else:
+    elif recorded is False:
         assert not out.exists()
 
 
@@ -302,6 +335,39 @@ def test_converged_is_the_metric_reaching_the_target_not_the_case_s_word(flawed_
     assert main(["run", "flaw_boast", "--vendor", "cpu", "--output", str(out)]) == 0
     metrics = json.loads((out / "result.json").read_text())["metrics"]
     assert metrics["score"] == 0.1 and metrics["converged"] is False
+
+
+@pytest.mark.parametrize("name, reached", [("notarget", "no target, reached 0.9500"),
+                                           ("nometric", "target score 0.9, reached no score")])
+def test_no_target_or_no_metric_is_never_converged(flawed_cases, capsys, name, reached):
+    """The case says converged, but there is no target to reach, or no metric that reached it."""
+    out = flawed_cases / "run"
+    assert main(["run", "flaw_" + name, "--vendor", "cpu", "--output", str(out)]) == 0
+    assert "converged: false  ({})".format(reached) in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["metrics"]["converged"] is False
+
+
+def test_cases_that_break_the_contract_are_listed_broken(flawed_cases, capsys):
+    assert main(["cases", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "metric_name 'p_core' is one of chipbench's own figures" in rows["flaw_pcore"]["title"]
+    assert "its title None is not a one-line text" in rows["flaw_untitled"]["title"]
+    for name in ("pcore", "untitled"):
+        assert main(["run", "flaw_" + name, "--vendor", "cpu"]) == 2
+        assert "is broken" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, fragments", [
+    ("nanconf", ("error: config key 'train.lr' in ", "nan_configs/defaults.yaml must be a finite "
+                 "number, not nan")),
+    ("intkey", ("error: config ", "intkey_configs/defaults.yaml has key 1 under 'train', which is "
+                "not a name")),
+])
+def test_a_case_s_own_defaults_are_checked_like_any_config(flawed_cases, capsys, name, fragments):
+    assert main(["run", "flaw_" + name, "--vendor", "cpu", "--output",
+                 str(flawed_cases / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(fragments[0]) and fragments[1] in err[-1], err[-1]
 
 
 def test_shipped_config_hook_may_take_no_arguments(tmp_path):

@@ -164,6 +164,9 @@ CORRUPT = [  # (id, dotted field, value, fragment of the one line)
     ("epoch-list-text", "epochs", "x", "epochs is 'x'"),
     ("status-unknown", "status", "done", "status is 'done'"),
     ("target-text", "target", "0.35", "target is '0.35'"),
+    ("p-core-huge-int", "metrics.p_core", 10 ** 400, "metrics.p_core is 1000"),
+    ("target-huge-int", "target", 10 ** 400, "target is 1000"),
+    ("metric-a-column", "target_metric", "p_core", "target_metric is 'p_core', not a metric"),
     ("no-case", "case", DROP, "is not a chipbench result"),
     ("no-metrics", "metrics", DROP, "is not a chipbench result"),
 ]
@@ -273,3 +276,51 @@ def test_folders_of_one_name_are_told_apart_and_an_unevaluated_run_is_not_a_back
     code, out, _ = run_compare([a, b], capsys)
     assert code == 0 and "[m1/run]" in out and "[m2/run]" in out
     assert "evaluation backend" not in out
+
+
+def test_copies_of_one_run_are_refused(tmp_path, capsys):
+    data = dict(result(), run_dir="/runs/a", started_at="2026-11-30T10:00:00+0000")
+    a, b = folder(tmp_path, "a", data), folder(tmp_path, "b", data)
+    code, _, err = run_compare([a, b], capsys)
+    assert code == 2 and "are copies of one run (both started at 2026-11-30T10:00:00+0000" in err
+
+
+def test_a_converged_flag_without_the_numbers_is_warned(tmp_path, capsys):
+    """converged is what the numbers say: a flag of true with the metric under the target, or no
+    metric at all, is a run that did not converge."""
+    low = result(mAP=0.1, converged=True)
+    gone = result(converged=True)
+    del gone["metrics"]["mAP"]
+    code, out, _ = run_compare([folder(tmp_path, "ok", result()), folder(tmp_path, "low", low),
+                                folder(tmp_path, "gone", gone)], capsys)
+    assert code == 0
+    assert "did not converge (mAP 0.1 < target 0.35)" in out
+    assert "did not converge (mAP (not recorded) < target 0.35)" in out
+
+
+def test_display_survives_odd_but_valid_values(tmp_path, capsys):
+    odd = result(label="ACX1\n1 node \x1b[31mx 8 cards", p_core=1e308)
+    odd["fix_hp"] = ""
+    odd["epochs"] = [{"epoch": "z", "loss": "x", "mAP": "y"}, {"epoch": 1, "loss": float("nan"),
+                                                                "mAP": float("inf")}]
+    plots = tmp_path / "plots"
+    code, out, err = run_compare([folder(tmp_path, "base", result()), folder(tmp_path, "odd", odd),
+                                  "--plots", plots], capsys)
+    assert code == 0, err
+    assert "\x1b" not in out and "ACX1 1 node [31mx 8 cards" in out
+    assert max(len(line) for line in out.splitlines()) < 400  # no 309-digit cells
+    assert "fix_hp (none)" not in out and "has (none)" in out
+    for svg in plots.glob("*.svg"):
+        text = svg.read_text()
+        assert "nan" not in text and "inf" not in text.replace("info", ""), svg
+
+
+def test_chart_legends_tell_folders_of_one_name_apart(tmp_path, capsys):
+    runs = [folder(tmp_path / d, "run", result(p_core=10.0 * (i + 1)))
+            for i, d in enumerate(("x", "y"))
+            if (tmp_path / d).mkdir() is None]
+    code, _, err = run_compare(runs + ["--plots", tmp_path / "plots"], capsys)
+    assert code == 0, err
+    bars = (tmp_path / "plots" / "compare-p_core.svg").read_text()
+    assert "x/run: " in bars and "y/run: " in bars
+

@@ -1,6 +1,8 @@
 """Third-party vendors through real entry points: an installed example package, and a
 dist-info folder written by the test (a real importlib.metadata distribution)."""
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -133,3 +135,71 @@ def test_vendor_by_distribution_name_points_at_the_plugin(acme_and_broken):
         select_device(build_host(), "acme-chipbench")
     assert "use --vendor acme-shown" in err.value.one_line()
     assert select_device(build_host(), "acme-shown").vendor == "acme-shown"
+
+
+NOISY = """
+import os
+
+import chipbench.plugins.cpu as base
+from chipbench import VendorInfo, hookimpl
+from chipbench.hookspecs import DEVICE_HOOKS
+
+for _name in DEVICE_HOOKS:
+    globals()[_name] = getattr(base, _name)
+os.write(1, b"NATIVE BANNER ON FD 1\\n")  # a driver library printing at import
+print("noisy: loaded")
+
+
+@hookimpl
+def environment_report():
+    print("noisy: reporting")
+    return {"device_model": "noisy chip"}
+
+
+@hookimpl
+def device_count():
+    print("noisy: counting")
+    return 1
+
+
+@hookimpl
+def vendor_detect():
+    print("noisy: detecting")
+    return VendorInfo("noisy", "cpu", 7, True, "")
+"""
+
+
+@pytest.mark.parametrize("command", [["info", "--vendor", "noisy", "--json"],
+                                     ["vendors", "--json"],
+                                     ["doctor", "--vendor", "noisy", "--static", "--json"],
+                                     ["cases", "--json"]])
+def test_json_output_stays_json_whatever_a_plugin_prints(tmp_path, command):
+    """A plugin that prints (in Python or natively on file descriptor 1) while it loads or in any
+    hook: stdout of a --json command holds the JSON alone, the rest goes to stderr."""
+    site = tmp_path / "site"
+    write_distribution(site, "noisy-chipbench", {"noisy": "noisy_vendor"},
+                       {"noisy_vendor": NOISY})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    done = subprocess.run([sys.executable, "-m", "chipbench"] + command, capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    json.loads(done.stdout)
+    assert "NATIVE BANNER ON FD 1" in done.stderr and "noisy: loaded" in done.stderr
+
+
+def test_a_plugin_whose_import_hangs_is_given_up(tmp_path, monkeypatch):
+    import time
+
+    site = tmp_path / "site"
+    write_distribution(site, "stuck-chipbench", {"stuck": "stuck_vendor"},
+                       {"stuck_vendor": "import time\ntime.sleep(30)  # a driver probe at import\n"})
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("CHIPBENCH_DETECT_TIMEOUT_S", "0.5")
+    started = time.perf_counter()
+    host = build_host()
+    assert time.perf_counter() - started < 10
+    record = host.record("stuck")
+    assert record.broken and "its import did not return within 0.5 s" in record.error
+    assert "CHIPBENCH_BLOCK_PLUGINS=stuck" in record.error
+    assert host.record("cpu").info.available

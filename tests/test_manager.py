@@ -1,5 +1,6 @@
 """Plugin loading: built-ins, broken plugins of every kind, strict/block/trace switches."""
 
+import json
 import types
 
 import pytest
@@ -8,7 +9,7 @@ import chipbench.plugins.cpu as cpu_plugin
 from chipbench.errors import PluginError, UserError
 from chipbench.hookspecs import DEVICE_HOOKS, hookimpl
 from chipbench.manager import build_host
-from chipbench.records import VendorInfo
+from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 from chipbench.selection import select_device
 
 
@@ -147,13 +148,61 @@ def test_answers_of_the_right_type_but_impossible_values_are_plugin_errors():
     facade = select_device(host, "odd")
     cpu = torch.device("cpu")
     for call, fragment in ((lambda: facade.memory_peak(cpu), "a byte count >= 0"),
-                           (lambda: facade.memory_query(cpu), "byte counts >= 0"),
+                           (lambda: facade.memory_query(cpu), "0 <= used <= total"),
                            (lambda: facade.peak_flops(cpu, "fp32"), "FLOP/s > 0"),
                            (lambda: facade.init_backend(0), "a device of type 'cpu'"),
                            (lambda: facade.grad_scaler(cpu, "amp"), "a loss scaler")):
         with pytest.raises(PluginError) as err:
             call()
         assert "vendor 'odd' returned" in err.value.one_line() and fragment in str(err.value)
+
+
+@pytest.mark.parametrize("hook, answer, call, fragment", [
+    ("device_memory_query", lambda device: MemoryInfo(64 * 2**30, 16 * 2**30), "memory_query",
+     "0 <= used <= total"),
+    ("device_sample", lambda device: {"power_w": -50.0}, "sample", "power_w a number within 0..1e+06"),
+    ("device_sample", lambda device: {"util_percent": float("nan")}, "sample",
+     "util_percent a number within 0..100"),
+    ("device_sample", lambda device: {"temperature_c": -500}, "sample",
+     "temperature_c a number within -273.15..1000"),
+    ("hardware_id", lambda: HardwareId(5, "X"), "hardware_id", "a one-line text label"),
+    ("environment_report", lambda: {"device_model": "x", "device_memory_gib": float("nan")},
+     "environment_report", "strict JSON values"),
+    ("device_loader_workers", lambda configured, local_world_size: 10**12, "loader_workers",
+     "a count in 0..1024"),
+])
+def test_impossible_answers_are_refused_in_runs_too(hook, answer, call, fragment):
+    """The facade refuses what a run would otherwise record as fact (64 GiB used of 16, a
+    negative power, NaN in a strict-JSON report)."""
+    import torch
+
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("liar", priority=-5, **{hook: answer}), "liar", "test")
+    facade = select_device(host, "liar")
+    args = {"memory_query": (torch.device("cpu"),), "sample": (torch.device("cpu"),),
+            "loader_workers": (None, 1)}.get(call, ())
+    with pytest.raises(PluginError) as err:
+        getattr(facade, call)(*args)
+    assert "vendor 'liar' returned" in err.value.one_line() and fragment in str(err.value)
+
+
+def test_environment_report_cannot_overwrite_chipbench_s_own_facts(monkeypatch, capsys):
+    from chipbench.cli import main
+    from chipbench.manager import PluginHost
+
+    real = PluginHost.load_all
+
+    def load_all(self, modules, entry_points=True):
+        real(self, modules, entry_points=False)
+        self.add(vendor_module("braggart", priority=-20, environment_report=lambda: {
+            "device_model": "x", "vendor": "nvidia", "python": "9.9",
+            "hardware_label": "A100"}), "braggart", "test")
+
+    monkeypatch.setattr(PluginHost, "load_all", load_all)
+    assert main(["info", "--vendor", "braggart", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["vendor"] == "braggart" and report["python"] != "9.9"
+    assert report["hardware_label"] != "A100" and report["device_model"] == "x"
 
 
 def test_duplicate_vendor_name_is_refused():
@@ -421,3 +470,16 @@ def test_vendor_detect_answers_and_errors_come_back_through_the_timeout(monkeypa
     record = host.add(vendor_module("quits", vendor_detect=exits), "quits", "test")
     assert record.broken and "vendor_detect failed" in record.error
     assert host.add(vendor_module("fine"), "fine", "test").info.name == "fine"
+
+
+def test_a_plugin_with_no_chipbench_hook_is_broken_not_a_silent_observer():
+    import pluggy
+
+    foreign = pluggy.HookimplMarker("mychip")  # another project's marker
+    module = types.ModuleType("wrong_marker")
+    module.vendor_detect = foreign(lambda: VendorInfo("wrong", "cpu", 1, True, ""))
+    host = build_host(load_entry_points=False)
+    record = host.add(module, "wrong", "test")
+    assert record.broken and "implements no chipbench hook" in record.error
+    function = host.add(lambda: None, "afunction", "test")  # an entry point aimed at a function
+    assert function.broken and "implements no chipbench hook" in function.error

@@ -61,7 +61,14 @@ class RetinaNetCase(Case):
                   "model.min_size": (config["model"]["min_size"], 64, 10**6),
                   "model.max_size": (config["model"]["max_size"], 64, 10**6),
                   "run.monitor_interval_s": (config["run"]["monitor_interval_s"], 0.01, 3600),
-                  "run.timeout_s": (config["run"]["timeout_s"], 1, 7 * 86400)}
+                  "run.timeout_s": (config["run"]["timeout_s"], 1, 7 * 86400),
+                  # torchvision's range; beyond these, an allocation or a loop of that size
+                  "model.trainable_backbone_layers":
+                      (config["model"]["trainable_backbone_layers"], 0, 5),
+                  "data.aspect_ratio_group_factor": (data["aspect_ratio_group_factor"], -1, 100),
+                  "data.synthetic.image_size": (synthetic["image_size"], 32, 4096),
+                  "data.synthetic.train_images": (synthetic["train_images"], 1, 10**6),
+                  "data.synthetic.val_images": (synthetic["val_images"], 1, 10**6)}
         for key, (value, low, high) in ranges.items():
             if not low <= value <= high:
                 raise UserError("{} must lie between {:g} and {:g}, not {}".format(
@@ -82,8 +89,6 @@ class RetinaNetCase(Case):
                                 "set --set {}=0 or more".format(key))
         if not 0.0 <= data["hflip"] <= 1.0 or not 0.0 <= config["target"]["mAP"] <= 1.0:
             raise UserError("data.hflip and target.mAP must lie between 0 and 1", "fix the value")
-        if synthetic["image_size"] < 32:
-            raise UserError("data.synthetic.image_size must be at least 32", "use 128")
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in train["lr_steps"]):
             raise UserError("train.lr_steps must be epoch numbers (positive integers)",
                             "e.g. --set 'train.lr_steps=[16,22]'")

@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import io
 import json
-import math
 import os
 import random
 import warnings
@@ -27,6 +26,7 @@ from torchvision.transforms import functional as F
 
 from chipbench.config import shown
 from chipbench.errors import UserError
+from chipbench.metrics import is_number
 
 SPLITS = ("train", "val")
 
@@ -185,10 +185,10 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
         sizes = {}
         for image in dataset["images"]:
             width, height = image.get("width"), image.get("height")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                       and math.isfinite(v) for v in (width, height)):
+            if not all(is_number(v) and v > 0 for v in (width, height)):
                 raise UserError("image {} in {} has width {} and height {}; both must be "
-                                "positive".format(image.get("id"), name, width, height), fix)
+                                "positive".format(image.get("id"), name, shown(width),
+                                                  shown(height)), fix)
             sizes[image["id"]] = (width, height)
     except (KeyError, TypeError, AttributeError) as exc:
         raise UserError("annotation file {} has a malformed image or category entry ({}: {})"
@@ -202,6 +202,10 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
             if not _is_id(ann.get(field)):
                 raise UserError("annotation {} in {} has {} {}, not a non-negative integer"
                                 .format(ann.get("id"), name, field, shown(ann.get(field))), fix)
+        if ann.get("iscrowd") not in (0, 1) or isinstance(ann.get("iscrowd"), bool):
+            raise UserError("annotation {} in {} has iscrowd {}, not 0 or 1".format(
+                ann.get("id"), name, shown(ann.get("iscrowd"))),
+                "give every annotation \"iscrowd\": 0 (1 for a crowd region), as COCO does")
         if ann.get("category_id") not in categories:
             raise UserError("annotation {} in {} has category_id {!r}, which is not among its "
                             "categories ({})".format(ann.get("id"), name, ann.get("category_id"),
@@ -226,8 +230,7 @@ def _box_ok(bbox: Any, size: Optional[Tuple[float, float]]) -> bool:
     """A COCO ``[x, y, w, h]`` of finite numbers, at least 1 px wide and high inside the image."""
     if size is None or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return False
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-               for v in bbox):
+    if not all(is_number(v) for v in bbox):  # finite, and an int a float can hold
         return False
     x, y, w, h = bbox
     width, height = size

@@ -146,7 +146,7 @@ def _generate(params: Dict[str, Any], target: Path, cache_root: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=str(cache_root)))
     try:
         _write_split(staging, "train", train_images, image_size, seed)
-        _write_split(staging, "val", val_images, image_size, seed + 1)
+        _write_split(staging, "val", val_images, image_size, (seed + 1) % 2**32)
         with open(staging / COMPLETE_MARKER, "w") as handle:
             json.dump(params, handle)
         if target.exists():  # a copy left half-written by an older, interrupted version

@@ -28,6 +28,7 @@ from chipbench.cases.retinanet.engine import (
 from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict, resolve_backend
 from chipbench.cases.retinanet.model import build_retinanet
 from chipbench.context import RunContext
+from chipbench.errors import UserError
 from chipbench.flops import figures as flops_figures
 from chipbench.flops import run_start_facts
 from chipbench.metrics import RunMeter
@@ -186,15 +187,22 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             state = checkpoint.load(ctx.checkpoint_path)
         state = ctx.broadcast(state)
     if state is not None:
-        bare_model.load_state_dict(state["model"])
-        load_optimizer_state(optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        meter = RunMeter.from_state(state["meter"])
-        ctx.epochs = list(state["epochs"])
-        set_rng_state(state["rng"][ctx.rank % len(state["rng"])])
-        start_epoch = state["epoch"] + 1
+        try:
+            bare_model.load_state_dict(state["model"])
+            load_optimizer_state(optimizer, state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            meter = RunMeter.from_state(state["meter"])
+            ctx.epochs = list(state["epochs"])
+            set_rng_state(state["rng"][ctx.rank % len(state["rng"])])
+            start_epoch = state["epoch"] + 1
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError,
+                ZeroDivisionError) as exc:  # another model's, or another run's checkpoint
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise UserError("checkpoint {} does not fit this run ({}: {})".format(
+                ctx.checkpoint_path, type(exc).__name__, detail),
+                "resume the run that wrote it, or start a new run") from None
         ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, state["epoch"])
         del state
     ctx.save_progress(final=False)  # the data facts, and the checkpoint's epochs on a resume

@@ -14,11 +14,14 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from chipbench.hookspecs import DEVICE_HOOKS, PRECISIONS
-from chipbench.metrics import is_number
+from chipbench.config import shown
+from chipbench.errors import exception_text, plugin_fault
+from chipbench.hookspecs import DEVICE_HOOKS, PRECISIONS, SAMPLE_RANGES, sample_problem
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
-SAMPLE_KEYS = ("util_percent", "power_w", "temperature_c", "memory_used_bytes")
+SAMPLE_KEYS = tuple(SAMPLE_RANGES)
+MAX_DEVICES = 4096
+"""A device count above this is a wrong answer, not a machine (the checks visit every device)."""
 """The keys ``device_sample`` may answer (see its hook spec)."""
 
 ENVIRONMENT_KEYS = {"device_model": (str,), "device_count": (int,),
@@ -102,7 +105,10 @@ class Subject:
         """``device_count()``, checked to be an int."""
         count = self.raw("device_count")
         if not _is_int(count):
-            raise CheckFailed("device_count() to return an int", repr(count))
+            raise CheckFailed("device_count() to return an int", shown(count))
+        if count > MAX_DEVICES:
+            raise CheckFailed("device_count() <= {} (the devices one host can hold)".format(
+                MAX_DEVICES), shown(count))
         return count
 
     def need_live(self) -> None:
@@ -405,17 +411,9 @@ def check_collective(subject: Subject) -> str:
 def check_device_sample(subject: Subject) -> str:
     """device_sample: known keys, numbers as values, util within 0..100."""
     sample = subject.raw("device_sample", device=subject.device())
-    if not isinstance(sample, dict):
-        raise CheckFailed("a dict", repr(sample))
-    unknown = sorted(set(sample) - set(SAMPLE_KEYS))
-    if unknown:
-        raise CheckFailed("keys among {}".format(", ".join(SAMPLE_KEYS)), ", ".join(unknown))
-    for key, value in sample.items():
-        if not is_number(value):
-            raise CheckFailed("{} to be a number".format(key), repr(value))
-    util = sample.get("util_percent")
-    if util is not None and not 0 <= util <= 100:
-        raise CheckFailed("util_percent within 0..100", repr(util))
+    problem = sample_problem(sample)
+    if problem:
+        raise CheckFailed(problem, shown(sample))
     return ", ".join("{}={}".format(k, v) for k, v in sorted(sample.items())) or "{} (cannot tell)"
 
 
@@ -425,9 +423,9 @@ def check_environment_report(subject: Subject) -> str:
     if not isinstance(report, dict):
         raise CheckFailed("a dict", repr(report))
     try:
-        json.dumps(report)
-    except (TypeError, ValueError) as exc:
-        raise CheckFailed("a JSON-able dict", str(exc)) from None
+        json.dumps(report, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise CheckFailed("a strict JSON-able dict (no NaN, no objects)", str(exc)) from None
     if not isinstance(report.get("device_model"), str) or not report["device_model"]:
         raise CheckFailed("a non-empty device_model", repr(report.get("device_model")))
     for key, types in ENVIRONMENT_KEYS.items():
@@ -621,10 +619,12 @@ def run_check(subject: Subject, name: str, fn: Callable[[Subject], str]) -> Resu
         return Result(vendor, name, "fail", exc.expected, exc.got)
     except CheckSkipped as exc:
         return Result(vendor, name, "skip", _expectation(fn), str(exc))
-    except Exception as exc:  # the plugin raised: that is a failure of this check
+    except BaseException as exc:  # noqa: B902 - the plugin raised (sys.exit() too): a failure
+        if not plugin_fault(exc):
+            raise
         frames = traceback.extract_tb(exc.__traceback__)
         where = " (in {})".format(frames[-1].name) if frames else ""
-        text = str(exc).strip().splitlines()
+        text = exception_text(exc).strip().splitlines()
         return Result(vendor, name, "fail", _expectation(fn), "{}{}: {}".format(
             type(exc).__name__, where, text[0] if text else ""))
     return Result(vendor, name, "pass", _expectation(fn), got)
