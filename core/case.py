@@ -17,7 +17,7 @@ import pkgutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.config import Config, shown
 from chipbench.errors import (
@@ -312,24 +312,47 @@ def load_case(argument: str) -> Case:
     return found.case
 
 
-def plugin_config_dirs(host: Any, case_name: str) -> List[Tuple[Path, str]]:
+def plugin_config_dirs(host: Any, case_name: str, problems: Optional[List[str]] = None,
+                       only: Optional[Sequence[str]] = None) -> List[Tuple[Path, str]]:
     """``(folder, plugin name)`` for each folder that a plugin ships configs of ``case_name`` in
-    (hook ``case_config_dirs``); a plugin that answers something else is a one-line PluginError."""
+    (hook ``case_config_dirs``; ``only``: of those plugins alone), each folder once.
+
+    A plugin that fails, or answers anything but a list of existing absolute folders, is a
+    one-line :class:`PluginError`; with ``problems`` given, that line goes there instead and the
+    other plugins' folders still count (one broken plugin does not stop another vendor's run)."""
     found: List[Tuple[Path, str]] = []
+    seen = set()
     for impl in host.pm.hook.case_config_dirs.get_hookimpls():
+        if only is not None and impl.plugin_name not in only:
+            continue
         try:
-            # a hook implementation may take a subset of the spec's arguments, as pluggy allows
-            folders = impl.function(**{k: v for k, v in {"case_name": case_name}.items()
-                                       if k in impl.argnames})
-        except BaseException as exc:  # noqa: B902 - sys.exit() and the like too
-            if not plugin_fault(exc):
+            folders = _shipped_folders(impl, case_name)
+        except PluginError as exc:
+            if problems is None:
                 raise
-            raise PluginError("plugin '{}' failed in hook case_config_dirs: {}: {}".format(
-                impl.plugin_name, type(exc).__name__, exc), "report it to the plugin's authors") from exc
-        if not isinstance(folders, (list, tuple)) or not all(
-                isinstance(f, (str, Path)) and Path(f).is_dir() for f in folders):
-            raise PluginError("plugin '{}' returned {!r} from case_config_dirs, expected a list "
-                              "of existing folders".format(impl.plugin_name, folders),
-                              "report it to the plugin's authors")
-        found.extend((Path(f), impl.plugin_name) for f in folders)
+            problems.append(exc.one_line())
+            continue
+        for folder in folders:
+            if folder not in seen:
+                seen.add(folder)
+                found.append((folder, impl.plugin_name))
     return found
+
+
+def _shipped_folders(impl: Any, case_name: str) -> List[Path]:
+    fix = "report it to the plugin's authors"
+    try:
+        # a hook implementation may take a subset of the spec's arguments, as pluggy allows
+        folders = impl.function(**{k: v for k, v in {"case_name": case_name}.items()
+                                   if k in impl.argnames})
+    except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
+        if not plugin_fault(exc):
+            raise
+        raise PluginError("plugin '{}' failed in hook case_config_dirs: {}".format(
+            impl.plugin_name, _describe(exc)), fix) from exc
+    if not isinstance(folders, (list, tuple)) or not all(
+            isinstance(f, (str, Path)) and Path(f).is_absolute() and Path(f).is_dir()
+            for f in folders):
+        raise PluginError("plugin '{}' returned {} from case_config_dirs, expected a list of "
+                          "existing absolute folders".format(impl.plugin_name, shown(folders)), fix)
+    return [Path(f).resolve() for f in folders]

@@ -139,12 +139,11 @@ def cmd_cases(args: argparse.Namespace) -> int:
         if record.case is not None:
             configs = sorted(p.stem for p in record.case.config_dir.glob("*.yaml")
                              if p.stem not in ("defaults", "embedded"))
-            try:
-                for folder, plugin in plugin_config_dirs(host, record.name):
-                    configs += ["{} ({})".format(p.stem, plugin)
-                                for p in sorted(folder.glob("*.yaml"))]
-            except ChipbenchError as exc:  # one bad plugin does not hide the list
-                configs.append("[{}]".format(exc.one_line()))
+            problems: List[str] = []  # one bad plugin does not hide the list
+            for folder, plugin in plugin_config_dirs(host, record.name, problems):
+                configs += ["{} ({})".format(p.stem, plugin)
+                            for p in sorted(folder.glob("*.yaml"))]
+            configs += ["[{}]".format(problem) for problem in problems]
         rows.append({"name": record.name, "origin": record.origin,
                      "status": "broken" if record.broken else "ok",
                      "title": (record.error if record.broken or record.case is None

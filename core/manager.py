@@ -406,6 +406,11 @@ class PluginHost:
                 return r
         return None
 
+    def vendor_plugin_name(self, vendor_name: str) -> Optional[str]:
+        """The name the plugin of vendor ``vendor_name`` is registered under (its entry point's)."""
+        plugin = self._vendor_plugins.get(vendor_name)
+        return None if plugin is None else self.pm.get_name(plugin)
+
     def keep_only(self, vendor_name: str) -> None:
         """Unregister every vendor but ``vendor_name``: device hooks then have one answer."""
         for name, plugin in list(self._vendor_plugins.items()):

@@ -349,9 +349,13 @@ class Run:
             raise UserError("vendor '{}' has no way to restrict devices".format(self.facade.vendor),
                             "drop --devices")
         self.hardware = self.facade.hardware_id()
+        problems: List[str] = []
+        shipped = plugin_config_dirs(self.host, self.case.name, problems)
+        for problem in problems:  # another plugin's mistake does not stop this run
+            announce("warning: {} (its configs are not used)".format(problem))
         self.config, self.sources = resolve_run_config(
             self.case, config_name, self.hardware, topology, sets or [], flags,
-            extra_dirs=plugin_config_dirs(self.host, self.case.name), announce=announce)
+            extra_dirs=shipped, announce=announce)
         self.case.validate(self.config, self.facade.supported_precisions())
         self.run_dir = make_run_dir(output, self.case.name, self.facade.vendor)
         self.result: Dict[str, Any] = {}

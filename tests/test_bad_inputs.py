@@ -120,22 +120,22 @@ def checkpoint_of_another_model(p: Paths, monkeypatch: Any) -> None:
     checkpoint.save(state, path)
 
 
-def edit_result(edit: Callable[[Dict[str, Any]], None]) -> Callable[[Paths, Any], None]:
+def edit_json(name: str, edit: Callable[[Dict[str, Any]], None]) -> Callable[[Paths, Any], None]:
+    """Change ``name`` (spec.json, result.json) of the row's copy of the resumable run."""
     def setup(p: Paths, monkeypatch: Any) -> None:
-        path = p.run / "result.json"
-        result = json.loads(path.read_text())
-        edit(result)
-        path.write_text(json.dumps(result))
+        path = p.run / name
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
     return setup
 
 
 def edit_spec(edit: Callable[[Dict[str, Any]], None]) -> Callable[[Paths, Any], None]:
-    def setup(p: Paths, monkeypatch: Any) -> None:
-        path = p.run / "spec.json"
-        spec = json.loads(path.read_text())
-        edit(spec)
-        path.write_text(json.dumps(spec))
-    return setup
+    return edit_json("spec.json", edit)
+
+
+def edit_result(edit: Callable[[Dict[str, Any]], None]) -> Callable[[Paths, Any], None]:
+    return edit_json("result.json", edit)
 
 
 def spec_text(text: str) -> Callable[[Paths, Any], None]:

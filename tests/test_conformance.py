@@ -149,17 +149,18 @@ def _raise(index):
 
 
 def test_shipped_configs_are_checked(tmp_path):
-    from chipbench import hookimpl
+
+    from tests.test_manager import vendor_module
 
     (tmp_path / "Z1x1x1.yaml").write_text("train:\n  no_such_key: 1\n")
 
-    class Shipper:
-        @hookimpl
-        def case_config_dirs(self, case_name):
-            return [str(tmp_path)] if case_name == "retinanet" else []
+    def case_config_dirs(case_name):
+        return [str(tmp_path)] if case_name == "retinanet" else []
 
-    facade = select_device(build_host(load_entry_points=False), "cpu")
-    facade.host.add(Shipper(), "shipper", "test")
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("shipper", priority=-30, case_config_dirs=case_config_dirs),
+             "shipper", "test")
+    facade = select_device(host, "shipper")
     (result,) = run_checks(facade, live=False, only=["shipped_configs"])
     assert result.status == "fail" and result.expected == "Z1x1x1.yaml to fit case retinanet"
     assert "no_such_key" in result.got
@@ -194,10 +195,45 @@ def test_a_vendor_suite_with_its_own_vendor_option_keeps_it(tmp_path):
          "--chipbench-vendor", "fakechip", "--chipbench-static", "-p", "no:cacheprovider"],
         cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     assert kit.returncode == 0, kit.stdout[-2000:] + kit.stderr[-2000:]
-    assert "passed" in kit.stdout
+    assert "passed" in kit.stdout and "checked vendor 'fakechip'" in kit.stdout
 
 
 def test_kit_alloc_size_is_checked_like_doctor_does(tmp_path):
     done = run_pytest_entry("cpu", "--alloc-mib", "0", cwd=tmp_path)
     assert done.returncode == 4  # pytest's usage error, naming the option and the range
     assert "--alloc-mib" in done.stderr and "0 is not in 1..1048576" in done.stderr
+
+
+def test_another_plugin_s_broken_configs_do_not_fail_this_vendor(tmp_path, capsys):
+    """A plugin (here an observer) whose case_config_dirs answers garbage: the cpu vendor's
+    conformance does not fail for it, and a cpu run warns and goes on."""
+    from chipbench import hookimpl
+    from chipbench.manager import PluginHost
+
+    class Shipper:
+        @hookimpl
+        def case_config_dirs(self, case_name):
+            return ["/nonexistent/folder"]
+
+    real = PluginHost.load_all
+
+    def load_all(self, modules, entry_points=True):
+        real(self, modules, entry_points=False)
+        self.add(Shipper(), "shipper", "test")
+
+    host = build_host(load_entry_points=False)
+    host.add(Shipper(), "shipper", "test")
+    (result,) = run_checks(select_device(host, "cpu"), live=False, only=["shipped_configs"])
+    assert result.status == "skip", result
+    from unittest import mock
+
+    with mock.patch.object(PluginHost, "load_all", load_all):
+        code = main(["run", "retinanet", "--vendor", "cpu", "--output", str(tmp_path / "run"),
+                     "--set", "train.max_iters=1", "--set", "data.synthetic.train_images=8",
+                     "--set", "data.synthetic.val_images=2", "--set",
+                     "data.synthetic.image_size=64", "--set", "run.checkpoint=false"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert ("warning: plugin 'shipper' returned ['/nonexistent/folder'] from case_config_dirs, "
+            "expected a list of existing absolute folders") in err
+

@@ -16,7 +16,8 @@ suite whose conftest.py has its own ``--vendor`` keeps it. The checks run once p
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, Set, Tuple
+import os
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -83,6 +84,18 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
             pass
 
 
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    """Which vendor the kit checks, where the kit runs (a suite's own ``--vendor`` may have taken
+    the short name; then ``--chipbench-vendor`` or ``$CHIPBENCH_VENDOR`` say)."""
+    if not any("chipbench.conformance" in str(arg) or "conformance" in str(arg)
+               for arg in config.invocation_params.args):
+        return None
+    vendor = config.getoption("chipbench_vendor") or os.environ.get("CHIPBENCH_VENDOR") \
+        or "auto-detected"
+    return "chipbench conformance: vendor {}{}".format(
+        vendor, " (static checks only)" if config.getoption("chipbench_static") else "")
+
+
 @pytest.fixture(scope="session")
 def conformance_results(request: pytest.FixtureRequest) -> Dict[str, Result]:
     """Every check's :class:`chipbench.conformance.Result`, by check name."""
@@ -97,4 +110,16 @@ def conformance_results(request: pytest.FixtureRequest) -> Dict[str, Result]:
         pytest.fail("cannot select the vendor: " + exc.one_line(), pytrace=False)
     results = run_checks(facade, live=not request.config.getoption("chipbench_static"),
                          alloc_mib=request.config.getoption("chipbench_alloc_mib"))
+    request.config.stash[CHECKED] = facade.vendor
     return {r.check: r for r in results}
+
+
+CHECKED = pytest.StashKey[str]()
+"""The vendor the checks ran on, for the session's last line."""
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Name the vendor that was checked (also under -q: the kit may have auto-detected it)."""
+    vendor = config.stash.get(CHECKED, None)
+    if vendor is not None:
+        terminalreporter.write_line("chipbench conformance: checked vendor '{}'".format(vendor))
