@@ -6,12 +6,11 @@ folders copied from other machines compare as well as local ones.
 """
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.errors import UserError
-from chipbench.metrics import FIGURES, RESERVED_KEYS, is_count, is_number
+from chipbench.metrics import FIGURES, RESERVED_KEYS, finite, is_count, is_number
 from chipbench.report import PERF_COLUMNS, markdown_table, one_line, perf_row, text_table
 
 RATIO_COLUMNS = (("p_whole", "p_whole x"), ("p_train", "p_train x"), ("p_core", "p_core x"),
@@ -339,17 +338,6 @@ def as_json(runs: Sequence[RunFolder], baseline: RunFolder, rows: List[Dict[str,
         "runs": [{"label": r.label, "run_dir": str(r.path), "status": r.result.get("status"),
                   "row": row, "metrics": r.metrics, "facts": facts(r.result)}
                  for r, row in zip(runs, rows)]})
-
-
-def finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as None, so that it is strict JSON (jq, browsers)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = False,

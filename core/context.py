@@ -9,17 +9,18 @@ from typing import Any, Dict, List, Optional
 
 from chipbench.device import Device
 from chipbench.manager import PluginHost
-from chipbench.metrics import RunMeter, reduce_ranks, throughput
+from chipbench.metrics import RunMeter, finite, reduce_ranks, throughput
 
 PROGRESS_FILE = "progress.json"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename: readers never see half a file."""
+    """Write strict JSON (NaN and infinities as null) through a temporary file and a rename:
+    readers never see half a file, and every JSON reader can parse it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
+        json.dump(finite(data), handle, indent=2, default=str, allow_nan=False)
     os.replace(tmp, path)
 
 

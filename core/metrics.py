@@ -36,6 +36,17 @@ def is_number(value: Any) -> bool:
         return False
 
 
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, so that it is strict JSON (jq, browsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def is_count(value: Any) -> bool:
     """A finite number >= 0."""
     return is_number(value) and value >= 0
