@@ -62,6 +62,10 @@ def hardware_config_path(case: Case, explicit: Optional[str], hardware: Hardware
         for path in candidates:
             if path.is_file():
                 return path
+        if Path(explicit).is_dir():
+            raise UserError("config '{}' is a folder".format(explicit),
+                            "give a YAML file, or one of: {}".format(", ".join(
+                                _hardware_files(dirs))))
         raise UserError("config '{}' not found".format(explicit),
                         "give a YAML path or one of: {}".format(", ".join(_hardware_files(dirs))))
     for folder in dirs:

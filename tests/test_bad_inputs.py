@@ -366,6 +366,7 @@ ROWS = [
         "data.synthetic.image_size must lie between 32 and 4096"),
     Row("config-group-factor-huge", RUN + ["--set", "data.aspect_ratio_group_factor=1000000000000"],
         "data.aspect_ratio_group_factor"),
+    Row("config-file-is-a-folder", RUN + ["--config", "{tmp}"], "is a folder; give a YAML file"),
     Row("config-file-unknown-key", RUN + ["--config", "{tmp}/k.yaml"], "unknown config key",
         setup=write("k.yaml", "trian:\n  lr: 1\n")),
     Row("config-batch-larger-than-data", RUN + ["--set", "train.batch_size=1000000000000"],
