@@ -17,6 +17,9 @@ from typing import IO, Dict, List, Optional
 
 from chipbench.errors import RunFailed, UserError, interrupt_on_stop_signals, restore_handlers
 
+MAX_PROCS_PER_NODE = 1024
+MAX_NODES = 100000
+
 
 @dataclass
 class Topology:
@@ -47,10 +50,14 @@ class Topology:
                 raise UserError("--devices {} lists {} device(s) for {} process(es) per node".format(
                     self.devices, len(listed), self.nproc_per_node),
                     "list at least --nproc-per-node devices")
-        for name in ("nproc_per_node", "nnodes"):
+        for name, most in (("nproc_per_node", MAX_PROCS_PER_NODE), ("nnodes", MAX_NODES)):
             if int(getattr(self, name)) < 1:
                 raise UserError("--{} must be at least 1".format(name.replace("_", "-")),
                                 "give a positive number")
+            if int(getattr(self, name)) > most:  # it would start that many processes
+                raise UserError("--{} {} is more than {}".format(
+                    name.replace("_", "-"), getattr(self, name), most),
+                    "give one process per device, and the number of nodes you have")
         if not 0 <= self.node_rank < self.nnodes:
             raise UserError("--node-rank {} is outside 0..{}".format(self.node_rank,
                                                                      self.nnodes - 1),

@@ -75,9 +75,9 @@ class RetinaNetCase(Case):
                     key, low, high, shown(value)), "fix the value")
         workers = data["num_workers"]
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
-                                    or workers < 0):
-            raise UserError("data.num_workers must be a count >= 0 or null, not {!r}".format(
-                workers), "set --set data.num_workers=0 (or 2, ...), or null to let the vendor "
+                                    or not 0 <= workers <= 1024):
+            raise UserError("data.num_workers must be a count in 0..1024 or null, not {}".format(
+                shown(workers)), "set --set data.num_workers=0 (or 2, ...), or null to let the vendor "
                           "choose from the core count")
         non_negative = {"train.max_iters":
                         train["max_iters"], "train.warmup_iters": train["warmup_iters"],
