@@ -90,6 +90,8 @@ class CaseRecord:
     origin: str
     case: Optional[Case] = None
     error: str = ""
+    shadowed: bool = False
+    """A working case of another package took its name first."""
 
     @property
     def broken(self) -> bool:
@@ -241,7 +243,7 @@ def discover_cases() -> List[CaseRecord]:
         if case.name in taken:
             holder = next(r.origin for r in records if r.name == case.name and not r.broken)
             records.append(CaseRecord(case.name, origin, error="case name '{}' is already "
-                                      "taken by {}".format(case.name, holder)))
+                                      "taken by {}".format(case.name, holder), shadowed=True))
             continue
         problem = contract_problem(case)
         if problem:
@@ -279,7 +281,7 @@ def load_case(argument: str) -> Case:
     for record in discover_cases():  # a working case wins over a broken one of the same name
         if record.name not in records or records[record.name].broken:
             records[record.name] = record
-        if record.broken and "is already taken by" in record.error:
+        if record.shadowed:
             shadowed.setdefault(record.name, []).append(record)
     working = ", ".join(sorted(n for n, r in records.items() if not r.broken)) or "none"
     text = argument.rstrip("/\\")

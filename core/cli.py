@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -22,11 +21,11 @@ from chipbench.errors import (
     EXIT_PIPE_CLOSED,
     EXIT_USER_ERROR,
     ChipbenchError,
-    Interrupted,
     UserError,
     interrupt_exit_code,
     interrupt_on_stop_signals,
     restore_handlers,
+    stop_name,
     user_os_error,
 )
 from chipbench.exiting import exit_now
@@ -440,9 +439,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         _print_err("error: " + exc.one_line())
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        _print_err("interrupted" + (" ({})".format(signal.Signals(exc.signum).name)
-                                    if isinstance(exc, Interrupted)
-                                    and exc.signum != signal.SIGINT else ""))
+        how = stop_name(exc)
+        _print_err("interrupted" + (" ({})".format(how) if how != "Ctrl-C" else ""))
         return interrupt_exit_code(exc)
     except BrokenPipeError:  # the reader went away (`core compare ... | head`): stop quietly
         try:

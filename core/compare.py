@@ -157,8 +157,6 @@ def _telling_depth(runs: Sequence[RunFolder]) -> int:
     return depth
 
 
-
-
 def _tail(path: Path, depth: int) -> str:
     return "/".join(path.resolve().parts[-depth:])
 

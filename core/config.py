@@ -179,16 +179,9 @@ def merge(base: Config, layer: Config, source: str, schema: Optional[Config] = N
                 "config key '{}' in {} must be {}, not {}".format(
                     dotted, source, _type_name(default), shown(value)),
                 "fix the value")
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT
-               for v in items):
-            raise UserError("config key '{}' in {} is out of range: {}".format(
-                dotted, source, shown(value)), "give a value below 2**63")
+        _check_value(value, dotted, source)  # layers built in code too (overlays, a spec)
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-            raise UserError("config key '{}' in {} must be a finite number, not {}".format(
-                dotted, source, shown(value)), "give a finite value")
         merged[key] = value
     return merged
 

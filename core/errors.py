@@ -93,6 +93,13 @@ def restore_handlers(saved: List[Tuple[int, Any]]) -> None:
         signal.signal(signum, handler)
 
 
+def stop_name(exc: BaseException) -> str:
+    """What stopped a run: ``Ctrl-C``, or the signal's name (``SIGTERM``, ``SIGHUP``)."""
+    if isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
+        return signal.Signals(exc.signum).name
+    return "Ctrl-C"
+
+
 def interrupt_exit_code(exc: BaseException) -> int:
     """130 for Ctrl-C, 128 + the signal number for an :class:`Interrupted`."""
     return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED

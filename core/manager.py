@@ -101,15 +101,16 @@ def detect_timeout() -> float:
     return value
 
 
-class DetectTimedOut(Exception):
-    """``vendor_detect`` did not return in time (it keeps running in a daemon thread)."""
+class CallTimedOut(Exception):
+    """A plugin's import or ``vendor_detect`` did not return in time (it keeps running in a
+    daemon thread)."""
 
 
 def call_with_timeout(function: Callable[[], Any], timeout: float, what: str) -> Any:
     """``function()``, run in a daemon thread and waited for at most ``timeout`` seconds.
 
     Its result is returned and its exception re-raised; if it is still running after
-    ``timeout``, :class:`DetectTimedOut` is raised and the thread is left behind (a daemon
+    ``timeout``, :class:`CallTimedOut` is raised and the thread is left behind (a daemon
     thread does not keep the process alive, so a hung driver probe cannot hang the command).
     """
     outcome: Dict[str, Any] = {}
@@ -124,10 +125,17 @@ def call_with_timeout(function: Callable[[], Any], timeout: float, what: str) ->
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise DetectTimedOut("{} did not return within {:g} s".format(what, timeout))
+        raise CallTimedOut("{} did not return within {:g} s".format(what, timeout))
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def hung(exc: CallTimedOut, name: str) -> str:
+    """The broken record's line for plugin ``name`` that did not return in time."""
+    return "{} (a hung driver probe?); fix the plugin, block it with {}={}, or raise {}".format(
+        exc, ENV_BLOCK, name, ENV_DETECT_TIMEOUT)
+
 
 OBSERVER_HOOKS = hookspecs.LIFECYCLE_HOOKS + ("case_config_dirs",)
 """What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""
@@ -196,11 +204,9 @@ class PluginHost:
         try:
             info = call_with_timeout(lambda: self._detect(plugin), self.detect_timeout,
                                      "vendor_detect")
-        except DetectTimedOut as exc:
+        except CallTimedOut as exc:
             self.pm.unregister(plugin)
-            return self._broken(name, origin, "{} (a hung driver probe?); fix the plugin, block "
-                                "it with {}={}, or raise {}".format(exc, ENV_BLOCK, name,
-                                                                    ENV_DETECT_TIMEOUT), extra)
+            return self._broken(name, origin, hung(exc, name), extra)
         except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
             if not plugin_fault(exc):
                 raise
@@ -260,11 +266,8 @@ class PluginHost:
             aliases = [dist.rsplit(" ", 1)[0]]
             try:  # an import that hangs (a driver probe at module level) is given up on too
                 plugin = call_with_timeout(ep.load, self.detect_timeout, "its import")
-            except DetectTimedOut as exc:
-                self._broken(ep.name, origin, "{} (a hung driver probe?); fix the plugin, block "
-                             "it with {}={}, or raise {}".format(exc, ENV_BLOCK, ep.name,
-                                                                 ENV_DETECT_TIMEOUT),
-                             {"aliases": [ep.name] + aliases})
+            except CallTimedOut as exc:
+                self._broken(ep.name, origin, hung(exc, ep.name), {"aliases": [ep.name] + aliases})
                 continue
             except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
                 if not plugin_fault(exc):

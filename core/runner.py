@@ -10,7 +10,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -23,10 +22,10 @@ from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
 from chipbench.context import PROGRESS_FILE, write_json_atomic
 from chipbench.errors import (
     ChipbenchError,
-    Interrupted,
     PluginError,
     RunFailed,
     UserError,
+    stop_name,
     user_os_error,
 )
 from chipbench.hookspecs import PRECISIONS
@@ -429,9 +428,7 @@ class Run:
         }
         if self.previous is not None:
             # until this attempt records more, result.json keeps what the earlier ones measured
-            for key, kind in (("metrics", dict), ("epochs", list), ("data", dict)):
-                if isinstance(self.previous.get(key), kind):
-                    self.result[key] = self.previous[key]
+            self.result.update(earlier_record(self.previous))
             resumed = self.previous.get("resumed", 0)
             self.result["resumed"] = (resumed if isinstance(resumed, int) and resumed >= 0
                                       else 0) + 1
@@ -462,9 +459,8 @@ class Run:
             self._run_workers()
             self.result["status"] = "finished"
         except KeyboardInterrupt as exc:
-            how = (signal.Signals(exc.signum).name if isinstance(exc, Interrupted)
-                   and exc.signum != signal.SIGINT else "Ctrl-C")
-            self.result.update(status="interrupted", error="interrupted ({})".format(how))
+            self.result.update(status="interrupted",
+                               error="interrupted ({})".format(stop_name(exc)))
             raise
         except ChipbenchError as exc:
             self.result.update(status="failed", error=exc.one_line())
@@ -523,8 +519,7 @@ class Run:
         progress = _read_json(self.run_dir / PROGRESS_FILE)
         previous = self.previous or {}
         if not isinstance(progress.get("epochs"), list):  # unreadable: keep the earlier record
-            progress = {key: previous[key] for key in ("metrics", "epochs", "data")
-                        if key in previous}
+            progress = earlier_record(previous)
         recorded = progress.get("metrics")
         metrics: Dict[str, Any] = dict(recorded) if isinstance(recorded, dict) else {}
         earlier: Any = (previous.get("metrics") or {}).get("e2e_time")
@@ -591,6 +586,13 @@ def checked_spec_config(case: Case, spec: Dict[str, Any], source: Path) -> Confi
         raise UserError("{} (in {})".format(exc.problem, source),
                         "restore the spec.json that core run wrote, or start a new run") from None
     return config
+
+
+def earlier_record(previous: Dict[str, Any]) -> Dict[str, Any]:
+    """What a resumed run keeps of its earlier attempts' result.json: metrics, epochs, data."""
+    return {key: previous[key] for key, kind in (("metrics", dict), ("epochs", list),
+                                                  ("data", dict))
+            if isinstance(previous.get(key), kind)}
 
 
 def _read_json(path: Path) -> Dict[str, Any]:

@@ -16,10 +16,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.config import shown
 from chipbench.errors import exception_text, plugin_fault
-from chipbench.hookspecs import DEVICE_HOOKS, PRECISIONS, SAMPLE_RANGES, sample_problem
+from chipbench.hookspecs import DEVICE_HOOKS, PRECISIONS, sample_problem
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
-SAMPLE_KEYS = tuple(SAMPLE_RANGES)
 MAX_DEVICES = 4096
 """A device count above this is a wrong answer, not a machine (the checks visit every device)."""
 """The keys ``device_sample`` may answer (see its hook spec)."""
