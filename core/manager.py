@@ -131,6 +131,23 @@ def call_with_timeout(function: Callable[[], Any], timeout: float, what: str) ->
     return outcome.get("value")
 
 
+def import_framework(timeout: float) -> None:
+    """Import torch, where it is installed and not yet imported, before a ``vendor_detect`` is
+    timed: nearly every vendor's detection imports it, and its import (seconds on a GPU machine,
+    where it loads the device libraries) is not the plugin's own time. A failed or hung import is
+    left for the plugins' own detection to meet and report."""
+    import importlib.util
+
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is None:
+        return
+    try:
+        call_with_timeout(lambda: importlib.import_module("torch"), timeout, "import torch")
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: B902 - reported by the first plugin that imports it
+        pass
+
+
 def hung(exc: CallTimedOut, name: str) -> str:
     """The broken record's line for plugin ``name`` that did not return in time."""
     return "{} (a hung driver probe?); fix the plugin, block it with {}={}, or raise {}".format(
@@ -200,6 +217,7 @@ class PluginHost:
             record = PluginRecord(name=name, origin=origin, extra=dict(extra, kind="observer"))
             self.records.append(record)
             return record
+        import_framework(self.detect_timeout)
         started = time.perf_counter()
         try:
             info = call_with_timeout(lambda: self._detect(plugin), self.detect_timeout,

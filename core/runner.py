@@ -10,6 +10,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -249,10 +250,20 @@ def _torchrun_failures(summary: str) -> List[Dict[str, str]]:
     return entries
 
 
+def _signal_number(entry: Dict[str, str]) -> Optional[int]:
+    """The signal that ended a failure entry's rank, from its exit code (``-15 (pid: 7)``, with
+    or without the ``(SIGTERM)`` that newer torch versions add) or its ``Signal 15 (SIGTERM)``
+    traceback line; None for a rank that exited by itself."""
+    match = re.match(r"-(\d+)\b", entry.get("exitcode", "")) or re.match(
+        r"Signal (\d+)\b", entry.get("traceback", ""))
+    return int(match.group(1)) if match else None
+
+
 def _killed(entry: Dict[str, str]) -> bool:
     """Whether a failure entry's rank was killed by a signal other than a stop signal."""
-    return entry.get("traceback", "").startswith("Signal") and not any(
-        name in entry.get("exitcode", "") for name in STOP_SIGNALS)
+    number = _signal_number(entry)
+    return number is not None and number not in {
+        int(getattr(signal, name)) for name in STOP_SIGNALS}
 
 
 def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:

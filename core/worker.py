@@ -72,6 +72,7 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     visible = facade.visible_devices_env()
     if visible:
         log.info("%s=%s", visible, os.environ.get(visible, "(unset: all devices)"))
+    check_local_device(facade, local_rank)
     device = facade.init_backend(local_rank)
     if world_size > 1:
         import torch.distributed as dist
@@ -105,6 +106,24 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def check_local_device(facade: Any, local_rank: int) -> None:
+    """Refuse, in one line, a local rank beyond the devices this process sees (more processes per
+    node than devices, or ``--devices`` naming devices that do not exist). Processes of a vendor
+    whose torch device type is ``cpu`` share the host's one CPU device, so any number may run."""
+    if facade.info.device_type == "cpu":
+        return
+    count = facade.count()
+    if local_rank < count:
+        return
+    visible = facade.visible_devices_env()
+    shown_env = " ({}={})".format(visible, os.environ[visible]) if visible and visible in os.environ \
+        else ""
+    raise UserError("local rank {} has no device: vendor '{}' sees {} device(s) on this node{}".format(
+        local_rank, facade.vendor, count, shown_env),
+        "run at most {} process(es) per node (--nproc-per-node), or list devices that exist "
+        "with --devices".format(max(count, 1)))
 
 
 def spec_target(case: Any, config: Dict[str, Any]) -> Any:

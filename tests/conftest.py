@@ -78,6 +78,20 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+ACCELERATOR_MARKS = ("cuda", "metax")
+
+
+def pytest_collection_finish(session):
+    """A session that selected no test marked cuda or metax (the cpu and oldstack envs) runs as
+    on a machine without a GPU even where there is one: NVIDIA GPUs are hidden from torch (an
+    empty ``CUDA_VISIBLE_DEVICES``, for this process and every one it starts), so auto-detection
+    picks the CPU and the figures and messages the tests expect hold there too. Set before any
+    test runs: torch reads the variable when CUDA initialises."""
+    if not any(item.get_closest_marker(mark) for item in session.items
+               for mark in ACCELERATOR_MARKS):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Where ``CHIPBENCH_NO_TESTS_OK=1`` (tox sets it), a session whose markers selected no test
     (pytest's exit 5) passes: an env for absent hardware must not fail the matrix."""

@@ -244,6 +244,11 @@ SUMMARY = """\
     ("2026-11-30_10:59:42", "-11 (pid: 27466)  (SIGSEGV)",
      "Signal 11 (SIGSEGV) received by PID 27466",
      "rank 1 died (exit code -11: Signal 11 (SIGSEGV) received by PID 27466)"),
+    # torch 2.11 (seen on an H200 machine) writes no signal name after the exit code
+    ("2026-11-30_10:59:43", "-9 (pid: 27466)", "Signal 9 (SIGKILL) received by PID 27466",
+     "rank 1 died (exit code -9: Signal 9 (SIGKILL) received by PID 27466)"),
+    ("2026-11-30_10:59:43", "-15 (pid: 27466)", "Signal 15 (SIGTERM) received by PID 27466",
+     "rank 0 died (exit code 1)"),
     # rank 0 failed first: torchrun stopped rank 1 (SIGTERM), or killed it much later
     ("2026-11-30_10:59:44", "-15 (pid: 27466)  (SIGTERM)",
      "Signal 15 (SIGTERM) received by PID 27466", "rank 0 died (exit code 1)"),

@@ -409,6 +409,34 @@ def test_a_slow_vendor_detect_is_named_in_a_warning(monkeypatch, capsys):
     assert "warning: plugin 'sluggish' took" in err and "CHIPBENCH_BLOCK_PLUGINS=sluggish" in err
 
 
+TORCH_IMPORT_PROBE = "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"
+
+
+def test_torch_s_import_is_not_counted_against_a_plugin_s_detect_time(tmp_path):
+    """On a GPU machine importing torch takes seconds (its device libraries load); the built-in
+    cuda vendor's detection was the first to import it and was warned about on every command.
+    In a fresh process, with the warning's limit under this machine's torch import time, building
+    the host names no built-in plugin."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", TORCH_IMPORT_PROBE],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    limit = float(probe.stdout) / 2
+    script = ("import sys, chipbench.manager as m\n"
+              "m.SLOW_DETECT_S = {}\n"
+              "assert 'torch' not in sys.modules\n"
+              "host = m.build_host(load_entry_points=False)\n"
+              "assert 'torch' in sys.modules\n"
+              "print(host.slow_detects)\n").format(limit)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]" and "took" not in done.stderr, (limit, done.stdout,
+                                                                        done.stderr)
+
+
 def test_an_entry_point_named_like_a_builtin_is_told_to_rename(monkeypatch):
     host = build_host(load_entry_points=False)
     record = host.add(vendor_module("shadow"), "cpu", "entry point 'cpu' from shadow 0.1")

@@ -183,3 +183,30 @@ def test_auto_backend_prefers_faster_coco_eval_when_importable(monkeypatch):
     except ImportError:
         return
     assert resolve_backend("auto") == "faster_coco_eval"
+
+
+@pytest.mark.parametrize("height, width, min_size, max_size", [
+    (60, 90, 64, 100), (90, 60, 64, 80), (64, 64, 128, 128), (427, 640, 800, 1333),
+    (100, 1000, 800, 1333)])
+def test_resized_size_is_the_transform_s(height, width, min_size, max_size):
+    """The memory floor's image size is what torchvision's detection transform makes of it."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from chipbench.cases.retinanet.model import resized_size
+
+    transform = GeneralizedRCNNTransform(min_size, max_size, [0.0] * 3, [1.0] * 3).eval()
+    images, _ = transform([torch.zeros(3, height, width)])
+    assert tuple(images.image_sizes[0]) == resized_size(height, width, min_size, max_size)
+
+
+def test_step_memory_floor_counts_the_largest_image_and_precision():
+    from chipbench.cases.retinanet.model import step_memory_floor
+
+    fp32 = step_memory_floor([(64, 64), (128, 64)], 128, 256, 4, "fp32")
+    # the largest, (256, 128), padded; input 3 x 4 bytes, stem 64 channels at a quarter of it
+    pixels = 4 * 256 * 128
+    assert fp32 == pixels * 12 + pixels // 4 * 64 * 4
+    assert step_memory_floor([(64, 64), (128, 64)], 128, 256, 4, "amp") == \
+        pixels * 12 + pixels // 4 * 64 * 2
+    assert step_memory_floor([], 128, 256, 4, "fp32") == 0
+    assert step_memory_floor([(0, 10)], 128, 256, 4, "fp32") == 0

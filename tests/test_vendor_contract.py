@@ -102,6 +102,26 @@ def test_cuda_simulated_contract(tmp_path, monkeypatch):
     assert facade.memory_query(torch.device("cuda", 0)).used_bytes == 20 * 2**30
 
 
+def test_a_local_rank_beyond_the_visible_devices_is_one_line(tmp_path, monkeypatch):
+    """Three processes on a node whose vendor sees two GPUs: the third rank is refused naming
+    the count and the fix, before the vendor's set_device fails in its own words. Processes of a
+    CPU-type vendor share the one host device, so any local rank runs there."""
+    from chipbench.errors import UserError
+    from chipbench.worker import check_local_device
+
+    simulate_cuda(tmp_path, monkeypatch)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    facade = select_device(build_host(load_entry_points=False), "cuda")
+    check_local_device(facade, 1)
+    with pytest.raises(UserError) as caught:
+        check_local_device(facade, 2)
+    line = caught.value.one_line()
+    assert "local rank 2 has no device" in line and "sees 2 device(s)" in line
+    assert "CUDA_VISIBLE_DEVICES=4,5" in line and "at most 2 process(es)" in line
+    assert "\n" not in line
+    check_local_device(select_device(build_host(load_entry_points=False), "cpu"), 7)
+
+
 def test_cuda_declines_metax_build(metax_machine, monkeypatch):
     import chipbench.plugins.cuda
 

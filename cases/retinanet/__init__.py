@@ -13,6 +13,15 @@ from chipbench.hookspecs import PRECISIONS
 
 HERE = Path(__file__).resolve().parent
 
+MEMORY_SETTINGS = "model.min_size/model.max_size or train.batch_size"
+"""The settings that make a training step's memory smaller."""
+
+
+def resized_batches(config: Config) -> str:
+    """What a training step holds in memory, in the settings' words."""
+    return "batches of {} image(s) resized to {}-{} px".format(
+        config["train"]["batch_size"], config["model"]["min_size"], config["model"]["max_size"])
+
 
 class RetinaNetCase(Case):
     name = "retinanet"
@@ -154,10 +163,7 @@ class RetinaNetCase(Case):
 
     def memory_hint(self, config: Config) -> Tuple[str, str]:
         """What failed to fit in memory, and the settings that make it smaller."""
-        return ("batches of {} image(s) resized to {}-{} px".format(
-            config["train"]["batch_size"], config["model"]["min_size"],
-            config["model"]["max_size"]),
-            "model.min_size/model.max_size or train.batch_size")
+        return resized_batches(config), MEMORY_SETTINGS
 
     def target(self, config: Config) -> Any:
         return config["target"]["mAP"]

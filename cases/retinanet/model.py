@@ -1,10 +1,11 @@
 """torchvision's RetinaNet R50-FPN and its backbone weights (ImageNet, a local file, or none)."""
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -106,3 +107,33 @@ def build_retinanet(num_classes: int, backbone_weights: Optional[Path], min_size
     backbone = _resnet_fpn_extractor(backbone, layers, returned_layers=[2, 3, 4],
                                      extra_blocks=LastLevelP6P7(256, 256))
     return RetinaNet(backbone, num_classes, min_size=min_size, max_size=max_size)
+
+
+SIZE_DIVISIBLE = 32
+"""torchvision's detection transform pads each batch to a multiple of this."""
+STEM_CHANNELS = 64
+"""Channels of ResNet-50's first convolution, which halves the resolution."""
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> Tuple[int, int]:
+    """An image's size after the model's transform: the shorter side to ``min_size`` unless the
+    longer would pass ``max_size`` (as torchvision's ``GeneralizedRCNNTransform`` scales)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def step_memory_floor(sizes: Iterable[Tuple[int, int]], min_size: int, max_size: int,
+                      batch_size: int, precision: str) -> int:
+    """Bytes that a training step needs at least, whatever the device: the padded fp32 input
+    batch around the largest resized image, and the first convolution's output on it (64
+    channels at half the resolution; 2 bytes per value under amp, fp16 and bf16), which exist
+    together. A floor, far under the real need (every later layer is left out): it refuses only
+    inputs that can never fit, before a run asks the allocator or the host's OOM killer."""
+    largest = max((resized_size(h, w, min_size, max_size) for h, w in sizes
+                   if h > 0 and w > 0), key=lambda hw: hw[0] * hw[1], default=None)
+    if largest is None:
+        return 0
+    height, width = (int(math.ceil(side / SIZE_DIVISIBLE)) * SIZE_DIVISIBLE for side in largest)
+    pixels = batch_size * height * width
+    stem_bytes = 4 if precision == "fp32" else 2
+    return pixels * 3 * 4 + (pixels // 4) * STEM_CHANNELS * stem_bytes

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from chipbench.cases.retinanet import checkpoint
+from chipbench.cases.retinanet import MEMORY_SETTINGS, checkpoint, resized_batches
 from chipbench.cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
 from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate, data_facts
 from chipbench.cases.retinanet.engine import (
@@ -26,7 +26,7 @@ from chipbench.cases.retinanet.engine import (
     train_one_epoch,
 )
 from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict, resolve_backend
-from chipbench.cases.retinanet.model import build_retinanet
+from chipbench.cases.retinanet.model import build_retinanet, step_memory_floor
 from chipbench.context import RunContext
 from chipbench.errors import UserError
 from chipbench.flops import figures as flops_figures
@@ -139,6 +139,23 @@ def evaluated_after(epochs_done: int, eval_cfg: Dict[str, Any]) -> bool:
     return epochs_done >= eval_cfg["first_epoch"] and epochs_done % eval_cfg["every"] == 0
 
 
+def check_step_fits(ctx: RunContext, train_set: CocoDetection) -> None:
+    """Refuse, in one line and before the model is built, a training step that can never fit in
+    the device's memory (an image size of 100000 px, say): on a machine with a lot of host memory
+    the allocation could succeed and the OOM killer end the run instead."""
+    cfg = ctx.config
+    sizes = [(int(info.get("height") or 0), int(info.get("width") or 0))
+             for info in train_set.coco.imgs.values()]
+    floor = step_memory_floor(sizes, cfg["model"]["min_size"], cfg["model"]["max_size"],
+                              cfg["train"]["batch_size"], cfg["train"]["precision"])
+    total = ctx.facade.memory_query(ctx.device).total_bytes
+    if floor > total:
+        raise UserError("cannot allocate memory for {} (the input batch and the first "
+                        "convolution's output alone need {:.1f} GiB; the device has {:.1f} GiB)"
+                        .format(resized_batches(cfg), floor / 2**30, total / 2**30),
+                        "lower " + MEMORY_SETTINGS)
+
+
 def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     """The seed's recipe: SGD + warm-up + MultiStepLR, evaluation every epoch, stop at target."""
     cfg, train_cfg = ctx.config, ctx.config["train"]
@@ -154,6 +171,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
                         "numbers, under 1 px, or outside the image", ctx.data["boxes_dropped"],
                         train_set.boxes_dropped, train_set.annotation_file.name,
                         val_set.boxes_dropped, val_set.annotation_file.name)
+    check_step_fits(ctx, train_set)
     weights = prepared.get("backbone_weights_path")
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
