@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 LOSS_SCALED_PRECISIONS = ("amp", "fp16")
 SCALER_METHODS = ("scale", "unscale_", "step", "update")
+PEAK_FLOPS_RANGE = (1e6, 1e18)
+"""Peak FLOP/s one device may claim: from a megaFLOP/s (an emulated precision on an old CPU is
+still above it) to an exaFLOP/s (a thousand times today's largest chips)."""
 """What the training step calls on a loss scaler (torch.amp.GradScaler's interface)."""
 
 
@@ -159,8 +162,8 @@ class Device:
         """Apply the run's determinism and autotuning switches to the vendor's libraries
         (nothing when the vendor has no ``device_configure``)."""
         if self.implements("device_configure"):
-            self._call("device_configure", None, device=device, deterministic=deterministic,
-                       autotune=autotune)
+            self._call("device_configure", type(None), device=device,
+                       deterministic=deterministic, autotune=autotune)
 
     def grad_scaler(self, device: torch.device, precision: str) -> Optional[Any]:
         """The loss scaler for ``precision`` (None where none is needed): the vendor's, else
@@ -198,8 +201,10 @@ class Device:
         does not implement it or cannot tell."""
         result = self._call("device_peak_flops", (int, float, type(None)), device=device,
                             precision=precision)
-        if result is not None and not (is_count(result) and result > 0):
-            raise self._wrong("device_peak_flops", result, "FLOP/s > 0, or None")
+        if result is not None and not (is_count(result)
+                                       and PEAK_FLOPS_RANGE[0] <= result <= PEAK_FLOPS_RANGE[1]):
+            raise self._wrong("device_peak_flops", result, "FLOP/s from {:g} to {:g}, or None".format(
+                *PEAK_FLOPS_RANGE))
         return None if result is None else float(result)
     # optional hooks (a vendor may leave them out)
     def loader_workers(self, configured: Optional[int], local_world_size: int) -> Optional[int]:
@@ -220,6 +225,6 @@ MAX_WORKERS = 1024
 
 
 def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:
-    if isinstance(expected, tuple):
-        return " or ".join(t.__name__ for t in expected)
-    return expected.__name__
+    """``int or None`` for ``(int, NoneType)``."""
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)

@@ -115,15 +115,18 @@ USER_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not pe
 
 
 def user_os_error(exc: BaseException, what: Optional[str] = None,
-                  fix: Optional[str] = None) -> Optional[UserError]:
+                  fix: Optional[str] = None, verb: str = "use") -> Optional[UserError]:
     """``exc`` as a one-line :class:`UserError` when it is a file-system error the user fixes
-    (permission, read-only, full disk, a file where a folder should be); else None."""
+    (permission, read-only, full disk, a file where a folder should be, a name too long); else
+    None. ``verb`` says what failed (``cannot use``, ``cannot create``, ...): a caller that does
+    not know whether the path was read or written keeps ``use``."""
     if not isinstance(exc, OSError) or exc.errno not in USER_ERRNOS:
         return None
-    what = _cut(what or str(exc.filename or "a file"))
+    what = what or str(exc.filename or "a file")
     where = " ({})".format(_cut(str(exc.filename))) if exc.filename \
         and str(exc.filename) not in what else ""
-    return UserError("cannot write {}{}: {}".format(what, where, USER_ERRNOS[exc.errno]),
+    what = _cut(what)
+    return UserError("cannot {} {}{}: {}".format(verb, what, where, USER_ERRNOS[exc.errno]),
                      fix or "check that path: its permissions, free space, and that no part of "
                             "it is a file")
 

@@ -355,7 +355,8 @@ def device_peak_flops(device: torch.device, precision: str) -> Optional[float]:
     units where torch uses them (``fp32`` may mean TF32 where the vendor's switches turn it on;
     say so in the plugin). The MFU of a run is its achieved FLOP/s over this peak times the
     number of devices. Called once per run by the rank-0 worker, after ``device_init_backend``;
-    it may take a few seconds (a measured peak). Optional: the default is None (no MFU).
+    it may take a few seconds (a measured peak). Optional: the default is None (no MFU). A value
+    outside 1e6-1e18 FLOP/s is refused as the vendor's error (the run then records no MFU).
 
     .. versionadded:: 1.1
     """

@@ -205,7 +205,7 @@ def make_run_dir(output: Optional[str], case: str, vendor: str) -> Path:
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         error = user_os_error(exc, "the run folder {}".format(run_dir),
-                              "give --output a folder you can write to")
+                              "give --output a folder you can write to", verb="create")
         raise (error or UserError("cannot create the run folder {} ({})".format(
             run_dir, exc.strerror or exc), "give --output a folder you can write to")) from None
     return run_dir

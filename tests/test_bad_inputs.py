@@ -400,6 +400,12 @@ ROWS = [
         setup=coco_edit("train", lambda d: set_item(d, "annotations", 0, "category_id", 99))),
     Row("data-category-missing", DATA, "has category_id None", folder="failed",
         setup=coco_edit("val", lambda d: d["annotations"][0].pop("category_id"))),
+    Row("data-annotation-of-unknown-image", DATA, "annotation 1 in instances_val2017.json has "
+        "image_id 9999, which is not among its images", folder="failed",
+        setup=coco_edit("val", lambda d: set_item(d, "annotations", 0, "image_id", 9999))),
+    Row("data-file-name-nul", DATA, "has file_name 'a\\x00b.jpg', not a file name (it holds a "
+        "control character)", folder="failed",
+        setup=coco_edit("train", lambda d: set_item(d, "images", 0, "file_name", "a\x00b.jpg"))),
     Row("data-iscrowd-missing", DATA, "annotation 1 in instances_train2017.json has iscrowd "
         "None, not 0 or 1", folder="failed",
         setup=coco_edit("train", lambda d: d["annotations"][0].pop("iscrowd"))),
@@ -473,6 +479,10 @@ ROWS = [
     # weights
     Row("weights-missing", RUN + ["--set", "model.backbone_weights={tmp}/none.pth"],
         "does not exist", folder="failed"),
+    Row("weights-device", RUN + ["--set", "model.backbone_weights=/dev/zero"],
+        "backbone weights /dev/zero is not a regular file", folder="failed"),
+    Row("weights-name-too-long", RUN + ["--set", "model.backbone_weights={tmp}/" + "w" * 5000],
+        "cannot read backbone weights file", folder="failed"),
     Row("weights-garbage", RUN + ["--set", "model.backbone_weights={tmp}/w.pth"],
         "cannot be loaded", folder="failed", setup=weights("garbage")),
     Row("weights-pickle-payload", RUN + ["--set", "model.backbone_weights=file://{tmp}/w.pth"],

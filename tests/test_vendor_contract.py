@@ -179,6 +179,30 @@ def test_optional_run_switches_reach_the_vendor():
     assert facade.grad_scaler(torch.device("cpu"), "fp32") is None  # never asked
 
 
+@pytest.mark.parametrize("peak", [1e-30, 0.5, 1e30])
+def test_answers_outside_the_contract_from_optional_hooks_are_refused(peak):
+    """``device_configure`` answering anything but None, and a peak no device can have, are
+    refused by the facade (so by `core doctor`, the conformance kit and runs alike); a run
+    reports the peak's refusal as its MFU note instead of failing."""
+    from chipbench.conformance import run_checks
+    from chipbench.errors import PluginError
+    from chipbench.flops import peak_flops
+    from tests.test_manager import vendor_module
+
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("claims", device_configure=lambda device, deterministic, autotune: True,
+                           device_peak_flops=lambda device, precision: peak), "claims", "test")
+    facade = select_device(host, "claims")
+    with pytest.raises(PluginError, match="returned True from hook device_configure, expected "
+                                          "None;"):
+        facade.configure(torch.device("cpu"), deterministic=False, autotune=False)
+    with pytest.raises(PluginError, match="FLOP/s from 1e[+]06 to 1e[+]18, or None"):
+        facade.peak_flops(torch.device("cpu"), "fp32")
+    assert "peak unknown" in peak_flops(facade, torch.device("cpu"), "fp32")["peak_note"]
+    failed = {r.check for r in run_checks(facade, live=True) if not r.ok}
+    assert "optional_hooks" in failed
+
+
 def test_cuda_like_switches(monkeypatch):
     import chipbench.plugins.cuda
     import chipbench.plugins.metax

@@ -151,8 +151,8 @@ def load_coco_api(annotation_file: Path) -> Any:
 
 def check_instances(dataset: Dict[str, Any], annotation_file: Path
                     ) -> Tuple[List[Dict[str, Any]], int]:
-    """Refuse images without a positive size and annotations of unknown categories; return the
-    annotations whose boxes are valid and how many were not."""
+    """Refuse images without a positive size and annotations of unknown images or categories;
+    return the annotations whose boxes are valid and how many were not."""
     name = annotation_file.name
     fix = "fix or remove that entry in {}".format(annotation_file)
     for key in ("images", "annotations", "categories"):
@@ -177,9 +177,11 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
                         "number the categories from 1 (COCO's go up to 90)")
     for image in dataset["images"]:
         file_name = image.get("file_name")
-        if not isinstance(file_name, str) or not file_name.strip():
-            raise UserError("image {} in {} has file_name {}, not a file name".format(
-                image["id"], name, shown(file_name)), fix)
+        if not isinstance(file_name, str) or not file_name.strip() \
+                or any(ord(c) < 32 or c == "\x7f" for c in file_name):
+            raise UserError("image {} in {} has file_name {}, not a file name{}".format(
+                image["id"], name, shown(file_name), " (it holds a control character)"
+                if isinstance(file_name, str) and file_name.strip() else ""), fix)
     try:
         categories = {c["id"] for c in dataset["categories"]}
         sizes = {}
@@ -211,7 +213,10 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
                             "categories ({})".format(ann.get("id"), name, ann.get("category_id"),
                                                      ", ".join(str(c) for c in sorted(categories))),
                             fix)
-        if _box_ok(ann.get("bbox"), sizes.get(ann.get("image_id"))):
+        if ann["image_id"] not in sizes:
+            raise UserError("annotation {} in {} has image_id {}, which is not among its images"
+                            .format(ann.get("id"), name, ann["image_id"]), fix)
+        if _box_ok(ann.get("bbox"), sizes[ann["image_id"]]):
             kept.append(ann)
         else:
             dropped += 1

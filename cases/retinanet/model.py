@@ -15,7 +15,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from chipbench.errors import UserError
+from chipbench.errors import UserError, user_os_error
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
@@ -68,10 +68,22 @@ def resolve_backbone_weights(setting: str) -> Optional[Path]:
             raise UserError("model.backbone_weights is empty",
                             "set it to imagenet, none, or file:///path/to/resnet50-0676ba61.pth")
         path = Path(urlparse(setting).path if setting.startswith("file://") else setting)
-        if path.is_dir():
+        try:
+            kind = "folder" if path.is_dir() else "file" if path.is_file() else \
+                "special" if path.exists() else None
+        except OSError as exc:  # a name too long, a loop of links, no permission on the way
+            raise user_os_error(exc, "backbone weights file {}".format(path), "give a readable "
+                                ".pth file, or set model.backbone_weights=none", verb="read") \
+                or UserError("cannot read backbone weights file {} ({})".format(
+                    path, exc.strerror or exc), "set model.backbone_weights=none") from None
+        if kind == "folder":
             raise UserError("backbone weights {} is a folder, not a file".format(path),
                             "give the .pth file in it, or set model.backbone_weights=none")
-        if not path.is_file():
+        if kind == "special":
+            raise UserError("backbone weights {} is not a regular file (a device, pipe or "
+                            "socket)".format(path), "give a .pth file, or set "
+                            "model.backbone_weights=none")
+        if kind is None:
             raise UserError("backbone weights file {} does not exist".format(path),
                             "download {} there, or set model.backbone_weights=none".format(
                                 IMAGENET_URL))

@@ -537,7 +537,8 @@ OPTIONAL_DEVICE_HOOKS = ("device_loader_workers", "device_configure", "device_gr
 def check_optional_hooks(subject: Subject) -> str:
     """Each optional hook the vendor implements answers as a run needs: device_loader_workers a
     count >= 0 or None, device_configure None, device_grad_scaler None or a loss scaler (scale,
-    unscale_, step, update), device_peak_flops FLOP/s > 0 or None for every supported precision."""
+    unscale_, step, update), device_peak_flops FLOP/s from 1e6 to 1e18 or None for every
+    supported precision."""
     from chipbench.errors import PluginError
 
     facade = subject.facade
