@@ -137,3 +137,27 @@ def test_a_device_that_does_not_exist_is_one_line(gpu, tmp_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and last.startswith("error: ")
     assert "device" in last, done.stderr[-3000:]
+
+
+@pytest.mark.distributed
+def test_two_processes_on_two_gpus(gpu, tmp_path):
+    """One process per GPU over NCCL (a machine with two or more NVIDIA GPUs; not yet run on one:
+    the H200 machine of session 7 had one): both ranks train, the rows say 1x2, each rank's
+    monitor samples its own GPU."""
+    import torch
+
+    from tests.test_distributed import free_port
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two NVIDIA GPUs")
+    out = tmp_path / "two"
+    done = chipbench_cli("run", "retinanet", "--vendor", "cuda", "--nproc-per-node", "2",
+                         "--master-port", str(free_port()), "--output", str(out), *tiny(2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = run_result(out)
+    metrics = result["metrics"]
+    assert result["status"] == "finished" and metrics["ranks"] == 2
+    assert result["row_label"].endswith("1 node x 2 cards (1x2)")
+    assert metrics["mem_source"] == "cudaMemGetInfo"
+    assert "rank 1 of 2" in (out / "logs" / "rank1.log").read_text()
+    assert (out / "monitor" / "rank1.jsonl").is_file()
