@@ -29,7 +29,7 @@ from chipbench.errors import (
     plugin_fault,
 )
 from chipbench.hookspecs import PRECISIONS
-from chipbench.metrics import FIGURES, RESERVED_KEYS, is_count, is_number
+from chipbench.metrics import FIGURES, RESERVED_KEYS, is_count, is_number, reached
 
 
 class Case:
@@ -206,10 +206,9 @@ def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
             raise PluginError("case '{}' returned {} = {} from run()".format(
                 case.name, key, shown(value)), fix)
     value = metrics.get(case.metric_name)
-    # only chipbench says converged: the metric is a number that reached a numeric target (a
-    # case's own "converged", a missing metric or no target never count)
-    converged = bool(is_number(value) and is_number(target) and value >= target)
-    return dict(metrics, converged=converged)
+    # only chipbench says converged (a case's own "converged", a missing metric or no target
+    # never count)
+    return dict(metrics, converged=reached(value, target))
 
 
 def _describe(exc: BaseException) -> str:

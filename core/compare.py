@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.errors import UserError
-from chipbench.metrics import FIGURES, RESERVED_KEYS, finite, is_count, is_number
+from chipbench.metrics import FIGURES, RESERVED_KEYS, finite, is_count, is_number, reached
 from chipbench.report import PERF_COLUMNS, markdown_table, one_line, perf_row, text_table
 
 RATIO_COLUMNS = (("p_whole", "p_whole x"), ("p_train", "p_train x"), ("p_core", "p_core x"),
@@ -246,10 +246,9 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
 def reached_target(result: Dict[str, Any]) -> bool:
     """Whether the run's metric is a number that reached a numeric target: what "converged"
     means, checked on the numbers (a result.json's own flag is not taken on its word)."""
-    value: Any = (result.get("metrics") or {}).get(metric_of(result))
-    target: Any = result.get("target")
-    return bool(result["metrics"].get("converged") is not False and is_number(value)
-                and is_number(target) and value >= target)
+    metrics = result.get("metrics") or {}
+    return metrics.get("converged") is not False and reached(metrics.get(metric_of(result)),
+                                                             result.get("target"))
 
 
 def _show(value: Any) -> str:

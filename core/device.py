@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 LOSS_SCALED_PRECISIONS = ("amp", "fp16")
 SCALER_METHODS = ("scale", "unscale_", "step", "update")
+"""What the training step calls on a loss scaler (torch.amp.GradScaler's interface)."""
 PEAK_FLOPS_RANGE = (1e6, 1e18)
 """Peak FLOP/s one device may claim: from a megaFLOP/s (an emulated precision on an old CPU is
 still above it) to an exaFLOP/s (a thousand times today's largest chips)."""
-"""What the training step calls on a loss scaler (torch.amp.GradScaler's interface)."""
 
 
 class Device:
@@ -53,11 +53,7 @@ class Device:
                 "(rerun with --debug for the traceback)",
             ) from exc
         if expected is not None and not isinstance(result, expected):
-            raise PluginError(
-                "vendor '{}' returned {} from hook {}, expected {}".format(
-                    self.vendor, shown(result), hook, _type_names(expected)),
-                "report it to the plugin's authors, or choose another --vendor",
-            )
+            raise self._wrong(hook, result, _type_names(expected))
         return result
 
     def _wrong(self, hook: str, result: Any, expected: str) -> PluginError:
@@ -213,10 +209,8 @@ class Device:
         result = self._call("device_loader_workers", (int, type(None)), configured=configured,
                             local_world_size=local_world_size)
         if isinstance(result, bool) or (result is not None and not 0 <= result <= MAX_WORKERS):
-            raise PluginError("vendor '{}' returned {} from hook device_loader_workers, "
-                              "expected a count in 0..{}".format(self.vendor, shown(result),
-                                                                 MAX_WORKERS),
-                              "report it to the plugin's authors, or choose another --vendor")
+            raise self._wrong("device_loader_workers", result,
+                              "a count in 0..{}".format(MAX_WORKERS))
         return result
 
 

@@ -142,10 +142,9 @@ def import_framework(timeout: float) -> None:
         return
     try:
         call_with_timeout(lambda: importlib.import_module("torch"), timeout, "import torch")
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # noqa: B902 - reported by the first plugin that imports it
-        pass
+    except BaseException as exc:  # noqa: B902 - reported by the first plugin that imports it
+        if not plugin_fault(exc):
+            raise
 
 
 def hung(exc: CallTimedOut, name: str) -> str:

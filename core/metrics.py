@@ -52,6 +52,12 @@ def is_count(value: Any) -> bool:
     return is_number(value) and value >= 0
 
 
+def reached(value: Any, target: Any) -> bool:
+    """Whether a metric ``value`` reached ``target``: both numbers, and value >= target (what
+    "converged" means; a case's or a result file's own flag is not taken on its word)."""
+    return bool(is_number(value) and is_number(target) and value >= target)
+
+
 RESERVED_KEYS = FIGURES + (
     "e2e_time", "converged", "mem", "mfu", "achieved_tflops", "peak_tflops", "flops_per_image",
     "flops_note", "peak_note", "ranks", "monitor_errors", "throughput_note", "mem_used_peak_gib",

@@ -21,7 +21,6 @@ from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 MAX_DEVICES = 4096
 """A device count above this is a wrong answer, not a machine (the checks visit every device)."""
-"""The keys ``device_sample`` may answer (see its hook spec)."""
 
 ENVIRONMENT_KEYS = {"device_model": (str,), "device_count": (int,),
                     "device_memory_gib": (int, float), "driver_version": (str,),
