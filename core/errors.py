@@ -64,13 +64,35 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-"""Signals that stop a run as Ctrl-C does: a batch system's cancel, a closed terminal or SSH
-session (SIGHUP only where it is not ignored, as ``nohup`` ignores it)."""
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+"""Signals that stop a run: Ctrl-C, a batch system's cancel, a closed terminal or SSH session.
+SIGINT and SIGHUP are taken only where nothing else handles or ignores them (a shell's background
+job ignores SIGINT, ``nohup`` SIGHUP). While SIGINT is taken, Ctrl-C arrives as
+:class:`Interrupted`, so a bare ``KeyboardInterrupt`` raised by a plugin's or a case's own code is
+told apart from the user's Ctrl-C (:func:`plugin_fault`)."""
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
+
+
+def _free(name: str, handler: Any) -> bool:
+    """Whether chipbench may take signal ``name`` whose handler is now ``handler``: SIGTERM
+    always, SIGINT only from Python's default (Ctrl-C raising KeyboardInterrupt), SIGHUP only from
+    the system's default (ending the process)."""
+    if name == "SIGINT":
+        return handler is signal.default_int_handler
+    if name == "SIGHUP":
+        return handler is signal.SIG_DFL
+    return True
+
+
+def ctrl_c_taken() -> bool:
+    """Whether Ctrl-C now raises :class:`Interrupted` (chipbench's handler is installed)."""
+    try:
+        return signal.getsignal(signal.SIGINT) is _raise_interrupted
+    except (ValueError, OSError):  # pragma: no cover - a platform without SIGINT
+        return False
 
 
 def interrupt_on_stop_signals() -> List[Tuple[int, Any]]:
@@ -81,7 +103,7 @@ def interrupt_on_stop_signals() -> List[Tuple[int, Any]]:
     saved = []
     for name in STOP_SIGNALS:
         signum = getattr(signal, name, None)
-        if signum is None or (name == "SIGHUP" and signal.getsignal(signum) is not signal.SIG_DFL):
+        if signum is None or not _free(name, signal.getsignal(signum)):
             continue
         saved.append((signum, signal.signal(signum, _raise_interrupted)))
     return saved
@@ -150,8 +172,14 @@ def is_allocation_failure(exc: BaseException) -> bool:
 
 def plugin_fault(exc: BaseException) -> bool:
     """Whether ``exc``, raised inside a plugin's or a case's code, is that code's failure: anything
-    but the user's Ctrl-C (``sys.exit()`` and odd ``BaseException`` subclasses included)."""
-    return not isinstance(exc, (KeyboardInterrupt, GeneratorExit))
+    but the user's Ctrl-C or stop signal (``sys.exit()`` and odd ``BaseException`` subclasses
+    included). While chipbench takes SIGINT, Ctrl-C is an :class:`Interrupted`, so a bare
+    ``KeyboardInterrupt`` is the code's own; elsewhere it may be Ctrl-C and is let through."""
+    if isinstance(exc, GeneratorExit):
+        return False
+    if isinstance(exc, KeyboardInterrupt):
+        return not isinstance(exc, Interrupted) and ctrl_c_taken()
+    return True
 
 
 def exception_text(exc: BaseException) -> str:

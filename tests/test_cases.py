@@ -3,6 +3,7 @@ from outside packages (entry-point group chipbench.cases) and how a case argumen
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -242,6 +243,7 @@ notdict = make("flaw_notdict", run=listing)
 boast = make("flaw_boast", returns={"score": 0.1, "converged": True})
 exitval = make("flaw_exitval", validate=raising(SystemExit(0)))
 exitrun = make("flaw_exitrun", run=raising(SystemExit(3)))
+kbrun = make("flaw_kbrun", run=raising(KeyboardInterrupt()))
 targetnan = make("flaw_targetnan", target=lambda self, config: math.nan)
 targetstr = make("flaw_targetstr", target=lambda self, config: "0.9")
 prepared = make("flaw_prepared", prepare=lambda self, config: [1])
@@ -275,7 +277,7 @@ def flawed_cases(tmp_path, monkeypatch):
         (site / folder).mkdir()
         (site / folder / "defaults.yaml").write_text(text + "target: {score: 0.9}\n")
     names = ["norun", "noconfig", "validate", "prepare", "run", "memtext", "inf", "nan",
-             "notdict", "boast", "exitval", "exitrun", "targetnan", "targetstr", "prepared",
+             "notdict", "boast", "exitval", "exitrun", "kbrun", "targetnan", "targetstr", "prepared",
              "precint", "rows", "huge", "notarget", "nometric", "pcore", "untitled", "nanconf",
              "intkey"]
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flawed-cases\nVersion: 0.1\n")
@@ -328,6 +330,25 @@ def test_a_failing_case_is_one_line_naming_it_and_the_run_says_failed(
         assert (out / "report.md").is_file()
     elif recorded is False:
         assert not out.exists()
+
+
+def test_a_keyboardinterrupt_raised_by_a_case_is_its_failure_not_the_user_s_ctrl_c(
+        flawed_cases, capsys):
+    """A case's (or plugin's) own ``raise KeyboardInterrupt`` was taken for Ctrl-C: the run said
+    "interrupted", exit 130, and blamed no one. Where SIGINT is Python's default (a terminal's
+    foreground job), chipbench takes it, Ctrl-C arrives as its own Interrupted, and a bare
+    KeyboardInterrupt is the code's failure."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        out = flawed_cases / "run"
+        assert main(["run", "flaw_kbrun", "--vendor", "cpu", "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "case 'flaw_kbrun'" in err[-1] and "failed in run(): KeyboardInterrupt" in err[-1]
+        result = json.loads((out / "result.json").read_text())
+        assert result["status"] == "failed" and "KeyboardInterrupt" in result["error"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_converged_is_the_metric_reaching_the_target_not_the_case_s_word(flawed_cases, capsys):

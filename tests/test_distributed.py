@@ -153,12 +153,16 @@ def test_ctrl_c_stops_every_worker_and_records_it(tmp_path, tiny_data, signum):
 
 INTERRUPTER = """
     import os
+    import signal
     from chipbench.hookspecs import hookimpl
 
     @hookimpl
     def on_epoch_end(run, epoch, metrics):
         if os.environ.get("CHIPBENCH_TEST_INTERRUPT_AT") == str(epoch):
-            raise KeyboardInterrupt
+            handler = signal.getsignal(signal.SIGINT)  # what Ctrl-C would run here
+            if callable(handler):
+                handler(signal.SIGINT, None)
+            raise KeyboardInterrupt  # SIGINT ignored (a background job): Ctrl-C as Python's
 """
 
 

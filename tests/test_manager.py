@@ -1,6 +1,7 @@
 """Plugin loading: built-ins, broken plugins of every kind, strict/block/trace switches."""
 
 import json
+import signal
 import types
 
 import pytest
@@ -114,6 +115,36 @@ def test_sys_exit_in_a_plugin_is_a_broken_plugin_or_a_plugin_error():
              "quits_later", "test")
     with pytest.raises(PluginError, match="quits_later' failed in hook device_count: SystemExit"):
         select_device(host, "quits_later").count()
+
+
+def test_keyboardinterrupt_from_a_plugin_is_its_failure_while_chipbench_takes_ctrl_c():
+    """While chipbench takes SIGINT (core's commands, from a terminal), Ctrl-C raises Interrupted:
+    a bare KeyboardInterrupt out of a hook is the plugin's failure. Ctrl-C itself passes."""
+    from chipbench.errors import Interrupted, interrupt_on_stop_signals, restore_handlers
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    def ctrl_c():
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # as the signal would
+
+    def device(name, hook):
+        host = build_host(load_entry_points=False)  # one per vendor: selecting one keeps its hooks
+        host.add(vendor_module(name, priority=-5, device_count=hook), name, "test")
+        return select_device(host, name)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    taken = interrupt_on_stop_signals()
+    try:
+        with pytest.raises(PluginError, match="'kb' failed in hook device_count: KeyboardInterrupt"):
+            device("kb", interrupt).count()
+        with pytest.raises(Interrupted):
+            device("cc", ctrl_c).count()
+    finally:
+        restore_handlers(taken)
+        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):  # chipbench not taking SIGINT: it may be Ctrl-C
+        device("kb", interrupt).count()
 
 
 def test_device_hooks_without_vendor_detect_are_refused_not_answering_for_another_vendor():
