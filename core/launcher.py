@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Dict, List, Optional
 
 from chipbench.errors import RunFailed, UserError, interrupt_on_stop_signals, restore_handlers
+from chipbench.sentinel import torchrun_pid_path
 
 MAX_PROCS_PER_NODE = 1024
 MAX_NODES = 100000
@@ -109,6 +110,11 @@ def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str]) -> in
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+        pid_file = torchrun_pid_path(Path(run_dir), topology.node_rank)
+        try:  # for the sentinel, should this process die without stopping torchrun
+            pid_file.write_text("{}\n".format(proc.pid))
+        except OSError:
+            pass
         tee = threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True)
         tee.start()
         previous = interrupt_on_stop_signals()
@@ -120,6 +126,10 @@ def launch_workers(topology: Topology, run_dir: Path, env: Dict[str, str]) -> in
         finally:
             restore_handlers(previous)
             tee.join(timeout=5)
+            try:
+                pid_file.unlink()
+            except OSError:
+                pass
         return code
 
 

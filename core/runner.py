@@ -6,6 +6,7 @@ with status ``running`` and rewritten at the end, whatever happened), ``report.m
 """
 
 import json
+import os
 import platform
 import re
 import shlex
@@ -35,6 +36,7 @@ from chipbench.manager import build_host
 from chipbench.metrics import gib, is_count, mem_text
 from chipbench.records import HardwareId
 from chipbench.selection import ENV_VENDOR, select_device
+from chipbench.sentinel import OOM_ADVICE, RunLock, check_not_running, start_sentinel
 from chipbench.worker import RETURNED_DIR, SPEC_FILE, TRACE, returned_ranks, run_worker
 
 RESULT_FILE = "result.json"
@@ -303,6 +305,10 @@ def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:
         ": " + root["traceback"] if root.get("traceback", "").startswith("Signal") else "")
 
 
+SIGKILLED = re.compile(r"\(exit code -9\b|Signal 9\b")
+"""A :func:`torchrun_root_cause` line whose rank was killed by SIGKILL (the OOM killer's signal)."""
+
+
 PEER_LOSS = re.compile(r"connection|socket|peer|broken pipe|timed out|timeout|remote|network|"
                        r"watchdog|collective|barrier|all_?reduce|broadcast|all_?gather|"
                        r"process group|tcpstore", re.IGNORECASE)
@@ -387,6 +393,8 @@ class Run:
         self.announce = announce
         self.run_dir = Path(run_dir)
         spec = read_spec(self.run_dir)
+        node_rank = (spec.get("topology") or {}).get("node_rank", 0)
+        check_not_running(self.run_dir, node_rank if isinstance(node_rank, int) else 0)
         self.previous = _read_json(self.run_dir / RESULT_FILE)
         if self.previous:  # hand-edited into something core run never wrote: refused, untouched
             from chipbench.compare import check_result
@@ -451,7 +459,16 @@ class Run:
             earlier = self.previous.get("resumes")
             self.result["resumes"] = (earlier if isinstance(earlier, list) else []) + [
                 {"command": command_line(), "started_at": started_at}]
-        self._write()
+        lock = RunLock(self.run_dir, self.topology.node_rank)  # a live run's folder: refused
+        self.result.update(pid=os.getpid(), host=platform.node())
+        try:
+            self._write()
+            start_sentinel(self.run_dir, self.topology.node_rank)
+            return self._execute()
+        finally:
+            lock.release()  # after the final result.json: the sentinel reads it and leaves
+
+    def _execute(self) -> Dict[str, Any]:
         try:
             self.result.update(fix_hp=fix_hp(self.case, self.config),
                                versions=dict(versions(), case=case_package(self.case)),
@@ -520,6 +537,8 @@ class Run:
             user_error = errors and all(not e.startswith(("rank ", "torchrun ")) for e in errors)
             error_type = UserError if user_error else RunFailed
             logs = "see {}/logs for every rank's log".format(self.run_dir)
+            if SIGKILLED.search(first):
+                logs = OOM_ADVICE + "; " + logs
             early = early_return(ranked, returned_ranks(self.run_dir))
             if early:
                 raise error_type(early, "every rank must run the same collectives: does run() "

@@ -127,8 +127,9 @@ def test_killed_worker_stops_the_run_quickly(tmp_path, tiny_data):
     print("stopped {:.1f} s after the kill".format(stopped))
     assert stopped < 30 and code not in (0, 2)
     assert "error: rank 1 died (exit code -9" in stderr and "Traceback" not in stderr
+    assert "`dmesg` names the out-of-memory killer" in stderr  # SIGKILL's usual sender
     result = json.loads((out / "result.json").read_text())
-    assert result["status"] == "failed" and result["error"]
+    assert result["status"] == "failed" and "out-of-memory killer" in result["error"]
     assert (out / "logs" / "rank0.log").is_file() and (out / "logs" / "rank1.log").is_file()
     assert (out / "monitor" / "rank0.jsonl").is_file()
 

@@ -1,0 +1,285 @@
+"""A run's lock, and the sentinel that speaks for a run whose process was killed.
+
+``core run`` holds a lock on ``<run_dir>/.lock-node<R>`` for as long as it runs (a POSIX record
+lock: the kernel drops it however the process ends, SIGKILL and the out-of-memory killer
+included, and forked children such as loader workers do not inherit it). Two things read it:
+
+- ``core run --resume`` refuses a folder whose run is still going;
+- the sentinel, a small process (no torch) started beside the run. It waits for the lock. When it
+  gets it and ``result.json`` still says ``running``, the run's process died without a word: the
+  sentinel stops what that process had started (torchrun and its workers), records the run as
+  failed with what it measured up to then, writes the report, and prints one line.
+
+    python -m chipbench.sentinel RUN_DIR NODE_RANK PID
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+from chipbench.errors import UserError
+
+RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.json"
+STOP_GRACE_S = 15.0
+"""How long the sentinel gives a dead run's torchrun to stop its workers before SIGKILL."""
+
+
+def lock_path(run_dir: Path, node_rank: int) -> Path:
+    """The lock file of node ``node_rank``'s run in ``run_dir`` (nodes may share the folder)."""
+    return Path(run_dir) / ".lock-node{}".format(node_rank)
+
+
+def torchrun_pid_path(run_dir: Path, node_rank: int) -> Path:
+    """Where the launcher notes the pid of this node's torchrun while it runs."""
+    return Path(run_dir) / "logs" / "torchrun-node{}.pid".format(node_rank)
+
+
+def _owner(run_dir: Path) -> str:
+    """``pid N on host H`` from the run's result.json, or ``another process``."""
+    try:
+        result = json.loads((Path(run_dir) / RESULT_FILE).read_text())
+        return "pid {} on {}".format(int(result["pid"]), result.get("host") or "this host")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _in_use(run_dir: Path) -> UserError:
+    owner = _owner(run_dir)
+    pid = owner.split()[1] if owner.startswith("pid ") else "PID"
+    return UserError("run folder {} is in use: its run is still going ({})".format(run_dir, owner),
+                     "wait for it to end, or stop it (Ctrl-C where it runs, or kill {}), "
+                     "then resume it".format(pid))
+
+
+def check_not_running(run_dir: Path, node_rank: int) -> None:
+    """Refuse ``run_dir`` if a live process holds node ``node_rank``'s lock (changes nothing)."""
+    path = lock_path(run_dir, node_rank)
+    if fcntl is None or not path.is_file():
+        return
+    try:
+        fd = os.open(str(path), os.O_RDWR)
+    except OSError:  # unreadable: the run that follows reports the folder
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise _in_use(run_dir) from None
+    finally:
+        os.close(fd)  # closing drops the lock just taken
+
+
+class RunLock:
+    """This process's hold on a run folder; :meth:`release` (or the process's end) lets go."""
+
+    def __init__(self, run_dir: Path, node_rank: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.node_rank = node_rank
+        self.fd: Optional[int] = None
+        if fcntl is None:
+            return
+        fd = os.open(str(lock_path(run_dir, node_rank)), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise _in_use(run_dir) from None
+        self.fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        """Let go of the lock (the sentinel then reads the final result and leaves)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def start_sentinel(run_dir: Path, node_rank: int) -> Optional[subprocess.Popen]:
+    """Start the sentinel for this process's run (it holds the lock already); None where it
+    cannot start (no fcntl, no Python executable): the run goes on unwatched."""
+    if fcntl is None or not sys.executable:
+        return None
+    try:
+        stderr: Any = sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL
+    except (AttributeError, OSError, ValueError):
+        stderr = subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "chipbench.sentinel", str(Path(run_dir).resolve()),
+             str(node_rank), str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True)  # Ctrl-C and a closed terminal do not reach it
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_torchrun(pid: int) -> bool:
+    try:
+        cmdline = Path("/proc/{}/cmdline".format(pid)).read_bytes()
+    except OSError:
+        return False
+    return b"torch.distributed.run" in cmdline or b"torchrun" in cmdline
+
+
+def stop_leftover_workers(run_dir: Path, node_rank: int) -> Optional[int]:
+    """Stop the torchrun (and its workers) that the dead run had started: SIGTERM to its process
+    group, SIGKILL after :data:`STOP_GRACE_S`. Returns its pid, or None if none was left."""
+    try:
+        pid = int(torchrun_pid_path(run_dir, node_rank).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 1 or not _alive(pid) or not _is_torchrun(pid):
+        return None
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.time() + STOP_GRACE_S
+        while _alive(pid) and _is_torchrun(pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if _alive(pid) and _is_torchrun(pid):
+            os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return pid
+
+
+def last_memory_sample(run_dir: Path) -> Optional[str]:
+    """The highest memory figure among each rank's last monitor sample: ``21.9 of 23.5 GiB``."""
+    best: Optional[Dict[str, Any]] = None
+    for path in sorted((Path(run_dir) / "monitor").glob("rank*.jsonl")):
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in reversed(lines):
+            try:
+                sample = json.loads(line)
+                used, total = float(sample["mem_used_bytes"]), float(sample["mem_total_bytes"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if used >= 0 and total > 0 and (best is None or used > best["used"]):
+                best = {"used": used, "total": total}
+            break
+    if best is None:
+        return None
+    return "{:.1f} of {:.1f} GiB".format(best["used"] / 2**30, best["total"] / 2**30)
+
+
+def death_message(pid: int, memory: Optional[str], stopped: Optional[int]) -> str:
+    """The recorded error of a run whose process died without recording why."""
+    parts = ["the run's process (pid {}) ended without recording why: it was killed (SIGKILL: "
+             "the kernel's out-of-memory killer, a job scheduler, kill -9) or crashed".format(pid)]
+    if memory:
+        parts.append("its last memory sample: {}".format(memory))
+    if stopped:
+        parts.append("its torchrun (pid {}) and workers were stopped".format(stopped))
+    return "; ".join(parts)
+
+
+OOM_ADVICE = ("if `dmesg` names the out-of-memory killer, give each process less to hold "
+              "(smaller images or batch, fewer processes)")
+"""What to do about a process killed by SIGKILL, the out-of-memory killer's signal."""
+
+
+def death_fix(run_dir: Path) -> str:
+    """What to do about a run that died: the OOM killer's trace, and how to go on."""
+    go_on = ("`core run --resume {}` continues from its last epoch checkpoint".format(run_dir)
+             if (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+             else "it left no checkpoint to resume from: start it again")
+    return OOM_ADVICE + "; " + go_on
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_death(run_dir: Path, node_rank: int, pid: int,
+                 result: Dict[str, Any]) -> Optional[str]:
+    """Record a dead run as failed (what it measured kept) and write its report; returns the
+    one-line error (what happened; what to do), or None where the folder cannot be written."""
+    from chipbench.context import write_json_atomic
+
+    stopped = stop_leftover_workers(run_dir, node_rank)
+    error = "{}; {}".format(death_message(pid, last_memory_sample(run_dir), stopped),
+                            death_fix(run_dir))
+    progress = _read_json(Path(run_dir) / PROGRESS_FILE)
+    if isinstance(progress.get("epochs"), list) and isinstance(progress.get("metrics"), dict):
+        result["epochs"], result["metrics"] = progress["epochs"], progress["metrics"]
+        if progress.get("data"):
+            result["data"] = progress["data"]
+    result.update(status="failed", error=error,
+                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    try:
+        write_json_atomic(Path(run_dir) / RESULT_FILE, result)
+    except OSError:
+        return None
+    try:
+        from chipbench.report import on_run_end
+
+        on_run_end(run={"run_dir": str(run_dir)}, result=result)
+    except Exception:  # noqa: BLE001 - the result is recorded; a report is a nicety here
+        pass
+    return error
+
+
+def watch(run_dir: Path, node_rank: int, pid: int) -> int:
+    """Wait for the run's lock; if the run then still says ``running``, record its death."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # outlive what stops the run, to check on it
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    try:
+        fd = os.open(str(lock_path(run_dir, node_rank)), os.O_RDWR)
+    except OSError:
+        return 0
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks until the run's process let go, however it ended
+        result = _read_json(Path(run_dir) / RESULT_FILE)
+        if result.get("status") != "running" or result.get("pid") != pid:
+            return 0  # recorded by the run itself, or a later attempt that has its own sentinel
+        error = record_death(run_dir, node_rank, pid, result)
+    finally:
+        os.close(fd)
+    if error:
+        try:
+            sys.stderr.write("error: run {}: {}\n".format(run_dir, error))
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point: ``python -m chipbench.sentinel RUN_DIR NODE_RANK PID``."""
+    args = sys.argv[1:] if argv is None else argv
+    if fcntl is None or len(args) != 3:
+        return 2
+    return watch(Path(args[0]), int(args[1]), int(args[2]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""A run whose process is killed outright (SIGKILL: the kernel's out-of-memory killer, a job
+scheduler, ``kill -9``) still ends with one line and a result.json that says failed, and a run
+that is still going cannot be resumed a second time beside itself."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chipbench.cli import main
+from chipbench.sentinel import (
+    RunLock,
+    check_not_running,
+    death_fix,
+    last_memory_sample,
+    lock_path,
+)
+from tests.test_distributed import QUICK, core_process, free_port, worker_pid
+
+
+def wait_for(predicate, timeout=120.0, proc=None):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        assert proc is None or proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+
+
+def status(out: Path) -> str:
+    try:
+        return json.loads((out / "result.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def hold_lock_elsewhere(run_dir: Path) -> subprocess.Popen:
+    """Another process that takes the run's lock and keeps it until killed."""
+    code = ("import sys, time\nfrom chipbench.sentinel import RunLock\n"
+            "RunLock(sys.argv[1], 0)\nprint('held', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_held_lock_refuses_the_folder_and_a_free_one_does_not(tmp_path):
+    check_not_running(tmp_path, 0)  # no lock file: nothing to refuse, and nothing written
+    assert list(tmp_path.iterdir()) == []
+    holder = hold_lock_elsewhere(tmp_path)
+    try:
+        (tmp_path / "result.json").write_text(json.dumps({"pid": holder.pid, "host": "h1"}))
+        with pytest.raises(Exception, match=r"is in use: its run is still going \(pid {} on h1\)"
+                           .format(holder.pid)) as caught:
+            check_not_running(tmp_path, 0)
+        assert "kill {}".format(holder.pid) in caught.value.one_line()
+        with pytest.raises(Exception, match="is in use"):
+            RunLock(tmp_path, 0)
+        check_not_running(tmp_path, 1)  # another node's lock
+    finally:
+        holder.kill()
+        holder.wait()
+    check_not_running(tmp_path, 0)  # the kernel let go with the process
+    lock = RunLock(tmp_path, 0)
+    assert lock.held and lock_path(tmp_path, 0).is_file()
+    lock.release()
+    assert not lock.held
+
+
+def test_memory_sample_and_advice_read_what_the_run_left(tmp_path):
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    gib = 2 ** 30
+    (monitor / "rank0.jsonl").write_text("\n".join(json.dumps(s) for s in [
+        {"time": 1, "mem_used_bytes": 20 * gib, "mem_total_bytes": 24 * gib},
+        {"time": 2, "mem_used_bytes": 3 * gib, "mem_total_bytes": 24 * gib}]) + "\nnot json")
+    (monitor / "rank1.jsonl").write_text(json.dumps(
+        {"time": 2, "mem_used_bytes": 7.5 * gib, "mem_total_bytes": 24 * gib}) + "\n")
+    assert last_memory_sample(tmp_path) == "7.5 of 24.0 GiB"  # the last of each, the largest
+    assert last_memory_sample(tmp_path / "nothing") is None
+    assert "start it again" in death_fix(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert "core run --resume {}".format(tmp_path) in death_fix(tmp_path)
+
+
+def test_a_finished_run_leaves_no_sentinel_behind(tiny_run):
+    """Every run starts a sentinel; once the run has recorded its end it leaves at once."""
+    run_dir = str(Path(tiny_run).resolve())
+
+    def sentinels():
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"chipbench.sentinel" in cmdline and run_dir.encode() in cmdline:
+                found.append(proc.name)
+        return found
+
+    wait_for(lambda: not sentinels(), timeout=30)
+    assert status(Path(tiny_run)) == "finished"
+
+
+def test_sigkill_of_a_run_is_recorded_as_failed_in_one_line(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    proc = core_process("--output", str(out), "--set", "train.epochs=1000",
+                        "--set", "target.mAP=1.0", *QUICK[:-2])  # checkpoints on
+    wait_for(lambda: (out / "checkpoints" / "last.pt").is_file(), proc=proc)
+    assert main(["run", "--resume", str(out)]) == 2  # still going: refused, nothing changed
+    proc.kill()  # as the out-of-memory killer would
+    _, stderr = proc.communicate(timeout=60)  # EOF once the sentinel has spoken and left
+    assert status(out) == "failed", stderr
+    result = json.loads((out / "result.json").read_text())
+    assert "pid {}) ended without recording why".format(proc.pid) in result["error"]
+    assert "out-of-memory killer" in result["error"] and "last memory sample" in result["error"]
+    assert "--resume {}".format(out) in result["error"]  # it left a checkpoint
+    assert len(result["epochs"]) >= 1 and result["metrics"]  # what it measured is kept
+    assert (out / "report.md").is_file()
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last == "error: run {}: {}".format(out.resolve(), result["error"])
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.distributed
+@pytest.mark.oldstack_skip  # the old stack's one 2-process run is test_distributed's
+def test_sigkill_of_the_launcher_stops_torchrun_and_its_workers(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    proc = core_process("--nproc-per-node", "2", "--master-port", str(free_port()),
+                        "--output", str(out), "--set", "train.max_iters=400",
+                        "--set", "train.epochs=1000", "--set", "run.log_every=1", *QUICK)
+    log = out / "logs" / "rank1.log"
+    wait_for(lambda: "epoch 0 [2/" in (log.read_text() if log.exists() else ""), proc=proc,
+             timeout=300)
+    pids = [worker_pid(p) for p in (out / "logs").glob("rank*.log")]
+    torchrun = int((out / "logs" / "torchrun-node0.pid").read_text())
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert status(out) == "failed", stderr
+    error = json.loads((out / "result.json").read_text())["error"]
+    assert "its torchrun (pid {}) and workers were stopped".format(torchrun) in error
+    for pid in pids + [torchrun]:  # nothing left training on its own
+        wait_for(lambda pid=pid: gone(pid), timeout=30)
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        return b"zombie" in Path("/proc/{}/status".format(pid)).read_bytes().lower()
+    except OSError:
+        return True
