@@ -27,6 +27,28 @@ PEAK_FLOPS_RANGE = (1e6, 1e18)
 still above it) to an exaFLOP/s (a thousand times today's largest chips)."""
 
 
+BACKEND_EXPECTED = ("a backend torch.distributed knows ({}), or one the plugin registers with "
+                    "torch.distributed.Backend.register_backend")
+"""What a ``collective_backend`` answer must be; formatted with the backends torch knows."""
+
+
+def unknown_backends(backend: str) -> Tuple[List[str], List[str]]:
+    """The backend names in ``backend`` that torch.distributed does not know (a name such as
+    ``nccl``, or a per-device list such as ``cpu:gloo,cuda:nccl``), and the names it knows.
+    ``Backend(name)`` accepts any string; a typo would only fail inside every worker's
+    ``init_process_group``."""
+    import torch.distributed as dist
+
+    # backend_list (torch 2.1+) and the upper-case attributes that register_backend sets (2.0)
+    listed = list(getattr(dist.Backend, "backend_list", [])) + [
+        value for key, value in vars(dist.Backend).items() if key.isupper() and isinstance(
+            value, str)]
+    known = [name for i, name in enumerate(listed) if name not in listed[:i]
+             and name not in ("undefined", "fake", "tcp")]
+    names = [part.split(":", 1)[-1].strip().lower() for part in backend.split(",")]
+    return [name for name in names if name not in known], known
+
+
 class Device:
     """The chosen vendor's devices, one typed method per device hook."""
 
@@ -117,6 +139,16 @@ class Device:
     def collective_backend(self) -> str:
         """Backend name for ``torch.distributed.init_process_group``."""
         return self._call("collective_backend", str)
+
+    def process_group_backend(self) -> str:
+        """``collective_backend()``, refused in one line unless torch.distributed knows it. Call
+        it after :meth:`init_backend`: a vendor's extension registers its backend on import."""
+        backend = self.collective_backend()
+        unknown, known = unknown_backends(backend)
+        if unknown:
+            raise self._wrong("collective_backend", backend, BACKEND_EXPECTED.format(
+                ", ".join(known)))
+        return backend
 
     def visible_devices_env(self) -> str:
         """Name of the env var that restricts visible devices ('' when none)."""

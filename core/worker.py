@@ -78,7 +78,7 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
         import torch.distributed as dist
 
         dist.init_process_group(
-            backend=facade.collective_backend(),
+            backend=facade.process_group_backend(),
             timeout=datetime.timedelta(seconds=float(spec["config"]["run"]["timeout_s"])))
     monitor = DeviceMonitor(facade, device, run_dir / "monitor" / "rank{}.jsonl".format(rank),
                             interval_s=spec["config"]["run"]["monitor_interval_s"]).start()

@@ -249,10 +249,23 @@ def check_precisions(subject: Subject) -> str:
 
 
 def check_collective_backend(subject: Subject) -> str:
-    """collective_backend names a backend torch.distributed knows or a registered one."""
+    """collective_backend names a backend torch.distributed knows or a registered one (asked
+    again after init_backend where live: a vendor's extension may register it on import)."""
+    from chipbench.device import BACKEND_EXPECTED, unknown_backends
+
     backend = subject.raw("collective_backend")
     if not isinstance(backend, str) or not backend:
         raise CheckFailed("a backend name such as 'gloo'", repr(backend))
+    unknown, known = unknown_backends(backend)
+    if unknown and not subject.live:
+        raise CheckSkipped("{!r} is not known to torch.distributed before init_backend (a "
+                           "vendor's extension may register it there): run live to check"
+                           .format(backend))
+    if unknown:
+        subject.device()
+        unknown, known = unknown_backends(backend)
+    if unknown:
+        raise CheckFailed(BACKEND_EXPECTED.format(", ".join(known)), repr(backend))
     return backend
 
 
