@@ -45,5 +45,9 @@ cleanup() {
 }
 trap cleanup EXIT
 echo $$ > "$group/cgroup.procs"
-echo "slow_cpu: $cpus CPU(s) of time, kernels capped to AVX2: $*" >&2
-ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "$@"
+# The emulated CPU has all of this machine's cores, each slower: keep one compute thread per core
+# (the cpu vendor would otherwise fit its threads to the quota, as it does in a container, and
+# run one thread here at a different rate and with another summation order)
+threads=${CHIPBENCH_CPU_THREADS:-$(nproc)}
+echo "slow_cpu: $cpus CPU(s) of time, kernels capped to AVX2, $threads compute thread(s): $*" >&2
+CHIPBENCH_CPU_THREADS=$threads ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "$@"

@@ -15,6 +15,7 @@ import psutil
 
 from chipbench.errors import UserError
 from chipbench.hookspecs import hookimpl
+from chipbench.plugins import _cgroup
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 if TYPE_CHECKING:
@@ -70,8 +71,20 @@ def device_synchronize(device: torch.device) -> None:
 @hookimpl
 def device_memory_query(device: torch.device) -> MemoryInfo:
     rss = psutil.Process().memory_info().rss
-    return MemoryInfo(used_bytes=rss, total_bytes=psutil.virtual_memory().total,
-                      source="psutil (process RSS / machine total)")
+    total, limited = memory_total()
+    return MemoryInfo(used_bytes=rss, total_bytes=max(total, rss),
+                      source="psutil (process RSS / {})".format(
+                          "cgroup memory limit" if limited else "machine total"))
+
+
+def memory_total() -> Tuple[int, bool]:
+    """The memory this process may fill: the machine's, or its control group's limit where that
+    is smaller (a container); and whether the limit was the smaller."""
+    machine = int(psutil.virtual_memory().total)
+    limit = _cgroup.memory_limit()
+    if limit is not None and 0 < limit < machine:
+        return limit, True
+    return machine, False
 
 
 @hookimpl
@@ -175,8 +188,19 @@ def environment_report() -> Dict[str, Any]:
         "device_count": 1,
         "cpu_cores": os.cpu_count(),
         "cpu_bf16": bf16_support() if bf16_kernel_error() is None else bf16_unsupported(),
-        "device_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "device_memory_gib": round(memory_total()[0] / 2**30, 1),
     })
+    limits = []
+    total, limited = memory_total()
+    if limited:
+        limits.append("memory {:.1f} GiB of the machine's {:.1f}".format(
+            total / 2**30, psutil.virtual_memory().total / 2**30))
+    cores, capped = _cgroup.cores_allowed(affinity_cores(), _cgroup.cpu_limit())
+    if capped:
+        limits.append("CPU time of {} core(s) of the {} it may run on".format(
+            cores, affinity_cores()))
+    if limits:
+        report["cgroup_limits"] = "; ".join(limits)
     return report
 
 
@@ -218,12 +242,18 @@ CORES_PER_LOADER_WORKER = 8
 """On the CPU one loader worker per 8 cores: decoding is cheap next to a CPU training step."""
 
 
-def usable_cores() -> int:
+def affinity_cores() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def usable_cores() -> int:
+    """Cores this process may keep busy: its affinity, capped by its control group's CPU quota
+    (a container's ``--cpus``): more threads than the quota only wait for their time slices."""
+    return _cgroup.cores_allowed(affinity_cores(), _cgroup.cpu_limit())[0]
 
 
 def core_budget(configured: Optional[int], local_world_size: int,
