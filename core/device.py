@@ -39,10 +39,11 @@ def unknown_backends(backend: str) -> Tuple[List[str], List[str]]:
     ``init_process_group``."""
     import torch.distributed as dist
 
-    # backend_list (torch 2.1+) and the upper-case attributes that register_backend sets (2.0)
-    listed = list(getattr(dist.Backend, "backend_list", [])) + [
+    # backend_list (torch 2.1+), and the upper-case attributes and _plugins keys that
+    # register_backend sets (torch 2.0 sets the attribute to the upper-case name)
+    listed = [str(name).lower() for name in list(getattr(dist.Backend, "backend_list", [])) + [
         value for key, value in vars(dist.Backend).items() if key.isupper() and isinstance(
-            value, str)]
+            value, str)] + list(getattr(dist.Backend, "_plugins", {}))]
     known = [name for i, name in enumerate(listed) if name not in listed[:i]
              and name not in ("undefined", "fake", "tcp")]
     names = [part.split(":", 1)[-1].strip().lower() for part in backend.split(",")]

@@ -109,6 +109,15 @@ def interrupt_on_stop_signals() -> List[Tuple[int, Any]]:
     return saved
 
 
+def take_ctrl_c() -> None:
+    """Make Ctrl-C raise :class:`Interrupted` where SIGINT is Python's default (main thread
+    only), for a process that keeps its other signals' defaults (a torchrun worker, which
+    torchrun stops with SIGTERM)."""
+    if threading.current_thread() is threading.main_thread() and _free(
+            "SIGINT", signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGINT, _raise_interrupted)
+
+
 def restore_handlers(saved: List[Tuple[int, Any]]) -> None:
     """Put back the handlers :func:`interrupt_on_stop_signals` replaced."""
     for signum, handler in saved:

@@ -36,7 +36,13 @@ from chipbench.manager import build_host
 from chipbench.metrics import gib, is_count, mem_text
 from chipbench.records import HardwareId
 from chipbench.selection import ENV_VENDOR, select_device
-from chipbench.sentinel import OOM_ADVICE, RunLock, check_not_running, start_sentinel
+from chipbench.sentinel import (
+    OOM_ADVICE,
+    RunLock,
+    check_not_running,
+    start_sentinel,
+    torchrun_pid_path,
+)
 from chipbench.worker import RETURNED_DIR, SPEC_FILE, TRACE, returned_ranks, run_worker
 
 RESULT_FILE = "result.json"
@@ -460,16 +466,25 @@ class Run:
             self.result["resumes"] = (earlier if isinstance(earlier, list) else []) + [
                 {"command": command_line(), "started_at": started_at}]
         lock = RunLock(self.run_dir, self.topology.node_rank)  # a live run's folder: refused
+        if lock.problem:
+            self.announce("warning: cannot lock the run folder {}: {}; a run killed outright "
+                          "(SIGKILL) will not be recorded, and --resume cannot tell whether it "
+                          "is still going".format(self.run_dir, lock.problem))
         self.result.update(pid=os.getpid(), host=platform.node())
         try:
             self._write()
-            start_sentinel(self.run_dir, self.topology.node_rank)
-            return self._execute()
+            return self._execute(lock)
         finally:
             lock.release()  # after the final result.json: the sentinel reads it and leaves
 
-    def _execute(self) -> Dict[str, Any]:
+    def _execute(self, lock: RunLock) -> Dict[str, Any]:
         try:
+            try:  # an earlier attempt's, which the sentinel must not take for this one's
+                torchrun_pid_path(self.run_dir, self.topology.node_rank).unlink()
+            except OSError:
+                pass
+            if lock.held:
+                start_sentinel(self.run_dir, self.topology.node_rank)
             self.result.update(fix_hp=fix_hp(self.case, self.config),
                                versions=dict(versions(), case=case_package(self.case)),
                                environment=self.facade.environment_report())

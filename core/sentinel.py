@@ -6,18 +6,23 @@ included, and forked children such as loader workers do not inherit it). Two thi
 
 - ``core run --resume`` refuses a folder whose run is still going;
 - the sentinel, a small process (no torch) started beside the run. It waits for the lock. When it
-  gets it and ``result.json`` still says ``running``, the run's process died without a word: the
-  sentinel stops what that process had started (torchrun and its workers), records the run as
-  failed with what it measured up to then, writes the report, and prints one line.
+  gets it, ``result.json`` still says ``running`` and the run's process is gone, that process died
+  without a word: the sentinel records the run as failed with what it measured up to then, stops
+  what the process had started (torchrun and its workers), writes the report, and prints one
+  line. (A process that closes any descriptor of the lock file drops its lock while it runs on:
+  the sentinel then waits for the process itself.)
 
     python -m chipbench.sentinel RUN_DIR NODE_RANK PID
 """
 
+import errno
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -45,25 +50,31 @@ def torchrun_pid_path(run_dir: Path, node_rank: int) -> Path:
     return Path(run_dir) / "logs" / "torchrun-node{}.pid".format(node_rank)
 
 
-def _owner(run_dir: Path) -> str:
-    """``pid N on host H`` from the run's result.json, or ``another process``."""
-    try:
-        result = json.loads((Path(run_dir) / RESULT_FILE).read_text())
-        return "pid {} on {}".format(int(result["pid"]), result.get("host") or "this host")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+HELD = (errno.EAGAIN, errno.EACCES)
+"""What ``lockf`` says when another process holds the lock; any other error (a file system
+without POSIX locks: ENOLCK, EOPNOTSUPP, ...) means the lock cannot be used at all."""
 
 
 def _in_use(run_dir: Path) -> UserError:
-    owner = _owner(run_dir)
-    pid = owner.split()[1] if owner.startswith("pid ") else "PID"
+    """The error for a folder whose run is still going, naming its process where known."""
+    try:
+        result = json.loads((Path(run_dir) / RESULT_FILE).read_text())
+        pid, host = int(result["pid"]), str(result.get("host") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        pid, host = 0, ""
+    here = host in ("", platform.node())
+    owner = "pid {}{}".format(pid, "" if here else " on " + host) if pid else "another process"
+    stop = "kill {}".format(pid) if pid and here else "stop it where it runs"
     return UserError("run folder {} is in use: its run is still going ({})".format(run_dir, owner),
-                     "wait for it to end, or stop it (Ctrl-C where it runs, or kill {}), "
-                     "then resume it".format(pid))
+                     "wait for it to end (a run that has just ended is still being recorded: "
+                     "retry in a few seconds), or stop it (Ctrl-C where it runs, or {}), then "
+                     "resume it".format(stop))
 
 
 def check_not_running(run_dir: Path, node_rank: int) -> None:
-    """Refuse ``run_dir`` if a live process holds node ``node_rank``'s lock (changes nothing)."""
+    """Refuse ``run_dir`` if a live process holds node ``node_rank``'s lock (changes nothing).
+    Not for the process that holds the lock: closing any descriptor of the file drops a POSIX
+    lock of its process."""
     path = lock_path(run_dir, node_rank)
     if fcntl is None or not path.is_file():
         return
@@ -73,27 +84,35 @@ def check_not_running(run_dir: Path, node_rank: int) -> None:
         return
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise _in_use(run_dir) from None
+    except OSError as exc:
+        if exc.errno in HELD:
+            raise _in_use(run_dir) from None
     finally:
         os.close(fd)  # closing drops the lock just taken
 
 
 class RunLock:
-    """This process's hold on a run folder; :meth:`release` (or the process's end) lets go."""
+    """This process's hold on a run folder; :meth:`release` (or the process's end) lets go.
+    ``problem`` says why a folder could not be locked where its file system has no locks."""
 
     def __init__(self, run_dir: Path, node_rank: int) -> None:
         self.run_dir = Path(run_dir)
         self.node_rank = node_rank
         self.fd: Optional[int] = None
+        self.problem = ""
         if fcntl is None:
+            self.problem = "this platform has no POSIX record locks"
             return
-        fd = os.open(str(lock_path(run_dir, node_rank)), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(str(lock_path(run_dir, node_rank)), os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            raise _in_use(run_dir) from None
+            if exc.errno in HELD:
+                raise _in_use(run_dir) from None
+            self.problem = "its file system refuses a lock ({})".format(
+                os.strerror(exc.errno) if exc.errno else exc)
+            return
         self.fd = fd
 
     @property
@@ -117,48 +136,63 @@ def start_sentinel(run_dir: Path, node_rank: int) -> Optional[subprocess.Popen]:
     except (AttributeError, OSError, ValueError):
         stderr = subprocess.DEVNULL
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "chipbench.sentinel", str(Path(run_dir).resolve()),
              str(node_rank), str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
             start_new_session=True)  # Ctrl-C and a closed terminal do not reach it
     except OSError:
         return None
+    threading.Thread(target=proc.wait, name="chipbench-sentinel-reaper", daemon=True).start()
+    return proc
 
 
-def _alive(pid: int) -> bool:
+def start_time(pid: int) -> Optional[str]:
+    """When live process ``pid`` started (``/proc/<pid>/stat``'s 22nd field, in clock ticks since
+    boot), which tells it from a later process that reused its pid; None once it has ended (a
+    zombie waiting for its parent has ended too)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path("/proc/{}/stat".format(pid)).read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
-def _is_torchrun(pid: int) -> bool:
+def _runs_workers_of(pid: int, run_dir: Path) -> bool:
+    """Whether ``pid`` is a torchrun that starts ``chipbench.worker`` for ``run_dir``."""
     try:
-        cmdline = Path("/proc/{}/cmdline".format(pid)).read_bytes()
+        args = Path("/proc/{}/cmdline".format(pid)).read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"torch.distributed.run" in cmdline or b"torchrun" in cmdline
+    return (b"torch.distributed.run" in args and b"chipbench.worker" in args and
+            any(arg and Path(os.fsdecode(arg)).name == Path(run_dir).name for arg in args[-2:]))
 
 
 def stop_leftover_workers(run_dir: Path, node_rank: int) -> Optional[int]:
     """Stop the torchrun (and its workers) that the dead run had started: SIGTERM to its process
-    group, SIGKILL after :data:`STOP_GRACE_S`. Returns its pid, or None if none was left."""
+    group, SIGKILL after :data:`STOP_GRACE_S`. Returns its pid, or None if none was left. The
+    pid file goes either way: a later attempt must not find it."""
+    pid_file = torchrun_pid_path(run_dir, node_rank)
     try:
-        pid = int(torchrun_pid_path(run_dir, node_rank).read_text().strip())
+        pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    if pid <= 1 or not _alive(pid) or not _is_torchrun(pid):
+    finally:
+        try:
+            pid_file.unlink()
+        except OSError:
+            pass
+    if pid <= 1 or not _runs_workers_of(pid, run_dir):
         return None
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.time() + STOP_GRACE_S
-        while _alive(pid) and _is_torchrun(pid) and time.time() < deadline:
+        while _runs_workers_of(pid, run_dir) and time.time() < deadline:
             time.sleep(0.2)
-        if _alive(pid) and _is_torchrun(pid):
+        if _runs_workers_of(pid, run_dir):
             os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
@@ -225,42 +259,56 @@ def record_death(run_dir: Path, node_rank: int, pid: int,
     one-line error (what happened; what to do), or None where the folder cannot be written."""
     from chipbench.context import write_json_atomic
 
-    stopped = stop_leftover_workers(run_dir, node_rank)
-    error = "{}; {}".format(death_message(pid, last_memory_sample(run_dir), stopped),
-                            death_fix(run_dir))
+    memory = last_memory_sample(run_dir)
     progress = _read_json(Path(run_dir) / PROGRESS_FILE)
     if isinstance(progress.get("epochs"), list) and isinstance(progress.get("metrics"), dict):
         result["epochs"], result["metrics"] = progress["epochs"], progress["metrics"]
         if progress.get("data"):
             result["data"] = progress["data"]
-    result.update(status="failed", error=error,
-                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    try:
+    result.update(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  error="{}; {}".format(death_message(pid, memory, None), death_fix(run_dir)))
+    try:  # recorded first: a batch system may end this process too, once its job has ended
         write_json_atomic(Path(run_dir) / RESULT_FILE, result)
     except OSError:
         return None
+    stopped = stop_leftover_workers(run_dir, node_rank)
+    if stopped:
+        result["error"] = "{}; {}".format(death_message(pid, memory, stopped), death_fix(run_dir))
+        try:
+            write_json_atomic(Path(run_dir) / RESULT_FILE, result)
+        except OSError:
+            pass
     try:
         from chipbench.report import on_run_end
 
         on_run_end(run={"run_dir": str(run_dir)}, result=result)
     except Exception:  # noqa: BLE001 - the result is recorded; a report is a nicety here
         pass
-    return error
+    return str(result["error"])
 
 
 def watch(run_dir: Path, node_rank: int, pid: int) -> int:
-    """Wait for the run's lock; if the run then still says ``running``, record its death."""
+    """Wait for the run's lock; if the run's process is then gone and the run still says
+    ``running``, record its death."""
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # outlive what stops the run, to check on it
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+    started = start_time(pid)
     try:
         fd = os.open(str(lock_path(run_dir, node_rank)), os.O_RDWR)
     except OSError:
         return 0
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks until the run's process let go, however it ended
-        result = _read_json(Path(run_dir) / RESULT_FILE)
-        if result.get("status") != "running" or result.get("pid") != pid:
-            return 0  # recorded by the run itself, or a later attempt that has its own sentinel
+        while True:
+            result = _read_json(Path(run_dir) / RESULT_FILE)
+            if (result.get("status") != "running" or result.get("pid") != pid
+                    or result.get("host", platform.node()) != platform.node()):
+                return 0  # recorded by the run itself, or a later attempt with its own sentinel
+            # a process drops its lock when it closes any descriptor of the file (a plugin that
+            # copies the run folder, say): the lock is then ours while the run goes on
+            if started is None or start_time(pid) != started:
+                break
+            time.sleep(0.5)
         error = record_death(run_dir, node_rank, pid, result)
     finally:
         os.close(fd)

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from chipbench.context import RunContext
-from chipbench.errors import ChipbenchError, RunFailed, UserError, is_allocation_failure, user_os_error
+from chipbench.errors import (
+    ChipbenchError,
+    RunFailed,
+    UserError,
+    is_allocation_failure,
+    take_ctrl_c,
+    user_os_error,
+)
 from chipbench.exiting import exit_now
 
 SPEC_FILE = "spec.json"
@@ -182,6 +189,7 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0])
     rank = int(os.environ.get("RANK", "0"))
+    take_ctrl_c()  # a plugin's own KeyboardInterrupt is then its failure here too
     try:
         run_worker(run_dir)
     except (ChipbenchError, OSError) as exc:

@@ -4,6 +4,8 @@ from outside packages (entry-point group chipbench.cases) and how a case argumen
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -349,6 +351,29 @@ def test_a_keyboardinterrupt_raised_by_a_case_is_its_failure_not_the_user_s_ctrl
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.distributed
+@pytest.mark.oldstack_skip  # the old stack's one 2-process run is test_distributed's
+def test_a_keyboardinterrupt_raised_by_a_case_in_torchrun_workers_is_its_failure_too(
+        flawed_cases, monkeypatch):
+    """Workers take SIGINT as core does, so the case's own KeyboardInterrupt there is not taken
+    for Ctrl-C either (it was "rank 0 failed: KeyboardInterrupt", exit 1)."""
+    from tests.conftest import default_sigint
+    from tests.test_distributed import free_port
+
+    site = flawed_cases / "site"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = flawed_cases / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chipbench", "run", "flaw_kbrun", "--vendor", "cpu",
+         "--nproc-per-node", "2", "--master-port", str(free_port()), "--output", str(out)],
+        env=env, capture_output=True, text=True, timeout=300, preexec_fn=default_sigint)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr
+    assert "case 'flaw_kbrun'" in last and "failed in run(): KeyboardInterrupt" in last
+    assert json.loads((out / "result.json").read_text())["status"] == "failed"
 
 
 def test_converged_is_the_metric_reaching_the_target_not_the_case_s_word(flawed_cases, capsys):

@@ -25,8 +25,11 @@ def vendor_answering(backend, registers=None):
     import chipbench.plugins.cpu as cpu
 
     def init_backend(local_rank):
-        if registers and registers not in dist.Backend.backend_list:
-            dist.Backend.register_backend(registers, lambda *args: None, devices=["cpu"])
+        if registers and not hasattr(dist.Backend, registers.upper()):
+            try:
+                dist.Backend.register_backend(registers, lambda *args: None, devices=["cpu"])
+            except TypeError:  # torch 2.0: no devices argument
+                dist.Backend.register_backend(registers, lambda *args: None)
         return cpu.device_init_backend(local_rank)
 
     host = build_host(load_entry_points=False)

@@ -2,15 +2,20 @@
 scheduler, ``kill -9``) still ends with one line and a result.json that says failed, and a run
 that is still going cannot be resumed a second time beside itself."""
 
+import errno
 import json
+import os
+import platform
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from chipbench import runner, sentinel
 from chipbench.cli import main
 from chipbench.sentinel import (
     RunLock,
@@ -18,7 +23,10 @@ from chipbench.sentinel import (
     death_fix,
     last_memory_sample,
     lock_path,
+    stop_leftover_workers,
+    torchrun_pid_path,
 )
+from tests.conftest import tiny
 from tests.test_distributed import QUICK, core_process, free_port, worker_pid
 
 
@@ -52,8 +60,9 @@ def test_a_held_lock_refuses_the_folder_and_a_free_one_does_not(tmp_path):
     assert list(tmp_path.iterdir()) == []
     holder = hold_lock_elsewhere(tmp_path)
     try:
-        (tmp_path / "result.json").write_text(json.dumps({"pid": holder.pid, "host": "h1"}))
-        with pytest.raises(Exception, match=r"is in use: its run is still going \(pid {} on h1\)"
+        (tmp_path / "result.json").write_text(json.dumps({"pid": holder.pid,
+                                                          "host": platform.node()}))
+        with pytest.raises(Exception, match=r"is in use: its run is still going \(pid {}\)"
                            .format(holder.pid)) as caught:
             check_not_running(tmp_path, 0)
         assert "kill {}".format(holder.pid) in caught.value.one_line()
@@ -87,23 +96,93 @@ def test_memory_sample_and_advice_read_what_the_run_left(tmp_path):
     assert "core run --resume {}".format(tmp_path) in death_fix(tmp_path)
 
 
-def test_a_finished_run_leaves_no_sentinel_behind(tiny_run):
-    """Every run starts a sentinel; once the run has recorded its end it leaves at once."""
-    run_dir = str(Path(tiny_run).resolve())
+def test_every_run_starts_a_sentinel_that_leaves_once_the_run_ends(tiny_data, tmp_path,
+                                                                  monkeypatch, capsys):
+    started = []
 
-    def sentinels():
-        found = []
-        for proc in Path("/proc").iterdir():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"chipbench.sentinel" in cmdline and run_dir.encode() in cmdline:
-                found.append(proc.name)
-        return found
+    def recording(run_dir, node_rank):
+        proc = sentinel.start_sentinel(run_dir, node_rank)
+        started.append(proc)
+        return proc
 
-    wait_for(lambda: not sentinels(), timeout=30)
-    assert status(Path(tiny_run)) == "finished"
+    monkeypatch.setattr(runner, "start_sentinel", recording)
+    out = tmp_path / "run"
+    assert main(["run", "cases/retinanet", "--vendor", "cpu", "--output", str(out)] + tiny(1)) == 0
+    [proc] = started
+    assert proc.wait(timeout=30) == 0  # it read the final status and left
+    assert status(out) == "finished" and lock_path(out, 0).is_file()
+
+
+def test_a_run_that_drops_its_own_lock_is_not_taken_for_dead(tmp_path):
+    """A POSIX lock is dropped when its process closes any descriptor of the file (a plugin that
+    copies the run folder would): the sentinel then has the lock while the run goes on, and must
+    wait for the process to end before it judges."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = textwrap.dedent("""
+        import json, os, platform, sys, time
+        from pathlib import Path
+        from chipbench.sentinel import RunLock, lock_path, start_sentinel
+        run_dir = Path(sys.argv[1])
+        lock = RunLock(run_dir, 0)
+        result = run_dir / "result.json"
+        result.write_text(json.dumps({"status": "running", "pid": os.getpid(),
+                                      "host": platform.node()}))
+        proc = start_sentinel(run_dir, 0)
+        os.close(os.open(str(lock_path(run_dir, 0)), os.O_RDONLY))  # drops the lock
+        time.sleep(3)
+        print(json.loads(result.read_text())["status"])
+        result.write_text(json.dumps({"status": "finished", "pid": os.getpid(),
+                                      "host": platform.node()}))
+        print(proc.pid, flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True,
+                         text=True, timeout=60)
+    seen, sentinel_pid = out.stdout.split()
+    assert seen == "running", out.stderr  # not marked failed while the run was alive
+    wait_for(lambda: gone(int(sentinel_pid)), timeout=30)
+    assert status(run_dir) == "finished"
+
+
+def test_a_stale_torchrun_pid_file_stops_nothing_else(tmp_path):
+    """A pid file left by an earlier attempt may name a process that is not this run's torchrun
+    now: it is not signalled, and the file goes."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid_file = torchrun_pid_path(tmp_path, 0)
+        pid_file.parent.mkdir()
+        pid_file.write_text("{}\n".format(other.pid))
+        assert stop_leftover_workers(tmp_path, 0) is None
+        assert other.poll() is None and not pid_file.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch,
+                                                                  tiny_data, capsys):
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(sentinel.fcntl, "lockf", refuse)
+    lock = RunLock(tmp_path, 0)
+    assert not lock.held and "refuses a lock (No locks available)" in lock.problem
+    check_not_running(tmp_path, 0)  # cannot tell: not refused
+    out = tmp_path / "run"
+    assert main(["run", "cases/retinanet", "--vendor", "cpu", "--output", str(out)] + tiny(1)) == 0
+    assert "warning: cannot lock the run folder {}: its file system refuses a lock".format(
+        out) in capsys.readouterr().err
+    assert status(out) == "finished"
+
+
+@pytest.mark.parametrize("host, owner, stop", [
+    ("", "pid 4242)", "kill 4242"), (platform.node(), "pid 4242)", "kill 4242"),
+    ("elsewhere", "pid 4242 on elsewhere)", "stop it where it runs")])
+def test_in_use_names_the_process_and_kills_only_on_its_own_host(tmp_path, host, owner, stop):
+    (tmp_path / "result.json").write_text(json.dumps({"pid": 4242, "host": host}))
+    line = sentinel._in_use(tmp_path).one_line()
+    assert owner in line and stop in line and "retry in a few seconds" in line
+    assert ("kill 4242" in line) == (host != "elsewhere")
 
 
 def test_sigkill_of_a_run_is_recorded_as_failed_in_one_line(tmp_path, tiny_data):
