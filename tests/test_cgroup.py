@@ -81,6 +81,7 @@ def test_cores_allowed_rounds_a_quota_up_within_the_affinity(affinity, quota, ex
 
 
 def test_cpu_vendor_reports_the_group_s_limits(monkeypatch):
+    monkeypatch.delenv(cpu.THREADS_ENV, raising=False)  # benchmarks/slow_cpu.sh sets it
     monkeypatch.setattr(_cgroup, "memory_limit", lambda: GIB)
     monkeypatch.setattr(_cgroup, "cpu_limit", lambda: 1.0)
     monkeypatch.setattr(cpu, "affinity_cores", lambda: 8)
