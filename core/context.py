@@ -11,7 +11,18 @@ from chipbench.device import Device
 from chipbench.manager import PluginHost
 from chipbench.metrics import RunMeter, finite, reduce_ranks, throughput
 
+RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.json"
+
+
+def read_json_dict(path: Path) -> Dict[str, Any]:
+    """The JSON object in ``path``; {} where it is missing, unreadable or not an object."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

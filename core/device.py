@@ -41,11 +41,12 @@ def unknown_backends(backend: str) -> Tuple[List[str], List[str]]:
 
     # backend_list (torch 2.1+), and the upper-case attributes and _plugins keys that
     # register_backend sets (torch 2.0 sets the attribute to the upper-case name)
-    listed = [str(name).lower() for name in list(getattr(dist.Backend, "backend_list", [])) + [
-        value for key, value in vars(dist.Backend).items() if key.isupper() and isinstance(
-            value, str)] + list(getattr(dist.Backend, "_plugins", {}))]
-    known = [name for i, name in enumerate(listed) if name not in listed[:i]
-             and name not in ("undefined", "fake", "tcp")]
+    attributes = [value for key, value in vars(dist.Backend).items()
+                  if key.isupper() and isinstance(value, str)]
+    listed = list(getattr(dist.Backend, "backend_list", [])) + attributes + list(
+        getattr(dist.Backend, "_plugins", {}))
+    known = [name for name in dict.fromkeys(str(n).lower() for n in listed)
+             if name not in ("undefined", "fake", "tcp")]
     names = [part.split(":", 1)[-1].strip().lower() for part in backend.split(",")]
     return [name for name in names if name not in known], known
 

@@ -95,27 +95,19 @@ def ctrl_c_taken() -> bool:
         return False
 
 
-def interrupt_on_stop_signals() -> List[Tuple[int, Any]]:
-    """Make :data:`STOP_SIGNALS` raise :class:`Interrupted` (main thread only); returns the
-    handlers that :func:`restore_handlers` puts back."""
+def interrupt_on_stop_signals(names: Tuple[str, ...] = STOP_SIGNALS) -> List[Tuple[int, Any]]:
+    """Make the signals ``names`` (default :data:`STOP_SIGNALS`) raise :class:`Interrupted`
+    (main thread only); returns the handlers that :func:`restore_handlers` puts back. A torchrun
+    worker takes SIGINT only: torchrun stops it with SIGTERM, whose default it keeps."""
     if threading.current_thread() is not threading.main_thread():
         return []
     saved = []
-    for name in STOP_SIGNALS:
+    for name in names:
         signum = getattr(signal, name, None)
         if signum is None or not _free(name, signal.getsignal(signum)):
             continue
         saved.append((signum, signal.signal(signum, _raise_interrupted)))
     return saved
-
-
-def take_ctrl_c() -> None:
-    """Make Ctrl-C raise :class:`Interrupted` where SIGINT is Python's default (main thread
-    only), for a process that keeps its other signals' defaults (a torchrun worker, which
-    torchrun stops with SIGTERM)."""
-    if threading.current_thread() is threading.main_thread() and _free(
-            "SIGINT", signal.getsignal(signal.SIGINT)):
-        signal.signal(signal.SIGINT, _raise_interrupted)
 
 
 def restore_handlers(saved: List[Tuple[int, Any]]) -> None:

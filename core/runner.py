@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from chipbench import __version__
 from chipbench.case import Case, case_package, load_case, plugin_config_dirs
 from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
-from chipbench.context import PROGRESS_FILE, write_json_atomic
+from chipbench.context import PROGRESS_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.errors import (
     ChipbenchError,
     PluginError,
@@ -45,7 +45,6 @@ from chipbench.sentinel import (
 )
 from chipbench.worker import RETURNED_DIR, SPEC_FILE, TRACE, returned_ranks, run_worker
 
-RESULT_FILE = "result.json"
 ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}
 
 
@@ -401,7 +400,7 @@ class Run:
         spec = read_spec(self.run_dir)
         node_rank = (spec.get("topology") or {}).get("node_rank", 0)
         check_not_running(self.run_dir, node_rank if isinstance(node_rank, int) else 0)
-        self.previous = _read_json(self.run_dir / RESULT_FILE)
+        self.previous = read_json_dict(self.run_dir / RESULT_FILE)
         if self.previous:  # hand-edited into something core run never wrote: refused, untouched
             from chipbench.compare import check_result
 
@@ -561,7 +560,7 @@ class Run:
             raise error_type(first, logs)
 
     def _finish(self) -> None:
-        progress = _read_json(self.run_dir / PROGRESS_FILE)
+        progress = read_json_dict(self.run_dir / PROGRESS_FILE)
         previous = self.previous or {}
         if not isinstance(progress.get("epochs"), list):  # unreadable: keep the earlier record
             progress = earlier_record(previous)
@@ -640,10 +639,3 @@ def earlier_record(previous: Dict[str, Any]) -> Dict[str, Any]:
             if isinstance(previous.get(key), kind)}
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -32,10 +32,9 @@ try:
 except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not locked
     fcntl = None  # type: ignore[assignment]
 
+from chipbench.context import PROGRESS_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.errors import UserError
 
-RESULT_FILE = "result.json"
-PROGRESS_FILE = "progress.json"
 STOP_GRACE_S = 15.0
 """How long the sentinel gives a dead run's torchrun to stop its workers before SIGKILL."""
 
@@ -57,10 +56,10 @@ without POSIX locks: ENOLCK, EOPNOTSUPP, ...) means the lock cannot be used at a
 
 def _in_use(run_dir: Path) -> UserError:
     """The error for a folder whose run is still going, naming its process where known."""
+    result = read_json_dict(Path(run_dir) / RESULT_FILE)
     try:
-        result = json.loads((Path(run_dir) / RESULT_FILE).read_text())
         pid, host = int(result["pid"]), str(result.get("host") or "")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         pid, host = 0, ""
     here = host in ("", platform.node())
     owner = "pid {}{}".format(pid, "" if here else " on " + host) if pid else "another process"
@@ -245,22 +244,12 @@ def death_fix(run_dir: Path) -> str:
     return OOM_ADVICE + "; " + go_on
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def record_death(run_dir: Path, node_rank: int, pid: int,
                  result: Dict[str, Any]) -> Optional[str]:
     """Record a dead run as failed (what it measured kept) and write its report; returns the
     one-line error (what happened; what to do), or None where the folder cannot be written."""
-    from chipbench.context import write_json_atomic
-
     memory = last_memory_sample(run_dir)
-    progress = _read_json(Path(run_dir) / PROGRESS_FILE)
+    progress = read_json_dict(Path(run_dir) / PROGRESS_FILE)
     if isinstance(progress.get("epochs"), list) and isinstance(progress.get("metrics"), dict):
         result["epochs"], result["metrics"] = progress["epochs"], progress["metrics"]
         if progress.get("data"):
@@ -300,7 +289,7 @@ def watch(run_dir: Path, node_rank: int, pid: int) -> int:
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks until the run's process let go, however it ended
         while True:
-            result = _read_json(Path(run_dir) / RESULT_FILE)
+            result = read_json_dict(Path(run_dir) / RESULT_FILE)
             if (result.get("status") != "running" or result.get("pid") != pid
                     or result.get("host", platform.node()) != platform.node()):
                 return 0  # recorded by the run itself, or a later attempt with its own sentinel

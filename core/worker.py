@@ -19,8 +19,8 @@ from chipbench.errors import (
     ChipbenchError,
     RunFailed,
     UserError,
+    interrupt_on_stop_signals,
     is_allocation_failure,
-    take_ctrl_c,
     user_os_error,
 )
 from chipbench.exiting import exit_now
@@ -189,7 +189,7 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir = Path(argv[0])
     rank = int(os.environ.get("RANK", "0"))
-    take_ctrl_c()  # a plugin's own KeyboardInterrupt is then its failure here too
+    interrupt_on_stop_signals(("SIGINT",))  # a plugin's own KeyboardInterrupt: its failure
     try:
         run_worker(run_dir)
     except (ChipbenchError, OSError) as exc:

@@ -11,15 +11,13 @@ the limits of every ancestor group apply, so the smallest along the path counts.
 raises: an unreadable or absent file means no limit known.
 """
 
+import functools
 import math
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 PROC_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-V1_MEMORY = ("memory", "memory.limit_in_bytes")
-V1_CPU = ("cpu", "cpu.cfs_quota_us", "cpu.cfs_period_us")
 
 
 def _read(path: Path) -> Optional[str]:
@@ -68,59 +66,52 @@ def _is_v2(root: Path) -> bool:
     return (root / "cgroup.controllers").is_file()
 
 
+def _group_folders(controller: str, proc_cgroup: Path, root: Path) -> Tuple[List[Path], bool]:
+    """The folders of this process's group for ``controller`` and of its ancestors, deepest
+    first, and whether they are cgroup v2's (one hierarchy) rather than v1's (one per
+    controller); none where the file system has neither."""
+    groups = _memberships(proc_cgroup)
+    if _is_v2(root) and "" in groups:
+        return list(_up_from(root, groups[""])), True
+    mount = _v1_mount(root, controller)
+    if mount is not None and controller in groups:
+        return list(_up_from(mount, groups[controller])), False
+    return [], False
+
+
+@functools.lru_cache(maxsize=None)
 def memory_limit(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> Optional[int]:
     """The smallest memory limit (bytes) on this process's group and its ancestors; None where
-    there is none (``max``, v1's "unlimited" page-counter maximum) or it cannot be read."""
-    groups = _memberships(proc_cgroup)
-    limits: List[int] = []
-    if _is_v2(root) and "" in groups:
-        folders, name = list(_up_from(root, groups[""])), "memory.max"
-    elif "memory" in groups and _v1_mount(root, V1_MEMORY[0]) is not None:
-        mount = _v1_mount(root, V1_MEMORY[0])
-        assert mount is not None
-        folders, name = list(_up_from(mount, groups["memory"])), V1_MEMORY[1]
-    else:
-        return None
+    there is none (``max``, v1's "unlimited" page-counter maximum) or it cannot be read. Read
+    once per process: the monitor asks on every sample."""
+    folders, v2 = _group_folders("memory", proc_cgroup, root)
+    limits = []
     for folder in folders:
-        text = _read(folder / name)
+        text = _read(folder / ("memory.max" if v2 else "memory.limit_in_bytes"))
         if text and text.isdigit() and int(text) < 2 ** 62:  # v1 says "none" with ~2**63
             limits.append(int(text))
     return min(limits) if limits else None
 
 
-def _v2_cpu(text: str) -> Optional[float]:
-    parts = text.split()
-    if len(parts) == 2 and parts[0] != "max":
-        try:
-            quota, period = int(parts[0]), int(parts[1])
-        except ValueError:
-            return None
-        if quota > 0 and period > 0:
-            return quota / period
-    return None
+def _quota(folder: Path, v2: bool) -> Optional[float]:
+    """The CPU quota set on one group folder, in CPUs; None where there is none."""
+    if v2:
+        parts = (_read(folder / "cpu.max") or "").split()
+    else:
+        parts = [_read(folder / "cpu.cfs_quota_us") or "", _read(folder / "cpu.cfs_period_us") or ""]
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):  # v2's "max", an absent or garbled file
+        return None
+    return quota / period if quota > 0 and period > 0 else None  # v1's -1: none
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_limit(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> Optional[float]:
     """The smallest CPU quota (in CPUs: 1.5 is one and a half cores' time) on this process's group
-    and its ancestors; None where there is none or it cannot be read."""
-    groups = _memberships(proc_cgroup)
-    limits: List[float] = []
-    if _is_v2(root) and "" in groups:
-        for folder in _up_from(root, groups[""]):
-            value = _v2_cpu(_read(folder / "cpu.max") or "")
-            if value is not None:
-                limits.append(value)
-    elif "cpu" in groups and _v1_mount(root, V1_CPU[0]) is not None:
-        mount = _v1_mount(root, V1_CPU[0])
-        assert mount is not None
-        for folder in _up_from(mount, groups["cpu"]):
-            quota, period = _read(folder / V1_CPU[1]), _read(folder / V1_CPU[2])
-            try:
-                quota_us, period_us = int(quota or "-1"), int(period or "0")
-            except ValueError:
-                continue
-            if quota_us > 0 and period_us > 0:
-                limits.append(quota_us / period_us)
+    and its ancestors; None where there is none or it cannot be read. Read once per process."""
+    folders, v2 = _group_folders("cpu", proc_cgroup, root)
+    limits = [q for q in (_quota(folder, v2) for folder in folders) if q is not None]
     return min(limits) if limits else None
 
 

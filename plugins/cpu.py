@@ -188,17 +188,17 @@ def environment_report() -> Dict[str, Any]:
         "device_count": 1,
         "cpu_cores": os.cpu_count(),
         "cpu_bf16": bf16_support() if bf16_kernel_error() is None else bf16_unsupported(),
-        "device_memory_gib": round(memory_total()[0] / 2**30, 1),
     })
-    limits = []
     total, limited = memory_total()
+    report["device_memory_gib"] = round(total / 2**30, 1)
+    limits = []
     if limited:
         limits.append("memory {:.1f} GiB of the machine's {:.1f}".format(
             total / 2**30, psutil.virtual_memory().total / 2**30))
-    cores, capped = _cgroup.cores_allowed(affinity_cores(), _cgroup.cpu_limit())
+    affinity = affinity_cores()
+    cores, capped = _cgroup.cores_allowed(affinity, _cgroup.cpu_limit())
     if capped:
-        limits.append("CPU time of {} core(s) of the {} it may run on".format(
-            cores, affinity_cores()))
+        limits.append("CPU time of {} core(s) of the {} it may run on".format(cores, affinity))
     if limits:
         report["cgroup_limits"] = "; ".join(limits)
     return report
