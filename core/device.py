@@ -34,7 +34,8 @@ BACKEND_EXPECTED = ("a backend torch.distributed knows ({}), or one the plugin r
 
 def unknown_backends(backend: str) -> Tuple[List[str], List[str]]:
     """The backend names in ``backend`` that torch.distributed does not know (a name such as
-    ``nccl``, or a per-device list such as ``cpu:gloo,cuda:nccl``), and the names it knows.
+    ``gloo``, or a per-device list such as ``cpu:gloo,<device type>:<backend>``), and the names
+    it knows.
     ``Backend(name)`` accepts any string; a typo would only fail inside every worker's
     ``init_process_group``."""
     import torch.distributed as dist
