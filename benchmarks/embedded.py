@@ -9,7 +9,7 @@ evaluation, checkpoint (each epoch's checkpoint and progress.json, from rank 0's
 
     python benchmarks/embedded.py [--set key=value ...] [--run-dir runs/<run>] [--json out.json]
 
-Goal (issue 10): the whole command in at most 180 s on a 2-core CPU, target unchanged (mAP 0.35).
+Goal: the whole command in at most 180 s on a 2-core CPU, target unchanged (mAP 0.35).
 """
 
 import argparse

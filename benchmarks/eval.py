@@ -8,7 +8,7 @@ result.json) it also prints the share of evaluation in that run's wall time.
 
     python benchmarks/eval.py [--images 5000] [--dets 100] [--result runs/<run>/result.json]
 
-Goal (issue 10): pycocotools / faster-coco-eval >= 5x, identical figures.
+Goal: pycocotools / faster-coco-eval >= 5x, identical figures.
 """
 
 import argparse

@@ -4,8 +4,8 @@ The case's training step (RetinaNet, the embedded default's shapes and batch) ti
 backward + step over the same in-memory batches, in four variants: fp32, bf16 autocast,
 ``train.channels_last``, and both. bf16 runs on native units only where the CPU has avx512_bf16 or
 amx_bf16 (the cpu vendor's report says which); elsewhere it is emulated and may be slower than
-fp32. The vendor autotuning switch (cudnn-style benchmark, issue 7's hook) is a no-op on the CPU,
-so it is not measured here.
+fp32. The autotuning switch (cudnn-style benchmark, through the vendor's device_configure hook)
+is a no-op on the CPU, so it is not measured here.
 
     python benchmarks/fast_paths.py [--rounds 3] [--iters 6] [--json out.json]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared pass on a machine with an NVIDIA GPU, for a session that is lent one for minutes:
+# One prepared pass on a machine with an NVIDIA GPU, for when one is lent for minutes only:
 #   1. chipbench installed into that machine's own Python and torch (no registry needed: the COCO
 #      evaluators come as wheels from WHEELS, default .whl/; see benchmarks/README.md);
 #   2. the cuda tox env's tests (`pytest -m cuda`: tests/test_cuda.py and the contract test);

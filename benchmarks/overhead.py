@@ -10,7 +10,7 @@ loop over batches already in memory, timed around forward + backward + step.
 
     python benchmarks/overhead.py [--rounds 20] [--iters 1] [--workers N] [--json out.json]
 
-Prints p_core(case)/bare and p_train/p_core last. Goals (issue 10): >= 0.98 and >= 0.95.
+Prints p_core(case)/bare and p_train/p_core last. Goals: >= 0.98 and >= 0.95.
 """
 
 import argparse

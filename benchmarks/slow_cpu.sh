@@ -4,8 +4,8 @@
 #
 #   sudo benchmarks/slow_cpu.sh CPUS COMMAND...        e.g. benchmarks/slow_cpu.sh 1.0 bash .ci/run
 #
-# Calibrate CPUS against a figure measured on the CPU you emulate, with the same workload. Issue
-# 10's 2-core AMD EPYC without AVX-512 trained the embedded default (128 px, batch 4, fp32) at
+# Calibrate CPUS against a figure measured on the CPU you emulate, with the same workload. A
+# 2-core AMD EPYC without AVX-512 trained the embedded default (128 px, batch 4, fp32) at
 # 3.70-3.85 img/s; on a 2-core EPYC with AVX-512 this script gives that rate at CPUS=1.0
 # (0.96: 3.45 img/s; 1.05: 4.1). Check with
 #   benchmarks/slow_cpu.sh 1.0 core run cases/retinanet --output /tmp/calib \

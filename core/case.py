@@ -194,8 +194,8 @@ def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
     """The final metrics ``case.run`` returned, checked; ``converged`` is set here, as the case's
     metric reaching ``target`` (where both are numbers). A case that returns something else is a
     one-line :class:`PluginError` naming the case and the metric."""
-    fix = "fix the case's run() ({}): it returns a dict of finite numbers (see README, Writing " \
-          "a case)".format(case_package(case))
+    fix = "fix the case's run() ({}): it returns a dict of finite numbers (see docs/cases.md)" \
+        .format(case_package(case))
     if not isinstance(metrics, dict):
         raise PluginError("case '{}' returned {} from run(), not a dict of metrics".format(
             case.name, type(metrics).__name__), fix)

@@ -30,13 +30,17 @@ from chipbench.errors import (
 )
 from chipbench.exiting import exit_now
 from chipbench.metrics import is_number
+from chipbench.text import VALUE_LIMIT, terminal, terminal_table
 
 if TYPE_CHECKING:
     from chipbench.device import Device
 
 
 def _print_err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """One line on stderr (an error, a warning, a note): whatever text of a file or a plugin it
+    holds is escaped (:func:`chipbench.text.terminal`), so it stays one line and cannot control
+    the terminal."""
+    print(terminal(line), file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,11 +75,8 @@ def cmd_vendors(args: argparse.Namespace) -> int:
     if args.json:
         emit(json.dumps(rows, indent=2))
         return 0
-    columns = ("name", "available", "priority", "origin", "reason", "auto")
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
-    for row in rows:
-        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    print(terminal_table(rows, ("name", "available", "priority", "origin", "reason", "auto"),
+                         2 * VALUE_LIMIT))
     return 0
 
 
@@ -100,18 +101,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         emit(json.dumps(report, indent=2, default=str))
         return 0
+    for line in info_lines(report):
+        print(line)
+    return 0
+
+
+def info_lines(report: Dict[str, Any]) -> List[str]:
+    """``core info``'s lines: ``key: value``, lists and mappings on one line, each device on its
+    own. Keys and values are the vendor's answers: escaped and cut
+    (:func:`chipbench.text.terminal`), so that each stays on its line."""
+    def one(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join("{}={}".format(terminal(k, VALUE_LIMIT), one(v))
+                             for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return ", ".join(one(v) for v in value)
+        return terminal(value, VALUE_LIMIT)
+
+    lines = []
     for key, value in report.items():
         if key == "devices" and isinstance(value, list):
-            print("devices:")
-            for device in value:
-                print("  " + ", ".join("{}={}".format(k, v) for k, v in device.items()))
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ", ".join(str(v) for v in value)
-        elif isinstance(value, dict):
-            value = ", ".join("{}={}".format(k, v) for k, v in value.items())
-        print("{}: {}".format(key, value))
-    return 0
+            lines.append("devices:")
+            lines += ["  " + one(device) for device in value]
+        else:
+            lines.append("{}: {}".format(terminal(key, VALUE_LIMIT), one(value)))
+    return lines
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -151,10 +165,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
     if args.json:
         emit(json.dumps(rows, indent=2))
         return 0
-    columns = ("name", "status", "origin", "title", "configs")
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
-    for row in [dict(zip(columns, columns))] + rows:
-        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    print(terminal_table(rows, ("name", "status", "origin", "title", "configs"), 5 * VALUE_LIMIT))
     return 0
 
 
@@ -186,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_err("run folder: {}".format(run.run_dir))
     result = run.execute()
     if result.get("note"):
-        print(result["note"])
+        print(terminal(result["note"]))
     else:
         print(text_table([perf_row(result)], perf_columns(result)))
         metrics = result["metrics"]
@@ -417,11 +428,54 @@ def results_only_on_stdout() -> Iterator[None]:
                 os.close(saved)
 
 
+STANDARD_STREAMS = ((0, "stdin", os.O_RDONLY, "r"), (1, "stdout", os.O_WRONLY, "w"),
+                    (2, "stderr", os.O_WRONLY, "w"))
+
+
+def open_standard_streams() -> None:
+    """Give this process a stdin, stdout and stderr whatever its parent left it (``2>&-``, a
+    daemon that starts programs with them closed): a descriptor 0-2 that is closed is opened on
+    the null device, and Python's stream for it, None when it was closed at start, made anew.
+    Otherwise the first file opened would get that number, and a print, a native library's
+    message or a child process's output would land in it; and every ``sys.stderr.isatty()``
+    would fail."""
+    for fd, name, flags, mode in STANDARD_STREAMS:
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: the lowest free number, so this one (0 to 2 in order)
+            opened = os.open(os.devnull, flags)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+        if getattr(sys, name) is None:
+            stream = open(fd, mode, closefd=False,
+                          errors="backslashreplace" if name == "stderr" else None)
+            setattr(sys, name, stream)
+            if getattr(sys, "__{}__".format(name)) is None:
+                setattr(sys, "__{}__".format(name), stream)
+
+
+def check_working_folder() -> None:
+    """Refuse, in one line and before torch is imported (whose import fails on it with a fatal
+    native error), to run in a working folder that no longer exists."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UserError("the current folder no longer exists (it was deleted or moved after "
+                        "the shell entered it)", "cd into a folder that exists and run the "
+                        "command again") from None
+    except OSError as exc:
+        raise UserError("the current folder cannot be read ({})".format(exc.strerror or exc),
+                        "cd into a folder you may read and run the command again") from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``core`` command; returns the exit code."""
+    open_standard_streams()
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     previous = interrupt_on_stop_signals()
     try:
+        check_working_folder()
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):

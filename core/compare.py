@@ -5,13 +5,15 @@ Only each run folder's ``result.json`` is needed (``monitor/`` too for the timel
 folders copied from other machines compare as well as local ones.
 """
 
-import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from chipbench import safeio
 from chipbench.errors import UserError
 from chipbench.metrics import FIGURES, RESERVED_KEYS, finite, is_count, is_number, reached
-from chipbench.report import PERF_COLUMNS, markdown_table, one_line, perf_row, text_table
+from chipbench.report import PERF_COLUMNS, markdown_table, perf_row, text_table
+from chipbench.text import VALUE_LIMIT, markdown_cell, number_text, shorten, shown, terminal
 
 RATIO_COLUMNS = (("p_whole", "p_whole x"), ("p_train", "p_train x"), ("p_core", "p_core x"),
                  ("e2e_time", "e2e_time x"), ("mem_used_peak_bytes", "mem x"))
@@ -37,8 +39,8 @@ def check_result(result: Dict[str, Any], file: Path) -> None:
     """Refuse, in one line naming the file and the field, a result.json that `core run` did not
     write as it stands (hand-edited, truncated to another file's shape, or another file)."""
     def bad(field: str, value: Any, expected: str) -> UserError:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        return UserError("{}: {} is {}, not {}".format(file, field, shown, expected), FIX_RESULT)
+        return UserError("{}: {} is {}, not {}".format(file, field, shown(value), expected),
+                         FIX_RESULT)
 
     if not isinstance(result.get("case"), str) or "status" not in result \
             or "metrics" not in result:
@@ -85,13 +87,27 @@ def columns_for(metric: str) -> Tuple[str, ...]:
                  for c in COLUMNS)
 
 
+LABEL_LIMIT = 100
+"""Characters of a run's label (its row_label, or its folder's name) in rows and warnings."""
+ERROR_LIMIT = 400
+"""Characters of a run's recorded error in its warning."""
+FIX_HP_LIMIT = 1000
+"""Characters of fix_hp listed under the terminal table (it lists every changed setting)."""
+
+
+def label_of(result: Dict[str, Any], path: Path) -> str:
+    """A run's label as read: its row_label, or its folder's name; long ones cut in the middle
+    (text from the file: each output escapes it for where it goes)."""
+    return shorten(result.get("row_label") or path.name, LABEL_LIMIT)
+
+
 class RunFolder:
     """One run folder's result, with the label it gets in the comparison."""
 
     def __init__(self, path: Path, result: Dict[str, Any]) -> None:
         self.path = path
         self.result = result
-        self.label = one_line(result.get("row_label") or path.name)
+        self.label = label_of(result, path)
         self.folder_name = path.name
         """As much of the folder's path as tells it apart from the other runs' (label_runs)."""
 
@@ -99,10 +115,11 @@ class RunFolder:
     def chart_label(self) -> str:
         """Short and distinct for chart legends: folder, hardware, topology, precision."""
         topology = (self.result.get("topology") or {})
-        return one_line("{}: {} {} {}".format(
-            self.folder_name, (self.result.get("hardware") or {}).get("label", "?"),
-            "{}x{}".format(topology.get("nnodes", "?"), topology.get("nproc_per_node", "?")),
-            self.result.get("precision", "?")))
+        return "{}: {} {}x{} {}".format(
+            self.folder_name, *(shorten(part, 40) for part in (
+                (self.result.get("hardware") or {}).get("label", "?"),
+                topology.get("nnodes", "?"), topology.get("nproc_per_node", "?"),
+                self.result.get("precision", "?"))))
 
     @property
     def metrics(self) -> Dict[str, Any]:
@@ -110,18 +127,26 @@ class RunFolder:
 
 
 def load_run(path: str) -> RunFolder:
-    """Read and check ``result.json`` of a run folder (or the file itself)."""
+    """Read and check ``result.json`` of a run folder (or the file itself). Only a regular file
+    is read, at most :data:`chipbench.safeio.RUN_JSON_LIMIT` bytes, and a ``result.json`` in a
+    folder not through a link: a FIFO, a device or a link is refused in one line, never
+    waited on or read without end."""
     folder = Path(path)
-    if not folder.exists():
+    kind = safeio.kind_of(folder)
+    if kind is None:
         raise UserError("{} does not exist".format(path),
                         "give run folders written by `core run` (copy the whole folder)")
-    file = folder if folder.is_file() else folder / "result.json"
+    in_folder = kind == "a folder"
+    file = folder / "result.json" if in_folder else folder
     try:
-        with open(file) as handle:
-            result = json.load(handle)
-    except OSError:
+        result = safeio.read_json(file, safeio.RUN_JSON_LIMIT, follow=not in_folder,
+                                  what="result file", fix=FIX_RESULT)
+    except FileNotFoundError:
         raise UserError("{} holds no result.json".format(path),
                         "give run folders written by `core run` (copy the whole folder)") from None
+    except OSError as exc:
+        raise UserError("cannot read {} ({})".format(file, exc.strerror or exc),
+                        "give run folders written by `core run` you can read") from None
     except (ValueError, RecursionError) as exc:
         raise UserError("{} is not valid JSON ({})".format(file, exc),
                         "give run folders written by `core run`") from None
@@ -136,7 +161,7 @@ def label_runs(runs: List[RunFolder]) -> None:
     """Runs that share a row label get their folder added (as much of its path as tells them
     apart), so every row can be told apart; chart legends name each folder the same way."""
     def base(run: RunFolder) -> str:
-        return one_line(run.result.get("row_label") or run.path.name)
+        return label_of(run.result, run.path)
 
     for run in runs:
         same = [r for r in runs if base(r) == base(run)]
@@ -227,14 +252,19 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
         for name, value in mine.items():
             if name in SKIP_WHEN_MISSING and (value is None or base[name] is None):
                 continue
-            if value != base[name] and not (value is None and base[name] is None):
-                warnings.append("different {}: {} has {}, baseline {} has {}".format(
-                    name, run.label, _show(value), baseline.label, _show(base[name])))
+            if value == base[name] or (value is None and base[name] is None):
+                continue
+            if name == FIX_HP_FACT:
+                warnings.append(fix_hp_warning(run, value, baseline, base[name]))
+                continue
+            warnings.append("different {}: {} has {}, baseline {} has {}".format(
+                name, run.label, _show(value), baseline.label, _show(base[name])))
     for run in runs:
         status = run.result.get("status", "?")
         if status != "finished":
+            error = run.result.get("error")
             warnings.append("{} did not finish (status {}{}): its figures are partial".format(
-                run.label, status, ": " + run.result["error"] if run.result.get("error") else ""))
+                run.label, status, ": " + shorten(error, ERROR_LIMIT) if error else ""))
         elif not reached_target(run.result):
             metric = metric_of(run.result)
             warnings.append("{} did not converge ({} {} < target {}): its time to target is "
@@ -251,14 +281,57 @@ def reached_target(result: Dict[str, Any]) -> bool:
                                                              result.get("target"))
 
 
+FIX_HP_FACT = "hyper-parameters (fix_hp)"
+FIX_HP_SETTING = re.compile(r"(?:^|, )([A-Za-z_][\w.-]*)=")
+"""Where a setting starts in fix_hp (``bs=24, lr=0.04, model.min_size=128``)."""
+FIX_HP_KEYS_SHOWN = 12
+
+
+def fix_hp_settings(text: Any) -> Optional[Dict[str, str]]:
+    """fix_hp ``"bs=24, lr=0.04, model.min_size=128"`` as ``{"bs": "24", ...}``; None where it is
+    not written that way (then it is compared whole)."""
+    if not isinstance(text, str):
+        return None
+    found = list(FIX_HP_SETTING.finditer(text))
+    if not text or not found or found[0].start() != 0:
+        return {} if not text else None
+    ends = [m.start() for m in found[1:]] + [len(text)]
+    return {m.group(1): text[m.end():end] for m, end in zip(found, ends)}
+
+
+def fix_hp_warning(run: RunFolder, mine: Any, baseline: RunFolder, theirs: Any) -> str:
+    """The fix_hp difference between a run and the baseline, naming each setting that differs
+    (``eval.batch_size``) with both values; a setting one of them lacks is the case's default."""
+    prefix = "different {}: ".format(FIX_HP_FACT)
+    ours, base = fix_hp_settings(mine), fix_hp_settings(theirs)
+    if ours is None or base is None:
+        return prefix + "{} has {}, baseline {} has {}".format(
+            run.label, _show(mine), baseline.label, _show(theirs))
+    keys = [k for k in list(ours) + [k for k in base if k not in ours]
+            if ours.get(k) != base.get(k)]
+
+    def values(settings: Dict[str, str]) -> str:
+        listed = ", ".join("{}={}".format(shorten(k, 60), shorten(settings[k], 60))
+                           if k in settings else "{} (default)".format(shorten(k, 60))
+                           for k in keys[:FIX_HP_KEYS_SHOWN])
+        more = len(keys) - FIX_HP_KEYS_SHOWN
+        return listed + (" and {} more".format(more) if more > 0 else "")
+
+    return prefix + "{} has {}; baseline {} has {}".format(run.label, values(ours),
+                                                          baseline.label, values(base))
+
+
 def _show(value: Any) -> str:
+    """A fact's value in a warning: numbers whole, text cut to :data:`VALUE_LIMIT` characters."""
     if value is None:
         return "(not recorded)"
     if value == "":
         return "(none)"
     if isinstance(value, float):
         return "{:.4g}".format(value)
-    return one_line(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return number_text(value)
+    return shorten(value, VALUE_LIMIT)
 
 
 def _ratio(value: Any, base: Any) -> str:
@@ -315,12 +388,12 @@ def comparison(paths: Sequence[str], baseline_path: Optional[str] = None
             identity = (str(where), str(started))
             if identity in seen:
                 raise UserError("{} and {} are copies of one run (both started at {} in {})".format(
-                    seen[identity], name, started, where), "give each run once")
+                    seen[identity], name, shorten(started), shorten(where)), "give each run once")
             seen[identity] = name
     cases = sorted({r.result["case"] for r in runs})
     if len(cases) > 1:
         raise UserError("these runs are of different cases ({}): their throughputs count "
-                        "different things".format(", ".join(cases)),
+                        "different things".format(", ".join(shorten(c, 60) for c in cases)),
                         "compare runs of one case at a time")
     label_runs(runs)
     return runs, baseline, compare_rows(runs, baseline), fairness_warnings(runs, baseline)
@@ -339,20 +412,24 @@ def as_json(runs: Sequence[RunFolder], baseline: RunFolder, rows: List[Dict[str,
 
 def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = False,
             metric: str = "mAP") -> str:
-    """The table (terminal or Markdown) followed by the fairness warnings, loudly."""
+    """The table (terminal or Markdown) followed by the fairness warnings, loudly. Text read from
+    the run folders is escaped for where it goes (:mod:`chipbench.text`): it can neither colour
+    nor control the terminal, nor add a line, a row or a column."""
     columns = columns_for(metric)
     if markdown:
         lines = [markdown_table(rows, columns), ""]
     else:  # fix_hp is long: listed under the table
         lines = [text_table(rows, [c for c in columns if c != "fix_hp"]), ""]
-        lines += ["fix_hp of {}: {}".format(row["config"], one_line(row["fix_hp"]))
+        lines += ["fix_hp of {}: {}".format(terminal(row["config"]),
+                                            terminal(row["fix_hp"], FIX_HP_LIMIT))
                   for row in rows]
         lines.append("")
     if warnings:
         head = "**WARNING: this comparison is not fair:**" if markdown else \
             "WARNING: this comparison is not fair:"
         lines.append(head)
-        lines += ["{} {}".format("-" if markdown else "  !", w) for w in warnings]
+        lines += ["- " + markdown_cell(w) if markdown else "  ! " + terminal(w)
+                  for w in warnings]
     else:
         lines.append("No fairness warnings: same data set, precision, hyper-parameters, "
                      "epochs, weights, image size, evaluation backend and versions; every run "
@@ -368,14 +445,16 @@ def write_charts(runs: Sequence[RunFolder], folder: Any) -> List[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "compare-p_core.svg", folder / "compare-curves.svg"]
-    written[0].write_text(bar_chart("p_core per run", [r.chart_label for r in runs],
-                                    [r.metrics.get("p_core") for r in runs],
-                                    "p_core ({}/s, all devices)".format(
-                                        runs[0].result.get("sample_unit") or "images")))
-    written[1].write_text(epochs_chart([(r.chart_label, r.result.get("epochs") or [])
-                                        for r in runs],
-                                       runs[0].result.get("target"),
-                                       runs[0].result.get("target_metric", "mAP")))
+    safeio.write_atomic(written[0], bar_chart("p_core per run", [r.chart_label for r in runs],
+                                              [r.metrics.get("p_core") for r in runs],
+                                              "p_core ({}/s, all devices)".format(
+                                                  runs[0].result.get("sample_unit") or "images")),
+                        what="chart")
+    safeio.write_atomic(written[1], epochs_chart([(r.chart_label, r.result.get("epochs") or [])
+                                                  for r in runs],
+                                                 runs[0].result.get("target"),
+                                                 runs[0].result.get("target_metric", "mAP")),
+                        what="chart")
     timelines = []
     for run in runs:
         files = monitor_files(run.path)
@@ -383,6 +462,7 @@ def write_charts(runs: Sequence[RunFolder], folder: Any) -> List[Path]:
             timelines.append((run.chart_label, files[0][1]))
     if timelines:
         path = folder / "compare-timeline.svg"
-        path.write_text(timeline_chart(timelines, "monitor timelines (rank 0 of each run)"))
+        safeio.write_atomic(path, timeline_chart(timelines, "monitor timelines (rank 0 of each "
+                                                       "run)"), what="chart")
         written.append(path)
     return written

@@ -2,12 +2,13 @@
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from chipbench import safeio
 from chipbench.device import Device
+from chipbench.errors import HookTimedOut
 from chipbench.manager import PluginHost
 from chipbench.metrics import RunMeter, finite, reduce_ranks, throughput
 
@@ -15,24 +16,28 @@ RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.json"
 
 
-def read_json_dict(path: Path) -> Dict[str, Any]:
-    """The JSON object in ``path``; {} where it is missing, unreadable or not an object."""
+def read_json_dict(path: Path, strict: bool = False) -> Dict[str, Any]:
+    """The JSON object in run-folder file ``path``; {} where it is missing, unreadable or not an
+    object. A file that is not a regular file (a symbolic link, a FIFO, a folder) or is over
+    :data:`chipbench.safeio.RUN_JSON_LIMIT` is never read: {} too, or, where ``strict``, a
+    one-line :class:`chipbench.safeio.FileRefused` naming it."""
     try:
-        with open(path) as handle:
-            data = json.load(handle)
+        data = safeio.read_json(path, safeio.RUN_JSON_LIMIT)
+    except safeio.FileRefused:
+        if strict:
+            raise
+        return {}
     except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write strict JSON (NaN and infinities as null) through a temporary file and a rename:
-    readers never see half a file, and every JSON reader can parse it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(finite(data), handle, indent=2, default=str, allow_nan=False)
-    os.replace(tmp, path)
+    """Write strict JSON (NaN and infinities as null) through a temporary file created
+    exclusively and a rename (:func:`chipbench.safeio.write_atomic`): readers never see half a
+    file, every JSON reader can parse it, and no link in the run folder is written through."""
+    text = json.dumps(finite(data), indent=2, default=str, allow_nan=False)
+    safeio.write_atomic(path, text)
 
 
 @dataclass
@@ -104,7 +109,10 @@ class RunContext:
         """The epoch's figures over all ranks (:meth:`reduce_counters`): ``meter``'s counters, the
         device allocator's peak and the monitor's summary."""
         local = meter.state()
-        local["allocator_peak_bytes"] = self.facade.memory_peak(self.device)
+        try:
+            local["allocator_peak_bytes"] = self.facade.memory_peak(self.device)
+        except HookTimedOut:  # reported and counted by the monitor: not measured
+            local["allocator_peak_bytes"] = None
         local.update(self.monitor.summary() if self.monitor is not None else {})
         return self.reduce_counters(local)
 

@@ -6,25 +6,18 @@ one-line :class:`chipbench.errors.PluginError` naming the vendor and the hook.
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from chipbench.config import shown
-from chipbench.errors import PluginError, UserError, plugin_fault
-from chipbench.hookspecs import PRECISIONS, sample_problem
+from chipbench.contract import CHECK, PRECISIONS, TIME_BOUNDED_HOOKS
+from chipbench.errors import HookTimedOut, PluginError, UserError, plugin_fault
 from chipbench.manager import PluginHost, describe_exception
-from chipbench.metrics import is_count
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 if TYPE_CHECKING:
     import torch
 
 LOSS_SCALED_PRECISIONS = ("amp", "fp16")
-SCALER_METHODS = ("scale", "unscale_", "step", "update")
-"""What the training step calls on a loss scaler (torch.amp.GradScaler's interface)."""
-PEAK_FLOPS_RANGE = (1e6, 1e18)
-"""Peak FLOP/s one device may claim: from a megaFLOP/s (an emulated precision on an old CPU is
-still above it) to an exaFLOP/s (a thousand times today's largest chips)."""
 
 
 BACKEND_EXPECTED = ("a backend torch.distributed knows ({}), or one the plugin registers with "
@@ -48,27 +41,84 @@ def unknown_backends(backend: str) -> Tuple[List[str], List[str]]:
         getattr(dist.Backend, "_plugins", {}))
     known = [name for name in dict.fromkeys(str(n).lower() for n in listed)
              if name not in ("undefined", "fake", "tcp")]
-    names = [part.split(":", 1)[-1].strip().lower() for part in backend.split(",")]
-    return [name for name in names if name not in known], known
+    return [name for name in backend_names(backend) if name not in known], known
+
+
+def backend_names(backend: str) -> List[str]:
+    """The backend names of a ``collective_backend`` answer as ``init_process_group`` reads it:
+    the whole answer, or with a ``:`` the part after it in each comma-separated pair; lower
+    case (torch's ``Backend`` lowers them), spaces kept (torch keeps them, so ``'gloo '`` is
+    no backend torch knows)."""
+    if ":" not in backend:
+        return [backend.lower()]
+    return [part.split(":", 1)[-1].lower() for part in backend.split(",")]
+
+
+BACKEND_FORM = ("one backend name ('gloo') or device:backend pairs ('cpu:gloo,<device type>:"
+                "<backend>', each device type once), without spaces")
+"""The forms of a ``collective_backend`` answer that ``init_process_group`` parses."""
+
+
+def backend_form_ok(backend: str) -> bool:
+    """Whether ``backend`` has a form of :data:`BACKEND_FORM`: no empty name, no space anywhere,
+    no pair without exactly one ``:``, no device type twice (torch fails on each only inside
+    every worker's ``init_process_group``, or looks the name up with its spaces)."""
+    if not backend or any(c.isspace() for c in backend):
+        return False
+    if ":" not in backend:
+        return "," not in backend
+    pairs = [part.split(":") for part in backend.split(",")]
+    if any(len(pair) != 2 or not pair[0] or not pair[1] for pair in pairs):
+        return False
+    return len({pair[0].lower() for pair in pairs}) == len(pairs)
+
+
+def unavailable_backends(backend: str) -> List[str]:
+    """The backends named in ``backend`` that this torch is built without, by its
+    ``torch.distributed.is_<name>_available()`` (MPI, NCCL, Gloo, UCC, ...); a backend without
+    such a function (one a plugin registers) is taken as available."""
+    import torch.distributed as dist
+
+    missing = []
+    for name in dict.fromkeys(backend_names(backend)):
+        check = getattr(dist, "is_{}_available".format(name), None) if name.isidentifier() \
+            else None
+        try:
+            available = check() if callable(check) else True
+        except Exception:  # noqa: BLE001 - a probe that fails says "not available"
+            available = False
+        if available is False:
+            missing.append(name)
+    return missing
 
 
 class Device:
-    """The chosen vendor's devices, one typed method per device hook."""
+    """The chosen vendor's devices, one typed method per device hook. Every answer is held to
+    its rule in :mod:`chipbench.contract` (the rules ``core doctor`` checks too)."""
 
     def __init__(self, host: PluginHost, info: VendorInfo) -> None:
         self.host = host
         self.info = info
+        self.observer_calls: Optional[Callable[[str, Callable[[], Any]], Any]] = None
+        """While a run's monitor bounds them in time, what calls the hooks of
+        :data:`chipbench.contract.TIME_BOUNDED_HOOKS`: ``observer_calls(hook, call)`` returns
+        ``call()``'s answer or raises :class:`chipbench.errors.HookTimedOut`."""
 
     @property
     def vendor(self) -> str:
         return self.info.name
 
-    def _call(self, hook: str, expected: Union[Type, Tuple[Type, ...], None], **kwargs: Any) -> Any:
+    def _call(self, hook: str, **kwargs: Any) -> Any:
+        """Call device hook ``hook`` of the chosen vendor and check the answer against its rule."""
         caller = getattr(self.host.pm.hook, hook)
+        bounded = self.observer_calls
         try:
-            result = caller(**kwargs)
-        except UserError:  # the plugin names a setting of the user's (CHIPBENCH_CPU_THREADS=x)
-            raise
+            if bounded is None or hook not in TIME_BOUNDED_HOOKS:
+                result = caller(**kwargs)
+            else:
+                result = bounded(hook, lambda: caller(**kwargs))
+        except (UserError, HookTimedOut):  # a setting of the user's (CHIPBENCH_CPU_THREADS=x),
+            raise                            # or no answer in time: said as it is
         except BaseException as exc:  # noqa: B902 - a plugin's sys.exit() must not end chipbench
             if not plugin_fault(exc):
                 raise
@@ -77,95 +127,90 @@ class Device:
                 "report it to the plugin's authors, or choose another --vendor "
                 "(rerun with --debug for the traceback)",
             ) from exc
-        if expected is not None and not isinstance(result, expected):
-            raise self._wrong(hook, result, _type_names(expected))
+        problem = CHECK[hook](result, self.info)
+        if problem:
+            raise self._wrong(hook, result, problem)
         return result
 
     def _wrong(self, hook: str, result: Any, expected: str) -> PluginError:
-        return PluginError("vendor '{}' returned {} from hook {}, expected {}".format(
+        error = PluginError("vendor '{}' returned {} from hook {}, expected {}".format(
             self.vendor, shown(result), hook, expected),
             "report it to the plugin's authors, or choose another --vendor")
+        error.hook = hook  # type: ignore[attr-defined]  # which rule broke, for the kit
+        return error
 
     # backend and identity
     def init_backend(self, local_rank: int = 0) -> torch.device:
         """Prepare and return the device of ``local_rank`` (sets it current, applies switches)."""
-        import torch
-
-        device = self._call("device_init_backend", torch.device, local_rank=local_rank)
-        if device.type != self.info.device_type:
-            raise self._wrong("device_init_backend", device, "a device of type '{}' (its "
-                              "vendor_detect's device_type)".format(self.info.device_type))
-        return device
+        return self._call("device_init_backend", local_rank=local_rank)
 
     def count(self) -> int:
         """How many devices this process sees."""
-        return self._call("device_count", int)
+        return self._call("device_count")
 
     def name(self, index: int = 0) -> str:
         """Marketing name of visible device ``index``."""
-        return self._call("device_name", str, index=index)
+        return self._call("device_name", index=index)
 
     def hardware_id(self) -> HardwareId:
         """Table label and config tag of the hardware."""
-        hardware = self._call("hardware_id", HardwareId)
-        if not all(type(v) is str and v.strip() and "\n" not in v
-                   for v in (hardware.label, hardware.config_tag)):
-            raise self._wrong("hardware_id", hardware, "a one-line text label and config_tag")
-        return hardware
+        return self._call("hardware_id")
 
     # synchronisation and memory
     def synchronize(self, device: torch.device) -> None:
         """Wait for all work queued on ``device``."""
-        self._call("device_synchronize", None, device=device)
+        self._call("device_synchronize", device=device)
 
     def memory_query(self, device: torch.device) -> MemoryInfo:
         """Device-wide used/total memory of ``device``."""
-        info = self._call("device_memory_query", MemoryInfo, device=device)
-        if not (is_count(info.used_bytes) and is_count(info.total_bytes)) or info.total_bytes == 0 \
-                or info.used_bytes > info.total_bytes or type(info.source) is not str:
-            raise self._wrong("device_memory_query", info, "byte counts with 0 <= used <= total "
-                              "and total > 0, and a text source")
-        return info
+        return self._call("device_memory_query", device=device)
 
     def memory_peak(self, device: torch.device) -> int:
         """This process's allocator peak on ``device`` in bytes."""
-        peak = self._call("device_memory_peak", int, device=device)
-        if not is_count(peak):
-            raise self._wrong("device_memory_peak", peak, "a byte count >= 0")
-        return peak
+        return self._call("device_memory_peak", device=device)
 
     def memory_reset_peak(self, device: torch.device) -> None:
         """Reset the allocator peak."""
-        self._call("device_memory_reset_peak", None, device=device)
+        self._call("device_memory_reset_peak", device=device)
 
     # collectives, capabilities, environment, monitoring
     def collective_backend(self) -> str:
-        """Backend name for ``torch.distributed.init_process_group``."""
-        return self._call("collective_backend", str)
+        """Backend name for ``torch.distributed.init_process_group`` (its form checked; see
+        :meth:`process_group_backend` for what only a process about to use it can check)."""
+        return self._call("collective_backend")
 
     def process_group_backend(self) -> str:
-        """``collective_backend()``, refused in one line unless torch.distributed knows it. Call
-        it after :meth:`init_backend`: a vendor's extension registers its backend on import."""
+        """``collective_backend()``, refused in one line unless ``init_process_group`` can take
+        it: one of :data:`BACKEND_FORM`, names torch.distributed knows, and built into this torch
+        (``is_mpi_available()`` and its like). Call it after :meth:`init_backend`: a vendor's
+        extension registers its backend on import."""
         backend = self.collective_backend()
+        if not backend_form_ok(backend):
+            raise self._wrong("collective_backend", backend, BACKEND_FORM)
         unknown, known = unknown_backends(backend)
         if unknown:
             raise self._wrong("collective_backend", backend, BACKEND_EXPECTED.format(
                 ", ".join(known)))
+        missing = unavailable_backends(backend)
+        if missing:
+            import torch
+
+            raise PluginError(
+                "vendor '{}' returned {} from hook collective_backend, but this torch ({}) is "
+                "built without {} (torch.distributed.{}() is False)".format(
+                    self.vendor, shown(backend), torch.__version__, ", ".join(missing),
+                    "(), ".join("is_{}_available".format(name) for name in missing)),
+                "install a torch built with it, or ask the plugin's authors for a backend this "
+                "torch has (`core info` shows the vendor's answer)")
         return backend
 
     def visible_devices_env(self) -> str:
         """Name of the env var that restricts visible devices ('' when none)."""
-        return self._call("visible_devices_env", str)
+        return self._call("visible_devices_env")
 
     def supported_precisions(self) -> List[str]:
-        """Precisions this vendor trains in, in the order of :data:`chipbench.hookspecs.PRECISIONS`."""
-        result = self._call("supported_precisions", (list, tuple))
-        unknown = [p for p in result if p not in PRECISIONS]
-        if unknown:
-            raise PluginError(
-                "vendor '{}' reports unknown precisions {}".format(self.vendor, unknown),
-                "supported_precisions may only name {}".format(", ".join(PRECISIONS)),
-            )
+        """Precisions this vendor trains in, in the order of :data:`chipbench.contract.PRECISIONS`."""
+        result = self._call("supported_precisions")
         return [p for p in PRECISIONS if p in result]
 
     def environment_report(self) -> Dict[str, Any]:
@@ -173,16 +218,7 @@ class Device:
         are chipbench's own reading, the rest is the vendor's."""
         from chipbench.environment import software_report
 
-        report = self._call("environment_report", dict)
-        try:
-            json.dumps(report, allow_nan=False)
-            plain = all(isinstance(key, str) for key in report)
-        except (TypeError, ValueError, RecursionError):
-            plain = False
-        if not plain:
-            raise self._wrong("environment_report", report, "a dict of text keys and strict "
-                              "JSON values (no NaN, no objects)")
-        return dict(report, **software_report())  # chipbench's own reading wins
+        return dict(self._call("environment_report"), **software_report())  # ours win
 
     # run switches (optional hooks: a default when the vendor has none)
     def implements(self, hook: str) -> bool:
@@ -193,8 +229,8 @@ class Device:
         """Apply the run's determinism and autotuning switches to the vendor's libraries
         (nothing when the vendor has no ``device_configure``)."""
         if self.implements("device_configure"):
-            self._call("device_configure", type(None), device=device,
-                       deterministic=deterministic, autotune=autotune)
+            self._call("device_configure", device=device, deterministic=deterministic,
+                       autotune=autotune)
 
     def grad_scaler(self, device: torch.device, precision: str) -> Optional[Any]:
         """The loss scaler for ``precision`` (None where none is needed): the vendor's, else
@@ -202,11 +238,8 @@ class Device:
         if precision not in LOSS_SCALED_PRECISIONS:
             return None
         if self.implements("device_grad_scaler"):
-            scaler = self._call("device_grad_scaler", None, device=device, precision=precision)
+            scaler = self._call("device_grad_scaler", device=device, precision=precision)
             if scaler is not None:
-                if not all(callable(getattr(scaler, m, None)) for m in SCALER_METHODS):
-                    raise self._wrong("device_grad_scaler", scaler, "None or a loss scaler with "
-                                      "methods " + ", ".join(SCALER_METHODS))
                 return scaler
         import torch
 
@@ -221,39 +254,16 @@ class Device:
 
     def sample(self, device: torch.device) -> Dict[str, float]:
         """One monitoring sample (util, power, temperature) of ``device``."""
-        sample = self._call("device_sample", dict, device=device)
-        problem = sample_problem(sample)
-        if problem:
-            raise self._wrong("device_sample", sample, problem)
-        return sample
+        return self._call("device_sample", device=device)
 
     def peak_flops(self, device: "torch.device", precision: str) -> Optional[float]:  # noqa: F821
         """Peak FLOP/s of one device in ``precision`` (optional hook); None when the vendor
         does not implement it or cannot tell."""
-        result = self._call("device_peak_flops", (int, float, type(None)), device=device,
-                            precision=precision)
-        if result is not None and not (is_count(result)
-                                       and PEAK_FLOPS_RANGE[0] <= result <= PEAK_FLOPS_RANGE[1]):
-            raise self._wrong("device_peak_flops", result, "FLOP/s from {:g} to {:g}, or None".format(
-                *PEAK_FLOPS_RANGE))
+        result = self._call("device_peak_flops", device=device, precision=precision)
         return None if result is None else float(result)
-    # optional hooks (a vendor may leave them out)
+
     def loader_workers(self, configured: Optional[int], local_world_size: int) -> Optional[int]:
         """Loader workers per rank chosen by the vendor (it budgets its host threads for them);
         None when the vendor leaves the choice to the caller."""
-        result = self._call("device_loader_workers", (int, type(None)), configured=configured,
-                            local_world_size=local_world_size)
-        if isinstance(result, bool) or (result is not None and not 0 <= result <= MAX_WORKERS):
-            raise self._wrong("device_loader_workers", result,
-                              "a count in 0..{}".format(MAX_WORKERS))
-        return result
-
-
-MAX_WORKERS = 1024
-"""The most loader worker processes per rank a vendor may ask for."""
-
-
-def _type_names(expected: Union[Type, Tuple[Type, ...]]) -> str:
-    """``int or None`` for ``(int, NoneType)``."""
-    types = expected if isinstance(expected, tuple) else (expected,)
-    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+        return self._call("device_loader_workers", configured=configured,
+                          local_world_size=local_world_size)

@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 from chipbench import __version__
 from chipbench.conformance import Result, run_checks
+from chipbench.text import VALUE_LIMIT, terminal
 
 
 def run_doctor(facade: Any, alloc_mib: int = 64, live: bool = True) -> List[Result]:
@@ -28,12 +29,17 @@ def as_json(vendor: str, results: List[Result]) -> str:
 
 
 def as_table(vendor: str, results: List[Result]) -> str:
-    """The results as a terminal table: status, check, what was seen (and expected, on failure)."""
-    width = max(len(r.check) for r in results) if results else 5
-    lines = ["chipbench {} doctor, vendor {}".format(__version__, vendor)]
-    for r in results:
-        got = r.got if r.status != "fail" else "expected {}, got {}".format(r.expected, r.got)
-        lines.append("{:<4}  {:<{}}  {}".format(r.status.upper(), r.check, width, got))
+    """The results as a terminal table: status, check, what was seen (and expected, on failure).
+    What a check saw is the plugin's answer: escaped and cut (:func:`chipbench.text.terminal`),
+    so that it stays on its row."""
+    checks = [terminal(r.check, VALUE_LIMIT) for r in results]
+    width = max(len(c) for c in checks) if checks else 5
+    lines = ["chipbench {} doctor, vendor {}".format(__version__, terminal(vendor, VALUE_LIMIT))]
+    for r, check in zip(results, checks):
+        got = terminal(r.got, 2 * VALUE_LIMIT) if r.status != "fail" else \
+            "expected {}, got {}".format(terminal(r.expected, VALUE_LIMIT),
+                                         terminal(r.got, 2 * VALUE_LIMIT))
+        lines.append("{:<4}  {:<{}}  {}".format(terminal(r.status.upper()), check, width, got))
     counts = summary(results)
     lines.append("{} passed, {} failed, {} skipped".format(counts["pass"], counts["fail"],
                                                            counts["skip"]))

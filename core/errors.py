@@ -1,9 +1,12 @@
 """Errors that the CLI turns into one line and an exit code, never a traceback (unless ``--debug``)."""
 
 import errno
+import os
 import signal
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
+
+from chipbench.text import LINE_LIMIT, shorten, terminal
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -31,11 +34,17 @@ class ChipbenchError(Exception):
         return self.one_line()
 
     def one_line(self) -> str:
-        """The problem and its fix as one line, as the CLI prints it."""
-        text = self.problem.replace("\n", " ").strip()
+        """The problem and its fix as one line, as the CLI prints it: line breaks as spaces,
+        other control characters escaped (a value read from a file or a plugin's answer may hold
+        any), each part cut to :data:`chipbench.text.LINE_LIMIT` characters at most."""
+        text = _line_part(self.problem)
         if self.fix:
-            text = "{}; {}".format(text.rstrip("."), self.fix.replace("\n", " ").strip())
+            text = "{}; {}".format(text.rstrip("."), _line_part(self.fix))
         return text
+
+
+def _line_part(text: str) -> str:
+    return terminal(shorten(text, LINE_LIMIT).replace("\r\n", " ").replace("\n", " ").strip())
 
 
 class UserError(ChipbenchError):
@@ -44,6 +53,11 @@ class UserError(ChipbenchError):
 
 class PluginError(ChipbenchError):
     """A plugin failed to load, or a hook of the chosen vendor raised or returned the wrong type."""
+
+
+class HookTimedOut(PluginError):
+    """A vendor hook that observes a run (memory, samples) did not answer in time: the run goes
+    on without the figures it gives (:class:`chipbench.monitor.DeviceMonitor` bounds them)."""
 
 
 class RunFailed(ChipbenchError):
@@ -146,17 +160,58 @@ def user_os_error(exc: BaseException, what: Optional[str] = None,
     if not isinstance(exc, OSError) or exc.errno not in USER_ERRNOS:
         return None
     what = what or str(exc.filename or "a file")
-    where = " ({})".format(_cut(str(exc.filename))) if exc.filename \
+    where = " ({})".format(shorten(str(exc.filename))) if exc.filename \
         and str(exc.filename) not in what else ""
-    what = _cut(what)
+    what = shorten(what)
     return UserError("cannot {} {}{}: {}".format(verb, what, where, USER_ERRNOS[exc.errno]),
                      fix or "check that path: its permissions, free space, and that no part of "
                             "it is a file")
 
 
-def _cut(text: str, limit: int = 200) -> str:
-    """``text`` cut in the middle to ``limit`` characters (a path of thousands of characters)."""
-    return text if len(text) <= limit else text[:limit // 2 - 2] + "...." + text[-limit // 2 + 2:]
+FULL_DISK_BYTES = 1 << 20
+"""A file system with less free space than this (for an unprivileged writer) counts as full."""
+
+
+def free_bytes(path: Union[str, "os.PathLike[str]"]) -> Optional[int]:
+    """Bytes free to an unprivileged writer on the file system that holds ``path`` (or, where
+    it does not exist, its nearest existing folder); None where that cannot be told."""
+    folder = os.path.abspath(str(path))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # gone meanwhile, or a platform without statvfs
+        return None
+    return int(stats.f_bavail) * int(stats.f_frsize)
+
+
+def mount_point(path: Union[str, "os.PathLike[str]"]) -> str:
+    """The folder that the file system holding ``path`` (or its nearest existing folder) is
+    mounted on: what ``df`` names."""
+    folder = os.path.realpath(str(path))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    while not os.path.ismount(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def full_disk_error(exc: BaseException, path: Union[str, "os.PathLike[str]"], what: str,
+                    fix: str) -> Optional[UserError]:
+    """``exc``, raised while writing ``path``, as the one line "cannot write <what>: no space
+    left on <mount point>" when the file system there is full; else None. For writers that do
+    not raise ``ENOSPC`` on a full disk: torch's zip writer (``torch.save``) raises a
+    ``RuntimeError`` ("[enforce fail at inline_container.cc] ... unexpected pos"). Call it
+    before removing what the failed write left, which frees the space again."""
+    if not isinstance(exc, Exception):  # Ctrl-C and the like
+        return None
+    free = free_bytes(path)
+    if free is None or free >= FULL_DISK_BYTES:
+        return None
+    detail = exception_text(exc).strip().splitlines()
+    return UserError("cannot write {}: no space left on {} ({:.1f} MiB free; {}: {})".format(
+        shorten(str(what)), shorten(mount_point(path)), free / 2**20, type(exc).__name__,
+        shorten(detail[0] if detail else "", 160)), fix)
 
 
 ALLOCATION_FAILURES = ("out of memory", "can't allocate memory", "cannot allocate memory",

@@ -13,6 +13,7 @@ images per second over all devices::
 The peak comes from the vendor's optional ``device_peak_flops`` hook (None: no MFU).
 """
 
+import logging
 import random
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -83,6 +84,7 @@ def peak_flops(facade: Any, device: Any, precision: str) -> Dict[str, Any]:
         raise
     except Exception as exc:  # a vendor's failure on an optional figure never stops a run
         text = exc.one_line() if hasattr(exc, "one_line") else str(exc)
+        logging.getLogger("chipbench").warning("warning: no MFU for this run: %s", text)
         return {"peak_flops": None, "peak_note": "peak unknown: " + text}
     if peak is None:
         return {"peak_flops": None,

@@ -270,54 +270,16 @@ def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """
 
 
-DEVICE_HOOKS = (
-    "device_init_backend",
-    "device_count",
-    "device_name",
-    "hardware_id",
-    "device_synchronize",
-    "device_memory_query",
-    "device_memory_peak",
-    "device_memory_reset_peak",
-    "collective_backend",
-    "visible_devices_env",
-    "supported_precisions",
-    "environment_report",
-    "device_sample",
+# What each hook must answer, which hooks are required and what chipbench does without the optional
+# ones: the rules in chipbench.contract, the one definition that runs and the conformance kit share.
+from chipbench.contract import (  # noqa: E402, F401 - re-exported: the public names of the contract
+    DEVICE_HOOKS,
+    LIFECYCLE_HOOKS,
+    OPTIONAL_HOOKS,
+    PRECISIONS,
+    SAMPLE_RANGES,
+    sample_problem,
 )
-"""Every hook a vendor plugin must implement besides ``vendor_detect``."""
-
-OPTIONAL_HOOKS = ("device_configure", "device_grad_scaler", "device_peak_flops",
-                  "device_loader_workers", "case_config_dirs")
-"""Hooks a plugin may implement; chipbench has a default for each (API 1.1)."""
-
-LIFECYCLE_HOOKS = ("on_run_start", "on_epoch_end", "on_run_end")
-"""Hooks called on every plugin, whose failures are reported but never stop a run."""
-
-SAMPLE_RANGES = {"util_percent": (0.0, 100.0), "power_w": (0.0, 1e6),
-                 "temperature_c": (-273.15, 1000.0), "memory_used_bytes": (0.0, float(2**63))}
-"""The keys a ``device_sample`` may answer and the range each value must lie in."""
-
-
-def sample_problem(sample: Any) -> str:
-    """What is wrong with a ``device_sample`` answer ("" when nothing): an unknown key, or a value
-    that is not a finite number within :data:`SAMPLE_RANGES` (a negative power, NaN, ...)."""
-    import math
-
-    if not isinstance(sample, dict):
-        return "a dict"
-    for key, value in sample.items():
-        if key not in SAMPLE_RANGES:
-            return "keys among {}, not {!r}".format(", ".join(SAMPLE_RANGES), key)
-        low, high = SAMPLE_RANGES[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                or not low <= value <= high or not math.isfinite(float(value)):
-            return "{} a number within {:g}..{:g}".format(key, low, high)
-    return ""
-
-
-PRECISIONS = ("fp32", "amp", "fp16", "bf16")
-
 
 # --------------------------------------------------------------------------------------------------
 # configs shipped by plugins (optional; every plugin answers; the answers are collected). Only the

@@ -26,10 +26,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set,
 
 import pluggy
 
-from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, contract, hookspecs
 from chipbench.config import shown
 from chipbench.errors import PluginError, UserError, exception_text, plugin_fault
 from chipbench.records import PluginRecord, VendorInfo
+from chipbench.text import LINE_LIMIT, terminal
 
 ENV_STRICT = "CHIPBENCH_STRICT_PLUGINS"
 ENV_BLOCK = "CHIPBENCH_BLOCK_PLUGINS"
@@ -84,21 +85,26 @@ DETECT_TIMEOUT_S = 60.0
 MIN_DETECT_TIMEOUT_S, MAX_DETECT_TIMEOUT_S = 0.1, 3600.0
 
 
-def detect_timeout() -> float:
-    """Seconds one ``vendor_detect`` may take: ``$CHIPBENCH_DETECT_TIMEOUT_S`` or the default."""
-    raw = os.environ.get(ENV_DETECT_TIMEOUT, "").strip()
+def env_seconds(name: str, default: float, low: float, high: float) -> float:
+    """Seconds from environment variable ``name`` (``default`` where it is unset or empty); a
+    value that is no number within ``low``..``high`` is a one-line error naming the variable."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DETECT_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not MIN_DETECT_TIMEOUT_S <= value <= MAX_DETECT_TIMEOUT_S:  # nan fails too
+    if not low <= value <= high:  # nan fails too
         raise UserError("{}={!r} is not a number of seconds in {:g}..{:g}".format(
-            ENV_DETECT_TIMEOUT, os.environ[ENV_DETECT_TIMEOUT], MIN_DETECT_TIMEOUT_S,
-            MAX_DETECT_TIMEOUT_S),
-            "set it to e.g. {:g}, or unset it".format(DETECT_TIMEOUT_S))
+            name, os.environ[name], low, high), "set it to e.g. {:g}, or unset it".format(default))
     return value
+
+
+def detect_timeout() -> float:
+    """Seconds one ``vendor_detect`` may take: ``$CHIPBENCH_DETECT_TIMEOUT_S`` or the default."""
+    return env_seconds(ENV_DETECT_TIMEOUT, DETECT_TIMEOUT_S, MIN_DETECT_TIMEOUT_S,
+                       MAX_DETECT_TIMEOUT_S)
 
 
 class CallTimedOut(Exception):
@@ -153,7 +159,7 @@ def hung(exc: CallTimedOut, name: str) -> str:
         exc, ENV_BLOCK, name, ENV_DETECT_TIMEOUT)
 
 
-OBSERVER_HOOKS = hookspecs.LIFECYCLE_HOOKS + ("case_config_dirs",)
+OBSERVER_HOOKS = contract.OBSERVER_HOOKS
 """What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""
 
 
@@ -228,6 +234,11 @@ class PluginHost:
             if not plugin_fault(exc):
                 raise
             self.pm.unregister(plugin)
+            if isinstance(exc, WrongVendorInfo):  # known by the vendor name it gave, if any
+                named = getattr(exc.info, "name", None)
+                if isinstance(named, str) and named and named not in extra["aliases"]:
+                    extra["aliases"].append(named)
+                return self._broken(name, origin, str(exc), extra)
             return self._broken(name, origin, "vendor_detect failed: {}".format(describe_exception(exc)),
                                 extra)
         took = time.perf_counter() - started
@@ -322,19 +333,9 @@ class PluginHost:
         others = [p for p in self.pm.get_plugins() if p is not plugin]
         answers = self.pm.subset_hook_caller("vendor_detect", remove_plugins=others)()
         info = answers[0] if answers else None
-        if not isinstance(info, VendorInfo):
-            raise TypeError("vendor_detect returned {!r}, not a VendorInfo".format(info))
-        fields: Tuple[Tuple[str, Any, type], ...] = (
-            ("name", info.name, str), ("device_type", info.device_type, str),
-            ("priority", info.priority, int), ("available", info.available, bool),
-            ("reason", info.reason, str))
-        for field, value, kind in fields:
-            # exactly the built-in type: a subclass may override what chipbench relies on
-            if type(value) is not kind \
-                    or (field in ("name", "device_type") and not str(value).strip()):
-                raise TypeError("vendor_detect returned {} = {}, expected {}".format(
-                    field, shown(value), "a non-empty str" if field in ("name", "device_type")
-                    else kind.__name__))
+        problem = contract.RULE["vendor_detect"].problem(info)
+        if problem:
+            raise WrongVendorInfo(info, problem)
         return info
 
     def _guard_lifecycle(self, plugin: Any) -> None:
@@ -460,9 +461,19 @@ class PluginHost:
         return failures
 
 
+class WrongVendorInfo(TypeError):
+    """``vendor_detect`` answered something its rule refuses (a bool priority, a non-VendorInfo)."""
+
+    def __init__(self, info: Any, problem: str) -> None:
+        super().__init__("vendor_detect returned {}, expected {}".format(shown(info), problem))
+        self.info = info
+
+
 def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` on one line, the whole message kept (pluggy's reasons span lines)."""
+    """``Type: message`` on one line (pluggy's reasons span lines), control characters escaped and
+    cut to :data:`chipbench.text.LINE_LIMIT` characters (a plugin's message may hold anything)."""
     text = " ".join(line.strip() for line in exception_text(exc).splitlines() if line.strip())
+    text = terminal(text, LINE_LIMIT)
     return "{}: {}".format(type(exc).__name__, text) if text else type(exc).__name__
 
 

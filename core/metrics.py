@@ -1,4 +1,4 @@
-"""The seed's throughput and memory figures, with FlagPerf's defects fixed (design §5).
+"""The seed's throughput and memory figures, with FlagPerf's defects fixed (docs/metrics.md).
 
 Per rank, a :class:`RunMeter` counts the images actually processed and three times: training
 (without evaluation), evaluation, and *core* (forward + backward + optimizer step only, each

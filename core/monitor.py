@@ -6,6 +6,12 @@ Every sample goes to a JSON-lines file with its timestamp and the training phase
 of device-wide used memory is the seed's ``mem`` figure. A hook that raises or returns the wrong
 type never stops the run, and is never hidden either: one warning on stderr per hook, a count in
 the summary (``monitor_failures``), and the report names the figures it cost.
+
+Nor does a slow hook stretch the run. While the monitor runs, every call of an observing hook
+(:data:`chipbench.contract.TIME_BOUNDED_HOOKS`: memory, samples, the allocator peak), whoever makes it,
+is waited for at most ``$CHIPBENCH_HOOK_TIMEOUT_S`` seconds (default 5); a hook that has not
+answered by then is reported once (stderr and the rank's log), counted like a failing one, and
+not called again in this run: its figures are not measured.
 """
 
 import json
@@ -13,14 +19,40 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
+from chipbench import safeio
 from chipbench.device import Device
+from chipbench.errors import HookTimedOut
+from chipbench.manager import CallTimedOut, call_with_timeout, env_seconds
 from chipbench.metrics import is_number
+from chipbench.worker import TRACE
 
 FIGURES_OF_HOOK = {"device_memory_query": "device memory (the mem column)",
-                   "device_sample": "device util, power and temperature"}
+                   "device_sample": "device util, power and temperature",
+                   "device_memory_peak": "the allocator peak"}
 """What is lost when a monitored hook fails: the report's wording."""
+
+ENV_HOOK_TIMEOUT = "CHIPBENCH_HOOK_TIMEOUT_S"
+HOOK_TIMEOUT_S = 5.0
+"""How long one call of an observing hook may take during a run (seconds)."""
+MIN_HOOK_TIMEOUT_S, MAX_HOOK_TIMEOUT_S = 0.01, 3600.0
+
+
+def hook_timeout() -> float:
+    """Seconds one call of an observing hook may take: ``$CHIPBENCH_HOOK_TIMEOUT_S`` or
+    :data:`HOOK_TIMEOUT_S`; a value that is no number in range is a one-line error."""
+    return env_seconds(ENV_HOOK_TIMEOUT, HOOK_TIMEOUT_S, MIN_HOOK_TIMEOUT_S, MAX_HOOK_TIMEOUT_S)
+
+
+def _warn(line: str) -> None:
+    """A warning of the monitor: on stderr and in the rank's log."""
+    TRACE.warning(line)
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # no stderr, or a reader that went away
+        pass
 
 
 class HostSampler:
@@ -89,6 +121,9 @@ class DeviceMonitor:
         self.samples = 0
         self.errors = 0
         self.failures: Dict[str, Dict[str, Any]] = {}
+        self.hook_timeout_s = hook_timeout()
+        self.stopped: Dict[str, str] = {}
+        """Hooks no longer called in this run (they did not answer in time), with the reason."""
         self.source = ""
         self.phase = "setup"
         self.host = HostSampler() if host else None
@@ -97,8 +132,10 @@ class DeviceMonitor:
         self._thread = threading.Thread(target=self._loop, name="chipbench-monitor", daemon=True)
 
     def start(self) -> "DeviceMonitor":
-        """Take a first sample and start the sampling thread."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Bound the observing hooks' calls in time (:meth:`bounded`), take a first sample and
+        start the sampling thread."""
+        self.facade.observer_calls = self.bounded
+        safeio.ensure_folder(self.path.parent, what="run folder")
         self.sample("start")
         self._thread.start()
         return self
@@ -107,22 +144,48 @@ class DeviceMonitor:
         """Name what the training is doing from now on (``train``, ``eval``, ``checkpoint``)."""
         self.phase = phase
 
-    def _failed(self, hook: str, exc: BaseException, record: Dict[str, Any]) -> None:
-        """Count a failed hook; warn on stderr the first time this hook fails."""
-        text = exc.one_line() if hasattr(exc, "one_line") else "{}: {}".format(
-            type(exc).__name__, exc)
-        record.setdefault("errors", {})[hook] = text
+    def bounded(self, hook: str, call: Callable[[], Any]) -> Any:
+        """``call()``, the call of observing hook ``hook`` (:attr:`Device.observer_calls`),
+        waited for at most :attr:`hook_timeout_s` seconds; :class:`HookTimedOut` where it did
+        not answer by then, and at once for a hook that did not answer in time before (it is
+        not called again: its call may still be hanging). Each such call is counted as a failed
+        one and the first is reported."""
         with self._lock:
+            reason = self.stopped.get(hook)
+        if reason is None:
+            try:
+                return call_with_timeout(call, self.hook_timeout_s, "hook " + hook)
+            except CallTimedOut:
+                reason = "vendor '{}' hook {} did not answer within {:g} s".format(
+                    self.facade.vendor, hook, self.hook_timeout_s)
+                with self._lock:
+                    reason = self.stopped.setdefault(hook, reason)
+        exc = HookTimedOut(reason, "it is not called again in this run; report it to the "
+                                   "plugin's authors (or raise {})".format(ENV_HOOK_TIMEOUT))
+        self._failed(hook, exc, None)
+        raise exc
+
+    def _failed(self, hook: str, exc: BaseException, record: Optional[Dict[str, Any]]) -> None:
+        """Count a failed hook; warn on stderr the first time this hook fails."""
+        if isinstance(exc, HookTimedOut):
+            text = exc.problem
+        else:
+            text = exc.one_line() if hasattr(exc, "one_line") else "{}: {}".format(
+                type(exc).__name__, exc)
+        if record is not None:
+            record.setdefault("errors", {})[hook] = text
+        with self._lock:
+            first = hook not in self.failures
             entry = self.failures.setdefault(hook, {"count": 0, "error": text,
                                                     "lost": FIGURES_OF_HOOK.get(hook, hook)})
             entry["count"] += 1
-            first = entry["count"] == 1
-        if first:
-            sys.stderr.write("warning: vendor '{}' hook {} failed during the run, {} not "
-                             "measured: {}\n".format(self.facade.vendor, hook,
-                                                     FIGURES_OF_HOOK.get(hook, "its figures"),
-                                                     text))
-            sys.stderr.flush()
+        if first and isinstance(exc, HookTimedOut):
+            _warn("warning: {} during the run, {} not measured: chipbench stops calling it "
+                  "in this run".format(text, FIGURES_OF_HOOK.get(hook, "its figures")))
+        elif first:
+            _warn("warning: vendor '{}' hook {} failed during the run, {} not measured: "
+                  "{}".format(self.facade.vendor, hook, FIGURES_OF_HOOK.get(hook, "its figures"),
+                              text))
 
     def sample(self, event: str = "") -> Dict[str, Any]:
         """Take one sample now (also called at epoch ends) and append it to the file."""
@@ -133,11 +196,15 @@ class DeviceMonitor:
             memory = self.facade.memory_query(self.device)
             record.update({"mem_used_bytes": memory.used_bytes,
                            "mem_total_bytes": memory.total_bytes, "mem_source": memory.source})
+        except HookTimedOut as exc:  # counted and reported already
+            record.setdefault("errors", {})["device_memory_query"] = exc.problem
         except Exception as exc:  # a monitor never takes the run down, but says so
             self._failed("device_memory_query", exc, record)
         try:
             values = self.facade.sample(self.device)
             record.update({k: v for k, v in values.items() if isinstance(v, (int, float))})
+        except HookTimedOut as exc:
+            record.setdefault("errors", {})["device_sample"] = exc.problem
         except Exception as exc:
             self._failed("device_sample", exc, record)
         if self.host is not None:
@@ -154,7 +221,7 @@ class DeviceMonitor:
                 self.total = record["mem_total_bytes"]
                 self.source = record["mem_source"]
             self.samples += 1
-            with open(self.path, "a") as handle:
+            with safeio.open_for_append(self.path, what="run file") as handle:
                 handle.write(json.dumps(record) + "\n")
         return record
 
@@ -169,6 +236,8 @@ class DeviceMonitor:
             if self._thread.is_alive():
                 self._thread.join(timeout=self.interval_s + 5)
             self.sample("stop")
+            if self.facade.observer_calls == self.bounded:
+                self.facade.observer_calls = None
         return self.summary()
 
     def summary(self) -> Dict[str, Any]:
@@ -185,9 +254,9 @@ def read_samples(path: Path) -> List[Dict[str, Any]]:
     skipped, and so are values that are neither text nor a finite number (a hand-edited or
     truncated file still charts)."""
     samples = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+    try:  # a regular file of the run folder, not through a link, bounded
+        lines = safeio.read_text(path, safeio.MONITOR_LIMIT, what="run file").splitlines()
+    except (OSError, UnicodeDecodeError, safeio.FileRefused):
         return []
     for line in lines:
         try:

@@ -5,16 +5,19 @@ Every chart has axes with ticks, values and units, its legend to the right of th
 over the data), and reference lines where they mean something: the target mAP, the device's total
 memory (memory axes run from 0 to it). Phases of the training (evaluation, checkpoint) are shaded
 on the timeline. Long run labels are shortened in legends and kept whole in a ``<title>`` tooltip.
+Every text drawn (labels, legends, titles, tooltips) may come from a run folder or a plugin: it is
+written through :func:`chipbench.text.xml_text` (XML-escaped, control characters removed).
 """
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-from xml.sax.saxutils import escape
 
+from chipbench import safeio
 from chipbench.metrics import is_number
 from chipbench.monitor import read_samples
+from chipbench.text import VALUE_LIMIT, shorten, xml_text
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 PHASE_COLOURS = {"eval": "#f4d03f", "checkpoint": "#a9cce3", "setup": "#d5d8dc"}
@@ -22,6 +25,8 @@ WIDTH = 720
 LEFT, RIGHT, TOP, BOTTOM = 64, 220, 28, 44
 PANEL_HEIGHT = 220
 LEGEND_CHARS = 30
+TOOLTIP_CHARS = 500
+"""Characters of a ``<title>`` tooltip, which holds a label whole (labels are bounded before)."""
 
 
 @dataclass
@@ -87,17 +92,21 @@ def tick_text(value: float) -> str:
 
 
 def short(label: str, limit: int = LEGEND_CHARS) -> str:
-    """``label`` cut to ``limit`` characters, the ellipsis in the middle (the ends of run labels
-    are what tells them apart)."""
-    if len(label) <= limit:
-        return label
-    head = (limit - 1) // 2
-    return label[:head] + "…" + label[len(label) - (limit - 1 - head):]
+    """``label`` cut to ``limit`` characters, a bare ellipsis in the middle (the ends of run labels
+    are what tells them apart; the tooltip holds the whole label)."""
+    return shorten(label, limit, count=False)
 
 
 def _text(x: float, y: float, text: str, anchor: str = "start", extra: str = "") -> str:
+    """A ``<text>`` element: ``text`` escaped for XML, cut to
+    :data:`chipbench.text.VALUE_LIMIT` characters."""
     return '<text x="{:.1f}" y="{:.1f}" text-anchor="{}"{}>{}</text>'.format(
-        x, y, anchor, extra, escape(text))
+        x, y, anchor, extra, xml_text(text, VALUE_LIMIT))
+
+
+def _tooltip(text: str) -> str:
+    """A ``<title>`` element (the tooltip): ``text`` escaped for XML."""
+    return "<title>{}</title>".format(xml_text(text, TOOLTIP_CHARS))
 
 
 def _y_bounds(panel: Panel) -> Tuple[float, float]:
@@ -142,9 +151,9 @@ def chart(title: str, x_label: str, panels: List[Panel],
 
         for x0, x1, label in panel.bands:
             parts.append('<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}" '
-                         'opacity="0.45"><title>{}</title></rect>'.format(
+                         'opacity="0.45">{}</rect>'.format(
                              px(x0), top, max(px(x1) - px(x0), 1.0), bottom - top,
-                             PHASE_COLOURS.get(label, "#e5e7e9"), escape(label)))
+                             PHASE_COLOURS.get(label, "#e5e7e9"), _tooltip(label)))
         for y in y_ticks:
             parts.append('<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="#e5e5e5"/>'.format(
                 LEFT, py(y), LEFT + plot_w, py(y)))
@@ -171,8 +180,8 @@ def chart(title: str, x_label: str, panels: List[Panel],
             coords = " ".join("{:.1f},{:.1f}".format(px(x), py(y)) for x, y in series.points)
             dash = ' stroke-dasharray="4,2"' if series.dashed else ""
             parts.append('<polyline fill="none" stroke="{}" stroke-width="2"{} points="{}">'
-                         '<title>{}</title></polyline>'.format(series.colour, dash, coords,
-                                                                escape(series.name)))
+                         '{}</polyline>'.format(series.colour, dash, coords,
+                                                _tooltip(series.name)))
             if len(series.points) == 1:
                 x, y = series.points[0]
                 parts.append('<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"/>'.format(
@@ -181,12 +190,12 @@ def chart(title: str, x_label: str, panels: List[Panel],
                 LEFT + plot_w + 8, legend_y - 5, series.colour))
             parts.append(_text(LEFT + plot_w + 24, legend_y, short(series.name)))
             legend_y += 15
-        bands = sorted({b[2] for b in panel.bands})
+        bands = sorted({b[2] for b in panel.bands}, key=str)  # a hand-edited phase may be a number
         for label in bands:
             parts.append('<rect x="{}" y="{:.1f}" width="12" height="10" fill="{}" '
                          'opacity="0.45"/>'.format(LEFT + plot_w + 8, legend_y - 9,
                                                    PHASE_COLOURS.get(label, "#e5e7e9")))
-            parts.append(_text(LEFT + plot_w + 24, legend_y, "phase: " + label))
+            parts.append(_text(LEFT + plot_w + 24, legend_y, "phase: {}".format(short(label))))
             legend_y += 15
     parts.append(_text(LEFT + plot_w / 2, last_bottom + 34, x_label, "middle"))
     parts.append("</svg>")
@@ -224,9 +233,8 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float
             parts.append(_text(label_w + 4, y + row_h / 2 + 4, "not measured"))
             continue
         parts.append('<rect x="{}" y="{:.1f}" width="{:.1f}" height="{}" fill="{}">'
-                     '<title>{}</title></rect>'.format(label_w, y + 4, value / hi * plot_w,
-                                                        row_h - 8, COLOURS[row % len(COLOURS)],
-                                                        escape(label)))
+                     '{}</rect>'.format(label_w, y + 4, value / hi * plot_w, row_h - 8,
+                                        COLOURS[row % len(COLOURS)], _tooltip(label)))
         parts.append(_text(label_w + value / hi * plot_w + 4, y + row_h / 2 + 4,
                            "{:.4g}".format(value)))
     parts.append('<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>'.format(
@@ -341,16 +349,18 @@ def write_plots(run_dir: Path, epochs: List[dict], target: Optional[float] = Non
     have data); returns the files written. ``monitor`` is :func:`monitor_files` of the run
     where the caller has read it already."""
     folder = Path(run_dir) / "plots"
-    folder.mkdir(exist_ok=True)
+    safeio.ensure_folder(folder, what="run folder")
     written = []
     if epochs:
-        (folder / "epochs.svg").write_text(epochs_chart([("this run", epochs)], target, metric))
+        safeio.write_atomic(folder / "epochs.svg", epochs_chart([("this run", epochs)], target,
+                                                                metric), what="run file")
         written.append(folder / "epochs.svg")
     if monitor is None:
         monitor = monitor_files(run_dir)
     files = [(name, samples) for name, samples in monitor if samples]
     if files:
-        (folder / "memory.svg").write_text(memory_chart(files))
-        (folder / "timeline.svg").write_text(timeline_chart(files, "monitor timeline"))
+        safeio.write_atomic(folder / "memory.svg", memory_chart(files), what="run file")
+        safeio.write_atomic(folder / "timeline.svg", timeline_chart(files, "monitor timeline"),
+                            what="run file")
         written += [folder / "memory.svg", folder / "timeline.svg"]
     return written

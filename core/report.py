@@ -7,16 +7,20 @@ already written to ``result.json`` (blocking the plugin drops the Markdown, neve
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from chipbench import safeio
 from chipbench.hookspecs import hookimpl
 from chipbench.metrics import mem_text
+from chipbench.text import VALUE_LIMIT, markdown_cell, terminal_table
 
 PERF_COLUMNS = ("config", "precision", "fix_hp", "e2e_time", "p_whole", "p_train", "p_core",
                 "mAP", "mem")
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
+    """A figure as a table shows it: ``/`` where missing, floats to ``digits`` places; text as it
+    is (each output escapes it for where it goes)."""
     if value is None or value == "":
         return "/"
     if isinstance(value, bool):
@@ -25,13 +29,18 @@ def _fmt(value: Any, digits: int = 2) -> str:
         if math.isfinite(value) and abs(value) >= 1e12:  # no 300-digit cells
             return "{:.4g}".format(value)
         return "{:.{}f}".format(value, digits)
-    return one_line(value)
+    return str(value)
 
 
-def one_line(text: Any) -> str:
-    """``text`` as one printable line: line breaks, terminal escapes and other control characters
-    become spaces (a label, a setting or a hand-edited field cannot break a table)."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+CELL_LIMIT = 1000
+"""Characters of one table cell (fix_hp lists every changed setting; a row_label may be long)."""
+TEXT_LIMIT = 2000
+"""Characters of one other text of a result in report.md (a recorded error, a note)."""
+
+
+def md(value: Any, limit: int = VALUE_LIMIT) -> str:
+    """Text of a result as report.md shows it: one Markdown cell, cut to ``limit`` characters."""
+    return markdown_cell(value, limit)
 
 
 def perf_columns(result: Dict[str, Any]) -> Tuple[str, ...]:
@@ -57,28 +66,28 @@ def perf_row(result: Dict[str, Any]) -> Dict[str, str]:
     }
 
 
-def markdown_table(rows: List[Dict[str, str]], columns=PERF_COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+def markdown_table(rows: List[Dict[str, str]], columns: Sequence[str] = PERF_COLUMNS) -> str:
+    """The performance table in Markdown; every header and cell escaped (:func:`md`), so no
+    text of a result can add a row or shift the columns."""
+    lines = ["| " + " | ".join(md(c, CELL_LIMIT) for c in columns) + " |",
+             "|" + "|".join(" --- " for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(row.get(c, "/") for c in columns) + " |")
+        lines.append("| " + " | ".join(md(row.get(c, "/"), CELL_LIMIT) for c in columns) + " |")
     return "\n".join(lines)
 
 
-def text_table(rows: List[Dict[str, str]], columns=PERF_COLUMNS) -> str:
-    """The performance table aligned for a terminal."""
-    widths = [max(len(c), *(len(r.get(c, "/")) for r in rows)) for c in columns]
-    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    for row in rows:
-        out.append("  ".join(row.get(c, "/").ljust(w) for c, w in zip(columns, widths)))
-    return "\n".join(out)
+def text_table(rows: List[Dict[str, str]], columns: Sequence[str] = PERF_COLUMNS) -> str:
+    """The performance table aligned for a terminal; every header and cell escaped and cut
+    (:func:`chipbench.text.terminal_table`)."""
+    return terminal_table(rows, columns, VALUE_LIMIT, missing="/")
 
 
 def flops_lines(metrics: Dict[str, Any]) -> List[str]:
-    """FLOPs per image, achieved TFLOP/s and MFU, or "n/a" with the reason (README, Metrics)."""
+    """FLOPs per image, achieved TFLOP/s and MFU, or "n/a" with the reason (docs/metrics.md)."""
     per_image = metrics.get("flops_per_image")
     if not per_image:
         return ["- FLOPs per image (training step): n/a{}; achieved TFLOP/s and MFU: n/a".format(
-            " (" + metrics["flops_note"] + ")" if metrics.get("flops_note") else "")]
+            " (" + md(metrics["flops_note"], TEXT_LIMIT) + ")" if metrics.get("flops_note") else "")]
     achieved = metrics.get("achieved_tflops")
     lines = ["- FLOPs per image (training step, forward + backward): {:.3g} GFLOP; achieved: {} "
              "TFLOP/s (FLOPs per image x p_core)".format(
@@ -87,7 +96,8 @@ def flops_lines(metrics: Dict[str, Any]) -> List[str]:
         lines.append("- MFU: {:.2%} of a peak of {:.3g} TFLOP/s (all devices)".format(
             metrics["mfu"], metrics["peak_tflops"]))
     else:
-        lines.append("- MFU: n/a ({})".format(metrics.get("peak_note") or "no peak known"))
+        lines.append("- MFU: n/a ({})".format(md(metrics.get("peak_note") or "no peak known",
+                                                 TEXT_LIMIT)))
     return lines
 
 
@@ -102,7 +112,8 @@ def monitor_lines(summary: Optional[Dict[str, List[Dict[str, Any]]]]) -> List[st
     for rank in sorted(summary, key=lambda r: int(r[4:]) if r[4:].isdigit() else 0):
         for row in summary[rank]:
             lines.append("| {} | {} ({}) | {:.1f} | {:.1f} | {} |".format(
-                rank, row["figure"], row["unit"], row["mean"], row["max"], row["samples"]))
+                md(rank), md(row["figure"]), md(row["unit"]), row["mean"], row["max"],
+                md(row["samples"])))
     return lines
 
 
@@ -113,8 +124,9 @@ def not_measured_lines(metrics: Dict[str, Any]) -> List[str]:
     for hook in sorted(failures):
         entry = failures[hook]
         lines.append("- **not measured: {}**: hook {} of the vendor failed {} time(s) during the "
-                     "run: {}".format(entry.get("lost", hook), hook, entry.get("count", "?"),
-                                      entry.get("error", "?")))
+                     "run: {}".format(md(entry.get("lost", hook)), md(hook),
+                                      md(entry.get("count", "?")),
+                                      md(entry.get("error", "?"), TEXT_LIMIT)))
     return lines
 
 
@@ -147,15 +159,15 @@ def data_lines(result: Dict[str, Any]) -> List[str]:
                         "does not report them)."]
     note = data_note(data)
     if note:
-        lines += ["> " + note, ""]
+        lines += ["> " + md(note, TEXT_LIMIT), ""]
     lines += ["| fact | value |", "| --- | --- |"]
     known = [key for key, _ in DATA_FACTS]
     for key, label in DATA_FACTS:
-        lines.append("| {} | {} |".format(label, _fmt(data.get(key))))
+        lines.append("| {} | {} |".format(label, md(_fmt(data.get(key)))))
     for key in sorted(k for k in data if k not in known):
         value = data[key]
-        lines.append("| {} | {} |".format(key, json.dumps(value) if isinstance(
-            value, (dict, list)) else _fmt(value)))
+        lines.append("| {} | {} |".format(md(key), md(json.dumps(value) if isinstance(
+            value, (dict, list)) else _fmt(value), CELL_LIMIT)))
     return lines
 
 
@@ -168,62 +180,67 @@ def run_facts_lines(result: Dict[str, Any]) -> List[str]:
     metric = result.get("target_metric", "mAP")
     evals = sum(1 for e in result.get("epochs", []) if e.get(metric) is not None)
     return ["- evaluation backend: {}; evaluation time: {} s over {} evaluation(s)".format(
-                _fmt(metrics.get("eval_backend") or evaluation.get("backend")),
-                _fmt(metrics.get("eval_seconds"), 1), evals),
+                md(_fmt(metrics.get("eval_backend") or evaluation.get("backend"))),
+                md(_fmt(metrics.get("eval_seconds"), 1)), evals),
             "- warm-up iterations left out of p_whole/p_train/p_core: {}".format(
-                _fmt(train.get("throughput_skip_iters", 0)))]
+                md(_fmt(train.get("throughput_skip_iters", 0))))]
 
 
 def render(result: Dict[str, Any]) -> str:
-    """The whole ``report.md`` of one result."""
+    """The whole ``report.md`` of one result; every text of the result is escaped for Markdown
+    (:func:`md`): a field cannot add a line, a heading or a table row, nor shift a column."""
     general = result.get("general", {})
     metrics = result.get("metrics", {})
     env = result.get("environment", {})
     found = result.get("data")
     data: Dict[str, Any] = found if isinstance(found, dict) else {}
-    lines = ["# {} on {}".format(result.get("case", "?"), result.get("row_label", "?")), ""]
+    lines = ["# {} on {}".format(md(result.get("case", "?")), md(result.get("row_label", "?"))),
+             ""]
     status = result.get("status", "?")
     lines.append("Status: **{}**{}".format(
-        status, " ({})".format(result["error"]) if result.get("error") else ""))
+        md(status), " ({})".format(md(result["error"], TEXT_LIMIT)) if result.get("error") else ""))
     if result.get("dataset_note"):
-        lines += ["", "> " + result["dataset_note"]]
+        lines += ["", "> " + md(result["dataset_note"], TEXT_LIMIT)]
     if data_note(data):
-        lines += ["", "> " + data_note(data)]
+        lines += ["", "> " + md(data_note(data), TEXT_LIMIT)]
     lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
     for name, value, note in general.get("rows", []):
-        if "dataset" in name and data_note(data):
-            note = (note + "; " if note else "") + "COCO layout, {} train / {} val images".format(
-                data.get("train_images"), data.get("val_images"))
-        lines.append("| {} | {} | {} |".format(name, value, note))
+        if "dataset" in str(name) and data_note(data):
+            note = "{}COCO layout, {} train / {} val images".format(
+                "{}; ".format(note) if note else "", data.get("train_images"),
+                data.get("val_images"))
+        lines.append("| {} | {} | {} |".format(md(name), md(value, CELL_LIMIT),
+                                               md(note, CELL_LIMIT)))
     metric, unit = result.get("target_metric", "mAP"), result.get("sample_unit", "images")
     lines += ["", "## Performance indicators", "",
               markdown_table([perf_row(result)], perf_columns(result)), ""]
-    lines += ["- converged: {} (target {} {}, reached {})".format(
-        _fmt(metrics.get("converged")), metric, _fmt(result.get("target")),
-        _fmt(metrics.get(metric), 4)),
+    lines += [
+        "- converged: {} (target {} {}, reached {})".format(
+            md(_fmt(metrics.get("converged"))), md(metric), md(_fmt(result.get("target"))),
+            md(_fmt(metrics.get(metric), 4))),
         "- {} trained (all ranks): {}; epochs: {}; iterations: {}; throughputs in {}/s".format(
-            unit, _fmt(metrics.get("images")), _fmt(metrics.get("epochs")),
-            _fmt(metrics.get("iterations")), unit),
+            md(unit), md(_fmt(metrics.get("images"))), md(_fmt(metrics.get("epochs"))),
+            md(_fmt(metrics.get("iterations"))), md(unit)),
         "- allocator peak: {} GiB; memory source: {}".format(
-            _fmt(metrics.get("allocator_peak_gib")), _fmt(metrics.get("mem_source"))),
+            md(_fmt(metrics.get("allocator_peak_gib"))), md(_fmt(metrics.get("mem_source")))),
         "- times (slowest rank): train {} s, evaluation {} s, core {} s".format(
-            _fmt(metrics.get("train_seconds"), 1), _fmt(metrics.get("eval_seconds"), 1),
-            _fmt(metrics.get("core_seconds"), 1))]
+            md(_fmt(metrics.get("train_seconds"), 1)), md(_fmt(metrics.get("eval_seconds"), 1)),
+            md(_fmt(metrics.get("core_seconds"), 1)))]
     if metrics.get("throughput_note"):
-        lines.append("- " + metrics["throughput_note"])
+        lines.append("- " + md(metrics["throughput_note"], TEXT_LIMIT))
     lines += flops_lines(metrics)
     lines += not_measured_lines(metrics)
     lines += data_lines(result)
     lines += monitor_lines(result.get("monitor_summary"))
     for name in result.get("plots", []):
-        lines += ["", "![{}](plots/{})".format(name[:-4], name)]
+        lines += ["", "![{}](plots/{})".format(md(name[:-4]), md(name))]
     lines += ["", "## Hardware and software", ""]
     lines += run_facts_lines(result)
     for key in sorted(env):
         value = env[key]
         if isinstance(value, (dict, list)):
             value = json.dumps(value)
-        lines.append("- {}: {}".format(key, value))
+        lines.append("- {}: {}".format(md(key), md(value, TEXT_LIMIT)))
     lines += ["", "Per-epoch figures, the resolved config and versions are in result.json.", ""]
     return "\n".join(lines)
 
@@ -231,7 +248,7 @@ def render(result: Dict[str, Any]) -> str:
 def write_report(run_dir: Path, result: Dict[str, Any]) -> Optional[Path]:
     """Write ``report.md`` into ``run_dir``."""
     path = Path(run_dir) / "report.md"
-    path.write_text(render(result), encoding="utf-8")
+    safeio.write_atomic(path, render(result), what="run file")  # UTF-8, never through a link
     return path
 
 

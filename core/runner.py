@@ -5,7 +5,6 @@ with status ``running`` and rewritten at the end, whatever happened), ``report.m
 ``progress.json`` (per-epoch figures as they come), ``logs/``, ``monitor/`` and ``checkpoints/``.
 """
 
-import json
 import os
 import platform
 import re
@@ -18,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from chipbench import __version__
+from chipbench import __version__, safeio
 from chipbench.case import Case, case_package, load_case, plugin_config_dirs
 from chipbench.config import Config, flatten, load_yaml, parse_set, resolve
 from chipbench.context import PROGRESS_FILE, RESULT_FILE, read_json_dict, write_json_atomic
@@ -31,7 +30,7 @@ from chipbench.errors import (
     user_os_error,
 )
 from chipbench.hookspecs import PRECISIONS
-from chipbench.launcher import Topology, launch_workers
+from chipbench.launcher import Topology, last_exception, launch_workers
 from chipbench.manager import build_host
 from chipbench.metrics import gib, is_count, mem_text
 from chipbench.records import HardwareId
@@ -61,15 +60,19 @@ def _hardware_files(dirs: Sequence[Path]) -> List[str]:
 def hardware_config_path(case: Case, explicit: Optional[str], hardware: HardwareId,
                          topology: Topology, extra_dirs: Sequence[Path] = ()) -> Optional[Path]:
     """The hardware/topology config: ``--config`` (name or path), else ``<tag>x<N>x<M>.yaml``;
-    names are looked up in the case's config folder, then in ``extra_dirs`` (plugins' folders)."""
+    names are looked up in the case's config folder, then in ``extra_dirs`` (plugins' folders).
+    A path that is there but is no regular file (a stream such as ``<(cat a.yaml)``, a FIFO, a
+    device, a link that loops) is returned: :func:`chipbench.config.load_yaml` reads a stream
+    and refuses the others, saying what they are."""
     dirs = [case.config_dir] + list(extra_dirs)
     if explicit:
-        candidates = [Path(explicit)] + [d / name for d in dirs
-                                         for name in (explicit, explicit + ".yaml")]
-        for path in candidates:
+        kind = safeio.kind_of(explicit)
+        if kind not in (None, "a folder"):
+            return Path(explicit)
+        for path in [d / name for d in dirs for name in (explicit, explicit + ".yaml")]:
             if path.is_file():
                 return path
-        if Path(explicit).is_dir():
+        if kind == "a folder":
             raise UserError("config '{}' is a folder".format(explicit),
                             "give a YAML file, or one of: {}".format(", ".join(
                                 _hardware_files(dirs))))
@@ -282,19 +285,13 @@ def torchrun_root_cause(log_file: Path, offset: int = 0) -> str:
     may exit before torchrun notices the kill. A rank killed by a signal no later than the
     observed root cause is therefore the cause (the other ranks' errors are echoes); ranks that
     torchrun itself stopped (SIGTERM) are not."""
-    try:
-        with open(log_file, "rb") as handle:
-            handle.seek(offset)
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
+    try:  # its end: the summary is there (a log of gigabytes is not read whole)
+        text = safeio.read_tail(log_file, offset).decode("utf-8", "replace")
+    except (OSError, safeio.FileRefused):
         return ""
     if "Root Cause" not in text:
-        errors = re.findall(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Timeout)): (.+)$", text,
-                            re.MULTILINE)
-        if not errors:
-            return ""
-        kind, message = errors[-1]
-        return "torchrun failed: {}: {}".format(kind, message.strip())
+        error = last_exception(text)
+        return "torchrun failed: " + error if error else ""
     before, root_section = text.rsplit("Root Cause", 1)
     roots = _torchrun_failures(root_section)
     if not roots:
@@ -340,7 +337,13 @@ def worker_errors(run_dir: Path) -> List[Tuple[int, str]]:
     if not folder.is_dir():
         return []
     files = [(int(p.stem[4:]), p) for p in folder.glob("rank*.txt") if p.stem[4:].isdigit()]
-    lines = ((rank, p.read_text().strip()) for rank, p in sorted(files))
+    lines = []
+    for rank, path in sorted(files):
+        try:  # a regular file of a line or two: anything else is no rank's error
+            lines.append((rank, safeio.read_text(path, safeio.RUN_TEXT_LIMIT,
+                                                 errors="replace").strip()))
+        except (OSError, safeio.FileRefused):
+            continue
     return [(rank, line) for rank, line in lines if line]
 
 
@@ -397,10 +400,12 @@ class Run:
         self.started = time.time()
         self.announce = announce
         self.run_dir = Path(run_dir)
+        if self.run_dir.is_dir():  # links, FIFOs, devices in it: refused before anything is read
+            check_run_folder(self.run_dir)
         spec = read_spec(self.run_dir)
         node_rank = (spec.get("topology") or {}).get("node_rank", 0)
         check_not_running(self.run_dir, node_rank if isinstance(node_rank, int) else 0)
-        self.previous = read_json_dict(self.run_dir / RESULT_FILE)
+        self.previous = read_json_dict(self.run_dir / RESULT_FILE, strict=True)
         if self.previous:  # hand-edited into something core run never wrote: refused, untouched
             from chipbench.compare import check_result
 
@@ -597,6 +602,30 @@ class Run:
                 "vendor": self.facade.vendor, "config": self.config}
 
 
+RUN_FILES = (SPEC_FILE, RESULT_FILE, PROGRESS_FILE, "report.md", "checkpoints/last.pt")
+"""Files of a run folder that ``core run`` reads or replaces whole (each through ``<name>.tmp``)."""
+RUN_FOLDERS = ("logs", "monitor", "checkpoints", "errors", RETURNED_DIR, "plots")
+"""Folders of a run folder that ``core run`` and its report write into."""
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse, in one line naming them, a run folder to be resumed that holds what ``core run``
+    never writes there and must not write through or read: a symbolic link anywhere (a
+    ``result.json.tmp`` or ``logs/rank0.log`` linked to a file elsewhere would be overwritten or
+    appended to), a FIFO, a device or a socket, a folder where a file of the run belongs (or a
+    file where a folder does). Changes nothing."""
+    run_dir = Path(run_dir)
+    locks = [p.name for p in run_dir.glob(".lock-node*")]
+    files = [n for name in RUN_FILES for n in (name, name + ".tmp")] + locks
+    found = safeio.unsafe_entries(run_dir, files, RUN_FOLDERS)
+    if found:
+        more = " and {} more".format(len(found) - 5) if len(found) > 5 else ""
+        raise UserError("run folder {} cannot be resumed safely: {}{}".format(
+            run_dir, ", ".join(found[:5]), more),
+            "remove them, or restore the folder as `core run` wrote it: chipbench writes only "
+            "plain files inside a run folder and follows no link there")
+
+
 def read_spec(run_dir: Path) -> Dict[str, Any]:
     """The ``spec.json`` of a run folder; missing, unreadable or malformed is a one-line error."""
     path = Path(run_dir) / SPEC_FILE
@@ -604,11 +633,11 @@ def read_spec(run_dir: Path) -> Dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise UserError("{} is not a run folder ({})".format(
             run_dir, "a file" if Path(run_dir).exists() else "it does not exist"), fix)
-    if not path.is_file():
+    if not os.path.lexists(str(path)):
         raise UserError("{} holds no run to resume (no spec.json)".format(run_dir), fix)
     try:
-        with open(path) as handle:
-            spec = json.load(handle)
+        spec = safeio.read_json(path, safeio.RUN_JSON_LIMIT, what="run file",
+                                fix=safeio.FIX_RUN_FOLDER)
     except (OSError, ValueError, RecursionError) as exc:
         raise UserError("{} is unreadable ({})".format(path, exc),
                         "it is truncated or corrupt: restore it, or start a new run") from None
@@ -622,14 +651,36 @@ def read_spec(run_dir: Path) -> Dict[str, Any]:
 
 
 def checked_spec_config(case: Case, spec: Dict[str, Any], source: Path) -> Config:
-    """The config of a ``spec.json``, checked like a new one (keys, types, values)."""
-    config = resolve(load_yaml(case.config_dir / "defaults.yaml"), [(str(source), spec["config"])])
+    """The config of a ``spec.json``, checked like a new one (keys, types, values) and complete:
+    ``core run`` writes every key, so a key it lacks is refused, never filled in from the
+    defaults (a resumed run would train on other settings, or another data set, than the epochs
+    it continues)."""
+    defaults = load_yaml(case.config_dir / "defaults.yaml")
+    missing = missing_keys(defaults, spec["config"])
+    if missing:
+        raise UserError("{} lacks config key{} {}".format(
+            source, "s" if len(missing) > 1 else "", ", ".join(missing[:6]) + (
+                " and {} more".format(len(missing) - 6) if len(missing) > 6 else "")),
+            "restore the spec.json that core run wrote, or start a new run")
+    config = resolve(defaults, [(str(source), spec["config"])])
     try:
         case.validate(config, list(PRECISIONS))
     except UserError as exc:
         raise UserError("{} (in {})".format(exc.problem, source),
                         "restore the spec.json that core run wrote, or start a new run") from None
     return config
+
+
+def missing_keys(defaults: Config, config: Config, prefix: str = "") -> List[str]:
+    """The dotted keys of ``defaults`` (its leaves) that ``config`` does not hold."""
+    missing: List[str] = []
+    for key, default in defaults.items():
+        if key not in config:
+            missing.extend(list(flatten(default, prefix + key + "."))
+                           if isinstance(default, dict) and default else [prefix + key])
+        elif isinstance(default, dict) and isinstance(config[key], dict):  # else a type error
+            missing.extend(missing_keys(default, config[key], prefix + key + "."))
+    return missing
 
 
 def earlier_record(previous: Dict[str, Any]) -> Dict[str, Any]:

@@ -32,6 +32,8 @@ try:
 except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not locked
     fcntl = None  # type: ignore[assignment]
 
+from chipbench import safeio
+from chipbench.childproc import child_env, python_module_command
 from chipbench.context import PROGRESS_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.errors import UserError
 
@@ -77,8 +79,8 @@ def check_not_running(run_dir: Path, node_rank: int) -> None:
     path = lock_path(run_dir, node_rank)
     if fcntl is None or not path.is_file():
         return
-    try:
-        fd = os.open(str(path), os.O_RDWR)
+    try:  # a regular file, not through a link (refused in one line)
+        fd = safeio.open_fd(path, os.O_RDWR, what="run file", fix=safeio.FIX_RUN_FOLDER)
     except OSError:  # unreadable: the run that follows reports the folder
         return
     try:
@@ -102,7 +104,8 @@ class RunLock:
         if fcntl is None:
             self.problem = "this platform has no POSIX record locks"
             return
-        fd = os.open(str(lock_path(run_dir, node_rank)), os.O_RDWR | os.O_CREAT, 0o666)
+        fd = safeio.open_fd(lock_path(run_dir, node_rank), os.O_RDWR | os.O_CREAT,
+                            what="run file", fix=safeio.FIX_RUN_FOLDER)  # never through a link
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -136,9 +139,9 @@ def start_sentinel(run_dir: Path, node_rank: int) -> Optional[subprocess.Popen]:
         stderr = subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chipbench.sentinel", str(Path(run_dir).resolve()),
-             str(node_rank), str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            python_module_command("chipbench.sentinel", [str(Path(run_dir).resolve()),
+                                                         str(node_rank), str(os.getpid())]),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=child_env(),
             start_new_session=True)  # Ctrl-C and a closed terminal do not reach it
     except OSError:
         return None
@@ -176,8 +179,8 @@ def stop_leftover_workers(run_dir: Path, node_rank: int) -> Optional[int]:
     pid file goes either way: a later attempt must not find it."""
     pid_file = torchrun_pid_path(run_dir, node_rank)
     try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
+        pid = int(safeio.read_text(pid_file, safeio.RUN_TEXT_LIMIT).strip())
+    except (OSError, ValueError, UserError):
         return None
     finally:
         try:
@@ -203,8 +206,8 @@ def last_memory_sample(run_dir: Path) -> Optional[str]:
     best: Optional[Dict[str, Any]] = None
     for path in sorted((Path(run_dir) / "monitor").glob("rank*.jsonl")):
         try:
-            lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
+            lines = safeio.read_text(path, safeio.MONITOR_LIMIT).splitlines()
+        except (OSError, UnicodeDecodeError, UserError):
             continue
         for line in reversed(lines):
             try:
@@ -283,8 +286,8 @@ def watch(run_dir: Path, node_rank: int, pid: int) -> int:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     started = start_time(pid)
     try:
-        fd = os.open(str(lock_path(run_dir, node_rank)), os.O_RDWR)
-    except OSError:
+        fd = safeio.open_fd(lock_path(run_dir, node_rank), os.O_RDWR)
+    except (OSError, UserError):
         return 0
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks until the run's process let go, however it ended

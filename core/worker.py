@@ -14,16 +14,18 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from chipbench import safeio
 from chipbench.context import RunContext
 from chipbench.errors import (
     ChipbenchError,
+    PluginError,
     RunFailed,
     UserError,
     interrupt_on_stop_signals,
     is_allocation_failure,
     user_os_error,
 )
-from chipbench.exiting import exit_now
+from chipbench.exiting import exit_now, threads_owned_by
 
 SPEC_FILE = "spec.json"
 TRACE = logging.getLogger("chipbench.trace")
@@ -40,8 +42,8 @@ def setup_logging(run_dir: Path, rank: int, to_console: bool) -> logging.Logger:
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(run_dir / "logs" / "rank{}.log".format(rank))
+    safeio.ensure_folder(run_dir / "logs", what="run folder")
+    file_handler = RunLogHandler(run_dir / "logs" / "rank{}.log".format(rank))
     file_handler.setFormatter(logging.Formatter("%(asctime)s rank{} %(message)s".format(rank)))
     log.addHandler(file_handler)
     for handler in list(TRACE.handlers):
@@ -54,16 +56,21 @@ def setup_logging(run_dir: Path, rank: int, to_console: bool) -> logging.Logger:
     return log
 
 
+class RunLogHandler(logging.FileHandler):
+    """``logging.FileHandler`` that appends to a regular file and never through a link
+    (:func:`chipbench.safeio.open_for_append`)."""
+
+    def _open(self) -> Any:
+        return safeio.open_for_append(self.baseFilename, encoding=self.encoding, what="run file")
+
+
 def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str, Any]:
     """Run the case of ``run_dir`` on this process's rank and return its final metrics."""
-    import json
-
     from chipbench.case import checked_metrics, load_case
     from chipbench.monitor import DeviceMonitor
 
     run_dir = Path(run_dir)
-    with open(run_dir / SPEC_FILE) as handle:
-        spec = json.load(handle)
+    spec = safeio.read_json(run_dir / SPEC_FILE, safeio.RUN_JSON_LIMIT, what="run file")
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -80,6 +87,7 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     if visible:
         log.info("%s=%s", visible, os.environ.get(visible, "(unset: all devices)"))
     check_local_device(facade, local_rank)
+    check_devices_restricted(facade, (spec.get("topology") or {}).get("devices"))
     device = facade.init_backend(local_rank)
     if world_size > 1:
         import torch.distributed as dist
@@ -95,7 +103,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     case = load_case(spec["case"])
     try:
         try:
-            metrics = case.run(ctx)
+            with threads_owned_by("case '{}'".format(case.name)):  # named if one hangs the exit
+                metrics = case.run(ctx)
         except (RuntimeError, MemoryError) as exc:
             if not is_allocation_failure(exc):
                 raise
@@ -133,6 +142,25 @@ def check_local_device(facade: Any, local_rank: int) -> None:
         "with --devices".format(max(count, 1)))
 
 
+def check_devices_restricted(facade: Any, devices: Any) -> None:
+    """With ``--devices``, refuse in one line a vendor whose visible-devices variable did not
+    restrict what this process sees (its ranks would run on devices the user did not list).
+    Processes of a ``cpu``-type vendor share the host's one CPU device: nothing to tell there."""
+    visible = facade.visible_devices_env()
+    if not devices or not visible or facade.info.device_type == "cpu":
+        return
+    listed = len(str(devices).split(","))
+    count = facade.count()
+    if count != listed:
+        raise PluginError(
+            "vendor '{}' names {} as the variable that restricts devices, but with {}={} this "
+            "process sees {} device(s), not {}".format(facade.vendor, visible, visible,
+                                                      os.environ.get(visible, devices), count,
+                                                      listed),
+            "report it to the plugin's authors (visible_devices_env); run without --devices "
+            "meanwhile")
+
+
 def spec_target(case: Any, config: Dict[str, Any]) -> Any:
     """The case's target for ``config`` (None where the case has none or cannot say)."""
     try:
@@ -153,10 +181,9 @@ def allocation_error(case: Any, config: Dict[str, Any], exc: BaseException) -> U
 def record_error(run_dir: Path, rank: int, message: str) -> None:
     """Leave this rank's one-line error where the launcher looks for it."""
     try:
-        errors = Path(run_dir) / "errors"
-        errors.mkdir(parents=True, exist_ok=True)
-        (errors / "rank{}.txt".format(rank)).write_text(message + "\n")
-    except OSError:
+        errors = safeio.ensure_folder(Path(run_dir) / "errors", what="run folder")
+        safeio.write_atomic(errors / "rank{}.txt".format(rank), message + "\n", what="run file")
+    except (OSError, UserError):
         pass
 
 
@@ -168,10 +195,10 @@ other ranks then fail in a collective that rank N never joined)."""
 def record_returned(run_dir: Path, rank: int) -> None:
     """Note that this rank's ``case.run()`` returned."""
     try:
-        folder = Path(run_dir) / RETURNED_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "rank{}.returned".format(rank)).write_text("{:.3f}\n".format(time.time()))
-    except OSError:
+        folder = safeio.ensure_folder(Path(run_dir) / RETURNED_DIR, what="run folder")
+        safeio.write_atomic(folder / "rank{}.returned".format(rank),
+                            "{:.3f}\n".format(time.time()), what="run file")
+    except (OSError, UserError):
         pass
 
 

@@ -304,7 +304,7 @@ ROWS = [
     Row("config-workers", RUN + ["--set", "data.num_workers=-1"],
         "must be a count in 0..1024 or null, not -1"),
     Row("config-min-size", RUN + ["--set", "model.min_size=0"], "model.min_size must be"),
-    # (session 5) null where a value is needed; values torch refuses; huge numbers; odd YAML
+    # null where a value is needed; values torch refuses; huge numbers; odd YAML
     Row("config-lr-null", RUN + ["--set", "train.lr=null"], "train.lr' in --set must be a number"),
     Row("config-epochs-tilde", RUN + ["--set", "train.epochs=~"], "must be an integer, not None"),
     Row("config-lr-steps-null", RUN + ["--set", "train.lr_steps=null"], "must be a list"),
@@ -410,7 +410,7 @@ ROWS = [
         "None, not 0 or 1", folder="failed",
         setup=coco_edit("train", lambda d: d["annotations"][0].pop("iscrowd"))),
     Row("data-image-width-huge-integer", DATA, "image 3 in instances_train2017.json has width "
-        "1000", folder="failed",
+        "1.0000e+400 (an integer of 401 digits)", folder="failed",
         setup=coco_edit("train", lambda d: set_item(d, "images", 2, "width", 10 ** 400))),
     Row("data-image-width-zero", DATA, "image 3 in instances_train2017.json has width 0",
         folder="failed", setup=coco_edit("train", lambda d: set_item(d, "images", 2, "width", 0))),
@@ -424,7 +424,7 @@ ROWS = [
     Row("data-image-file-missing", DATA, "are missing from", folder="failed", setup=remove_image),
     Row("data-invalid-boxes-counted", DATA, "3 invalid box(es) dropped", code=0,
         folder="finished", setup=coco_edit("train", bad_boxes), check=boxes_counted),
-    # (session 5) COCO fields of the wrong type or out of range
+    # COCO fields of the wrong type or out of range
     Row("data-annotations-null", DATA, "has annotations None, not a list", folder="failed",
         setup=coco_edit("train", lambda d: d.update(annotations=None))),
     Row("data-category-id-list", DATA, "has category_id [1], not a non-negative integer",

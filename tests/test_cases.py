@@ -316,7 +316,7 @@ def test_a_case_that_cannot_run_is_listed_broken(flawed_cases, capsys):
     ("prepared", "returned [1] from prepare(), expected a dict of facts", None),
     ("precint", "returned 16 from precision(), expected one of fp32", None),
     ("rows", "from general_rows(), expected a list of (indicator, value, note) rows", None),
-    ("huge", "returned p_core = 1000", True),
+    ("huge", "returned p_core = 1.0000e+400 (an integer of 401 digits)", True),
 ])
 def test_a_failing_case_is_one_line_naming_it_and_the_run_says_failed(
         flawed_cases, capsys, name, fragment, recorded):

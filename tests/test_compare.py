@@ -164,8 +164,9 @@ CORRUPT = [  # (id, dotted field, value, fragment of the one line)
     ("epoch-list-text", "epochs", "x", "epochs is 'x'"),
     ("status-unknown", "status", "done", "status is 'done'"),
     ("target-text", "target", "0.35", "target is '0.35'"),
-    ("p-core-huge-int", "metrics.p_core", 10 ** 400, "metrics.p_core is 1000"),
-    ("target-huge-int", "target", 10 ** 400, "target is 1000"),
+    ("p-core-huge-int", "metrics.p_core", 10 ** 400,
+     "metrics.p_core is 1.0000e+400 (an integer of 401 digits)"),  # never cut, never 401 digits
+    ("target-huge-int", "target", 10 ** 400, "target is 1.0000e+400"),
     ("metric-a-column", "target_metric", "p_core", "target_metric is 'p_core', not a metric"),
     ("no-case", "case", DROP, "is not a chipbench result"),
     ("no-metrics", "metrics", DROP, "is not a chipbench result"),
@@ -307,9 +308,9 @@ def test_display_survives_odd_but_valid_values(tmp_path, capsys):
     code, out, err = run_compare([folder(tmp_path, "base", result()), folder(tmp_path, "odd", odd),
                                   "--plots", plots], capsys)
     assert code == 0, err
-    assert "\x1b" not in out and "ACX1 1 node [31mx 8 cards" in out
+    assert "\x1b" not in out and "ACX1\\n1 node \\x1b[31mx 8 cards" in out  # shown escaped
     assert max(len(line) for line in out.splitlines()) < 400  # no 309-digit cells
-    assert "fix_hp (none)" not in out and "has (none)" in out
+    assert "fix_hp (none)" not in out and "has bs (default); baseline" in out
     for svg in plots.glob("*.svg"):
         text = svg.read_text()
         assert "nan" not in text and "inf" not in text.replace("info", ""), svg

@@ -14,7 +14,7 @@ from chipbench.cli import main
 def test_embedded_default_converges(tmp_path, capsys, monkeypatch):
     """The README's main job without what other tests cover and convergence does not need:
     checkpoints (test_faults, the resume tests) and the CPU's GEMM peak for MFU (test_report);
-    about 6 % of the job, which keeps this test within issue 11's 3 minutes on slow CPUs."""
+    about 6 % of the job, which keeps this test within 3 minutes on a slow 2-core CPU."""
     monkeypatch.setenv("CHIPBENCH_CPU_PEAK_GEMM_S", "0")
     out = tmp_path / "run"
     assert main(["run", "cases/retinanet", "--output", str(out),

@@ -142,7 +142,7 @@ def test_a_device_that_does_not_exist_is_one_line(gpu, tmp_path):
 @pytest.mark.distributed
 def test_two_processes_on_two_gpus(gpu, tmp_path):
     """One process per GPU over NCCL (a machine with two or more NVIDIA GPUs; not yet run on one:
-    the H200 machine of session 7 had one): both ranks train, the rows say 1x2, each rank's
+    the H200 machine it first ran on had one): both ranks train, the rows say 1x2, each rank's
     monitor samples its own GPU."""
     import torch
 

@@ -79,19 +79,21 @@ def test_vendor_detect_raising_or_wrong_type_is_broken():
     record = host.add(vendor_module("boom", vendor_detect=boom), "boom", "test")
     assert record.broken and "driver exploded" in record.error
     record = host.add(vendor_module("liar", vendor_detect=lambda: "yes"), "liar", "test")
-    assert record.broken and "not a VendorInfo" in record.error
+    assert record.broken and "vendor_detect returned 'yes', expected a VendorInfo" in record.error
     assert host.vendors()[-1].name == "cpu"
 
 
 @pytest.mark.parametrize("field, value, fragment", [
-    ("priority", "high", "priority = 'high', expected int"),
-    ("priority", None, "priority = None, expected int"),
-    ("priority", True, "priority = True, expected int"),
-    ("name", None, "name = None, expected a non-empty str"),
-    ("name", "  ", "name = '  ', expected a non-empty str"),
-    ("device_type", None, "device_type = None"),
-    ("available", "no", "available = 'no', expected bool"),
-    ("reason", None, "reason = None, expected str"),
+    ("priority", "high", "priority is an int, not 'high'"),
+    ("priority", None, "priority is an int, not None"),
+    ("priority", True, "priority is an int, not True"),
+    ("name", None, "name is a str, not None"),
+    ("name", "  ", "with a non-empty one-line name"),
+    ("name", "two\nlines", "with a non-empty one-line name"),
+    ("device_type", None, "device_type is a str, not None"),
+    ("available", "no", "available is a bool, not 'no'"),
+    ("reason", None, "reason is a str, not None"),
+    ("reason", "\x1b[2J", "with a one-line reason of printable characters"),
 ])
 def test_vendor_detect_fields_of_the_wrong_type_make_the_plugin_broken(field, value, fragment):
     """Only the answer's class was checked: a str priority then broke every command's sort."""
@@ -102,6 +104,20 @@ def test_vendor_detect_fields_of_the_wrong_type_make_the_plugin_broken(field, va
                       "test")
     assert record.broken and fragment in record.error
     assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]  # listing works
+
+
+def test_a_broken_vendor_answer_is_found_by_its_vendor_name():
+    """A plugin registered as 'acme_plugin' whose vendor_detect names vendor 'acme' with a bool
+    priority: ``--vendor acme`` says the plugin is broken and why, not "unknown vendor"."""
+    from chipbench.errors import UserError
+    from chipbench.selection import choose_vendor
+
+    info = VendorInfo(name="acme", device_type="cpu", priority=True, available=True)
+    host = build_host(load_entry_points=False)
+    host.add(vendor_module("acme", vendor_detect=lambda: info), "acme_plugin", "test")
+    with pytest.raises(UserError, match="vendor plugin 'acme_plugin' .* is broken: .*priority is "
+                                        "an int, not True"):
+        choose_vendor(host, "acme")
 
 
 def test_sys_exit_in_a_plugin_is_a_broken_plugin_or_a_plugin_error():
@@ -178,7 +194,7 @@ def test_answers_of_the_right_type_but_impossible_values_are_plugin_errors():
         device_grad_scaler=lambda device, precision: "not a scaler"), "odd", "test")
     facade = select_device(host, "odd")
     cpu = torch.device("cpu")
-    for call, fragment in ((lambda: facade.memory_peak(cpu), "a byte count >= 0"),
+    for call, fragment in ((lambda: facade.memory_peak(cpu), "byte count >= 0"),
                            (lambda: facade.memory_query(cpu), "0 <= used <= total"),
                            (lambda: facade.peak_flops(cpu, "fp32"), "FLOP/s from 1e+06 to 1e+18"),
                            (lambda: facade.init_backend(0), "a device of type 'cpu'"),
@@ -196,7 +212,7 @@ def test_answers_of_the_right_type_but_impossible_values_are_plugin_errors():
      "util_percent a number within 0..100"),
     ("device_sample", lambda device: {"temperature_c": -500}, "sample",
      "temperature_c a number within -273.15..1000"),
-    ("hardware_id", lambda: HardwareId(5, "X"), "hardware_id", "a one-line text label"),
+    ("hardware_id", lambda: HardwareId(5, "X"), "hardware_id", "one-line label"),
     ("environment_report", lambda: {"device_model": "x", "device_memory_gib": float("nan")},
      "environment_report", "strict JSON values"),
     ("device_loader_workers", lambda configured, local_world_size: 10**12, "loader_workers",
@@ -301,7 +317,7 @@ def test_device_hook_raising_or_returning_wrong_type_is_plugin_error():
     assert "flaky" in err.value.one_line() and "device_count" in err.value.one_line()
     with pytest.raises(PluginError) as err:
         facade.name(0)
-    assert "expected str" in err.value.one_line()
+    assert "expected a non-empty one-line name" in err.value.one_line()
 
 
 def test_only_chosen_vendor_answers_device_hooks():

@@ -31,7 +31,7 @@ def test_wrong_type_from_memory_hook_is_warned_counted_and_reported(tmp_path, mo
     assert main(["run", "retinanet", "--vendor", "liar", "--output", str(out)] + TINY) == 0
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "device_memory_query" in line]
-    assert len(warnings) == 1 and "liar" in warnings[0] and "expected MemoryInfo" in warnings[0]
+    assert len(warnings) == 1 and "liar" in warnings[0] and "expected a MemoryInfo" in warnings[0]
     result = json.loads((out / "result.json").read_text())
     failures = result["metrics"]["monitor_failures"]
     assert list(failures) == ["device_memory_query"] and failures["device_memory_query"]["count"] >= 1

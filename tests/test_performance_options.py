@@ -1,4 +1,4 @@
-"""Performance options (issue 10): the CPU core budget, the loss read-back window, eval backends.
+"""Performance options: the CPU core budget, the loss read-back window, eval backends.
 
 Behaviour only; speed is measured in benchmarks/, never here.
 """

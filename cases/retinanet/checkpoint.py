@@ -18,7 +18,10 @@ from typing import Any, Dict, List
 
 import torch
 
-from chipbench.errors import UserError
+from chipbench import safeio
+from chipbench.config import shown
+from chipbench.errors import UserError, full_disk_error
+from chipbench.metrics import FIGURES, RunMeter, finite, is_count
 
 FORMAT = "chipbench-checkpoint-1"
 
@@ -72,24 +75,33 @@ def unpack(data: Any) -> Dict[str, Any]:
     return _decode(json.loads(data["meta"]), list(data["tensors"]))
 
 
+CHECKPOINT_LIMIT = 4 * safeio.GiB
+"""The largest checkpoint loaded: this case's is about 260 MB (RetinaNet R50-FPN with its SGD
+momentum), whatever the data set."""
+
+
 def save(state: Dict[str, Any], path: Path) -> None:
-    """Write ``path`` whole (temporary file, fsync, rename): the previous one stays until then."""
+    """Write ``path`` whole (``<path>.tmp`` created exclusively, never through a link; fsync;
+    rename): the previous one stays until then."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     packed = pack(state)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            torch.save(packed, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        safeio.ensure_folder(path.parent, what="run folder")
+        with safeio.atomic_writer(path, what="checkpoint", fsync=True) as handle:
+            try:
+                torch.save(packed, handle)
+            except Exception as exc:
+                # torch's zip writer reports a full disk as "RuntimeError: [enforce fail at
+                # inline_container.cc] ... unexpected pos", not as ENOSPC: the free space tells,
+                # looked at while the temporary file still fills the disk
+                full = full_disk_error(exc, path, "checkpoint {}".format(path), (
+                    "free space there, or give --output a folder on a larger disk; then "
+                    "continue with core run --resume {}".format(path.parent.parent)))
+                if full is None:
+                    raise
+                raise full from None
         _fsync_dir(path.parent)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+    except BaseException as exc:  # the temporary file is gone already
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
                                                       errno.EACCES, errno.EPERM, errno.EIO):
             raise UserError(
@@ -129,8 +141,15 @@ def load(path: Path) -> Dict[str, Any]:
     """Read a checkpoint with torch's weights-only unpickler; anything else is refused."""
     path = Path(path)
     fix = "it is truncated, corrupt or not a chipbench checkpoint: start a new run"
+    try:  # a regular file of the run folder, not through a link, of a size this case writes
+        handle = safeio.open_for_read(path, CHECKPOINT_LIMIT, what="checkpoint",
+                                      fix=safeio.FIX_RUN_FOLDER)
+    except OSError as exc:
+        raise UserError("checkpoint {} is unreadable ({}: {})".format(
+            path, type(exc).__name__, exc.strerror or exc), fix) from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with handle:
+            data = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(str(exc))
         if UNSAFE.search(detail):
@@ -144,7 +163,86 @@ def load(path: Path) -> Dict[str, Any]:
         raise UserError("checkpoint {} is unreadable ({}: {})".format(
             path, type(exc).__name__, first[:160]), fix) from None
     try:
-        return unpack(data)
+        state = unpack(data)
     except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
         raise UserError("checkpoint {} is not a chipbench checkpoint ({})".format(path, exc),
                         fix) from None
+    check_state(state, path)
+    return state
+
+
+ALTERED = ("it was altered, or is not this run's: restore the checkpoints/last.pt the run wrote, "
+           "or start a new run")
+"""The fix of a checkpoint whose figures no run writes."""
+
+
+def _refuse(path: Path, what: str) -> UserError:
+    return UserError("checkpoint {} {}".format(path, what), ALTERED)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_state(state: Any, path: Path) -> None:
+    """Refuse a checkpoint whose own figures no run writes: an epoch that is not a number from
+    0, a record of epochs other than 0 to that epoch, counters that are negative, not finite or
+    not whole where the meter counts (images, iterations), figures of an epoch that are not
+    counts (:data:`chipbench.metrics.FIGURES`)."""
+    if not isinstance(state, dict) or not isinstance(state.get("meter"), dict):
+        raise UserError("checkpoint {} is not a chipbench checkpoint (no meter)".format(path),
+                        ALTERED)
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise _refuse(path, "says epoch {}, not an epoch number (0 or more)".format(shown(epoch)))
+    epochs = state.get("epochs")
+    numbers = [e.get("epoch") if isinstance(e, dict) else e
+               for e in (epochs if isinstance(epochs, list) else [])]
+    if not isinstance(epochs, list) or numbers != list(range(epoch + 1)) \
+            or not all(isinstance(e, dict) for e in epochs):
+        raise _refuse(path, "says epoch {} with a record of epochs {}, not 0 to {}".format(
+            epoch, shown(numbers if isinstance(epochs, list) else epochs), epoch))
+    whole = {key for key, value in RunMeter().state().items() if _is_int(value)}
+    meter = state["meter"]
+    for key, value in meter.items():
+        if not is_count(value) or (key in whole and not _is_int(value)):
+            raise _refuse(path, "has meter {} {}, not a {} of 0 or more".format(
+                key, shown(value), "whole number" if key in whole else "number"))
+    for low, high in (("core_images", "images"), ("iterations", "seen_iterations")):
+        if low in meter and high in meter and meter[low] > meter[high]:
+            raise _refuse(path, "has meter {} {} over {} {}".format(
+                low, meter[low], high, meter[high]))
+    for record in epochs:
+        bad = [key for key in FIGURES if record.get(key) is not None and not is_count(record[key])]
+        if bad:
+            raise _refuse(path, "records {} {} for epoch {}, not a count of 0 or more".format(
+                bad[0], shown(record[bad[0]]), record["epoch"]))
+
+
+def comparable(records: Any) -> Any:
+    """Epoch records as their JSON text reads back (NaN and infinities as null, tuples as
+    lists): a checkpoint's and ``progress.json``'s copies of one record compare equal."""
+    return json.loads(json.dumps(finite(records), default=str))
+
+
+def check_fits_run(state: Dict[str, Any], path: Path, planned_epochs: int,
+                   record: List[Any], record_file: str, strict: bool) -> None:
+    """Refuse a checkpoint (already through :func:`check_state`) that the run's own record
+    contradicts: an epoch beyond the run's ``planned_epochs``, or epochs that differ from those
+    ``record_file`` records (``record``, its epoch records). A checkpoint is written before the
+    epoch is recorded, so it may be one epoch ahead of ``progress.json`` (``strict``), never
+    behind it; ``result.json`` may lag further (it is written when an attempt ends)."""
+    epoch = state["epoch"]
+    if epoch >= planned_epochs:
+        raise _refuse(path, "says epoch {} is done, but this run has {} epoch(s) (train.epochs)"
+                      .format(epoch, planned_epochs))
+    ahead = epoch + 1 - len(record)
+    if ahead < 0 or (strict and ahead > 1):
+        numbers = [r.get("epoch") if isinstance(r, dict) else r for r in record]
+        raise _refuse(path, "says epochs 0 to {} are done, but {} records epochs {}".format(
+            epoch, record_file, shown(numbers)))
+    differ = [index for index, (own, recorded) in enumerate(zip(
+        comparable(state["epochs"]), comparable(record))) if own != recorded]
+    if differ:
+        raise _refuse(path, "holds figures of epoch {} that differ from those {} records".format(
+            differ[0], record_file))

@@ -12,7 +12,6 @@ files are decoded with ``torchvision.io.decode_jpeg`` (1.4-1.7x PIL's images/s p
 import contextlib
 import inspect
 import io
-import json
 import os
 import random
 import warnings
@@ -24,6 +23,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import functional as F
 
+from chipbench import safeio
 from chipbench.config import shown
 from chipbench.errors import UserError
 from chipbench.metrics import is_number
@@ -34,13 +34,21 @@ MIN_BOX_SIDE = 1.0
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
+IMAGE_LIMIT = 256 * safeio.MiB
+"""The largest image file read (COCO's are under 1 MB; a 100-megapixel JPEG is about 30 MB)."""
+ANNOTATION_LIMIT = 2 * safeio.GiB
+"""The largest annotation file read (COCO2017's instances_train2017.json is 448 MB)."""
+
 
 def decode_image_file(path: str) -> torch.Tensor:
     """An image file as a uint8 RGB tensor ``[3, H, W]``: a JPEG through torchvision's
     ``decode_jpeg`` where this torchvision has it; any other format, or a JPEG it refuses (CMYK on
-    older torchvision), through PIL. A file neither can read raises (the caller names it)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    older torchvision), through PIL. A file neither can read raises (the caller names it); one
+    that is no regular file (a FIFO, a device) or is over :data:`IMAGE_LIMIT` is refused naming
+    it, never waited on or read whole."""
+    data = safeio.read_bytes(path, IMAGE_LIMIT, follow=True, what="image",
+                             fix="replace it with the image file, or remove it from the "
+                                 "annotation file")
     decode_jpeg = getattr(torchvision.io, "decode_jpeg", None)
     if data[:3] == JPEG_MAGIC and decode_jpeg is not None:
         try:
@@ -71,7 +79,27 @@ class _TensorImageCoco(torchvision.datasets.CocoDetection):
     transforms-v2 wrapper reads through)."""
 
     def _load_image(self, id: int) -> torch.Tensor:
-        return decode_image_file(os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"]))
+        info = self.coco.loadImgs(id)[0]
+        path = os.path.join(self.root, info["file_name"])
+        image = decode_image_file(path)
+        check_image_size(image, info, path, getattr(self.coco, "annotation_file", None))
+        return image
+
+
+def check_image_size(image: torch.Tensor, info: Dict[str, Any], path: str,
+                     annotation_file: Optional[Path]) -> None:
+    """Refuse an image whose decoded size is not the ``width`` and ``height`` its annotation
+    file gives: the boxes are placed, checked and clipped by those, so a wrong size silently
+    moves or drops every box of the image."""
+    height, width = (int(v) for v in image.shape[-2:])
+    if (width, height) != (info.get("width"), info.get("height")):
+        listed = annotation_file.name if annotation_file is not None else "its annotation file"
+        raise UserError(
+            "image {} (id {}) is {}x{} px, but {} gives it width {} and height {}".format(
+                path, info.get("id"), width, height, listed, shown(info.get("width")),
+                shown(info.get("height"))),
+            "correct its width and height in {} (or replace the image): boxes are placed by "
+            "them".format(annotation_file if annotation_file is not None else "that file"))
 
 
 def transforms_v2_api() -> Optional[Tuple[Any, Any]]:
@@ -111,9 +139,12 @@ def check_data_dir(data_dir: Path) -> None:
             if not images.is_dir():
                 raise UserError("data dir {} has no {}/ image folder".format(
                     data_dir, images.name), fix)
-            if not annotations.is_file():
+            kind = safeio.kind_of(annotations)
+            if kind is None:
                 raise UserError("data dir {} has no annotations/{}".format(
                     data_dir, annotations.name), fix)
+            if kind != "a regular file":  # a FIFO would block the read, /dev/zero never end
+                raise safeio.FileRefused(annotations, kind, "annotation file", fix)
     except OSError as exc:  # a name too long, a looping link, no permission to look
         raise UserError("cannot read data dir {} ({})".format(
             shown(str(data_dir)), exc.strerror or type(exc).__name__), fix) from None
@@ -127,9 +158,9 @@ def load_coco_api(annotation_file: Path) -> Any:
     """
     from pycocotools.coco import COCO
 
-    try:
-        with open(annotation_file) as handle:
-            dataset = json.load(handle)
+    try:  # a regular file (a link to one is fine in a data dir), bounded: never a FIFO
+        dataset = safeio.read_json(annotation_file, ANNOTATION_LIMIT, follow=True,
+                                   what="annotation file", fix="re-download or regenerate it")
     except (OSError, ValueError, RecursionError) as exc:
         raise UserError("annotation file {} is not valid JSON ({})".format(annotation_file, exc),
                         "re-download or regenerate it") from None
@@ -146,6 +177,7 @@ def load_coco_api(annotation_file: Path) -> Any:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     coco.boxes_dropped = dropped
+    coco.annotation_file = Path(annotation_file)  # named when an image's size disagrees
     return coco
 
 

@@ -1,8 +1,8 @@
 """One training epoch: move the batch, forward, sum losses, backward, step, log.
 
-Timing follows design §5: an iteration's forward + backward + optimizer step is opened and closed
-by the vendor's synchronize hook (``core`` time), on every iteration or every ``train.core_every``
--th; the iterations' whole wall time, data loading included, is ``train`` time.
+Timing as docs/metrics.md defines it: an iteration's forward + backward + optimizer step is
+opened and closed by the vendor's synchronize hook (``core`` time), on every iteration or every
+``train.core_every``-th; the iterations' whole wall time, data loading included, is ``train`` time.
 """
 
 import contextlib

@@ -5,7 +5,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
+from typing import IO, Iterable, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -15,6 +15,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from chipbench import safeio
 from chipbench.errors import UserError, user_os_error
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
@@ -30,10 +31,21 @@ def sha256_prefix_ok(path: Path) -> Optional[bool]:
     if not match:
         return None
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_weights(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest().startswith(match.group(1))
+
+
+WEIGHTS_LIMIT = 1 * safeio.GiB
+"""The largest backbone weights file read (``resnet50-0676ba61.pth`` is 98 MB)."""
+
+
+def open_weights(path: Path) -> IO[bytes]:
+    """A reader of the weights file ``path``: a regular file (a link to one is followed) no
+    larger than :data:`WEIGHTS_LIMIT`, else a one-line refusal naming what it is."""
+    return safeio.open_for_read(path, WEIGHTS_LIMIT, follow=True, what="backbone weights",
+                                fix="give a .pth file, or set model.backbone_weights=none")
 
 
 def resolve_backbone_weights(setting: str) -> Optional[Path]:
@@ -106,8 +118,10 @@ def build_retinanet(num_classes: int, backbone_weights: Optional[Path], min_size
     norm_layer = misc_ops.FrozenBatchNorm2d if pretrained else torch.nn.BatchNorm2d
     backbone = resnet50(weights=None, norm_layer=norm_layer)
     if pretrained:
+        handle = open_weights(backbone_weights)
         try:
-            state = torch.load(str(backbone_weights), map_location="cpu", weights_only=True)
+            with handle:
+                state = torch.load(handle, map_location="cpu", weights_only=True)
             backbone.load_state_dict(state)
         except Exception as exc:
             raise UserError(

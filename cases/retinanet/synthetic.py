@@ -6,19 +6,26 @@ through exactly the same code path as the real dataset. The generator is determi
 parameters give the same files, byte for byte, on the same libjpeg.
 """
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from chipbench.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - a platform without POSIX record locks
+    fcntl = None  # type: ignore[assignment]
 
 CATEGORIES = [
     {"id": 1, "name": "red square", "supercategory": "shape"},
@@ -117,14 +124,17 @@ def ensure_synthetic_coco(train_images: int = 64, val_images: int = 32, image_si
                           seed: int = 0, cache_root: Optional[Path] = None) -> Path:
     """Return the folder of the synthetic dataset with these parameters, generating it once.
 
-    Written into a temporary folder and renamed into place, so an interrupted generation never
-    leaves a half-written dataset behind and concurrent processes agree on one copy.
+    Any number of processes may ask for the same set at once on one cache (runs started
+    together): one generates it, under a lock, into a temporary folder that is renamed into place
+    when whole; the others wait for it and use that copy. A complete copy is never deleted or
+    replaced, so a run reading it is never pulled from under; an interrupted generation leaves no
+    half-written set behind.
     """
     params = dataset_params(train_images, val_images, image_size, seed)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     cache_root = Path(cache_root) if cache_root else default_cache_root()
     target = cache_root / "synthetic-coco-{}".format(digest)
-    if (target / COMPLETE_MARKER).is_file():
+    if is_complete(target):
         return target
     try:
         return _generate(params, target, cache_root)
@@ -136,27 +146,96 @@ def ensure_synthetic_coco(train_images: int = 64, val_images: int = 32, image_si
         ) from None
 
 
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` is a whole generated set: its marker is written last, in the temporary
+    folder, before the rename that puts the set in place."""
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+_IN_PROCESS = threading.Lock()
+"""POSIX record locks belong to a process: its threads take turns through this one first."""
+
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF)
+"""What ``lockf`` says on a file system without POSIX locks (some NFS, FUSE mounts)."""
+
+
+@contextlib.contextmanager
+def _generation_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (created if need be; never removed: a lock file that
+    is deleted and re-created lets two holders in); yields whether it is held. Where the file
+    system has no locks, yields False and the caller relies on the rename alone."""
+    with _IN_PROCESS:
+        if fcntl is None:  # pragma: no cover - a platform without POSIX record locks
+            yield False
+            return
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)  # waits while another process generates
+                held = True
+            except OSError as exc:
+                if exc.errno not in NO_LOCKS:
+                    raise
+                held = False
+            yield held
+        finally:
+            os.close(fd)  # lets go of the lock
+
+
 def _generate(params: Dict[str, Any], target: Path, cache_root: Path) -> Path:
-    """Write the set into a staging folder under ``cache_root`` and rename it to ``target``."""
+    """Write the set into a staging folder under ``cache_root`` and rename it to ``target``,
+    holding the set's lock; a process that waited for the lock finds the set complete."""
     if cache_root.exists() and not cache_root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(cache_root))
     cache_root.mkdir(parents=True, exist_ok=True)
     train_images, val_images = params["train_images"], params["val_images"]
     image_size, seed = params["image_size"], params["seed"]
-    staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=str(cache_root)))
-    try:
-        _write_split(staging, "train", train_images, image_size, seed)
-        _write_split(staging, "val", val_images, image_size, (seed + 1) % 2**32)
-        with open(staging / COMPLETE_MARKER, "w") as handle:
-            json.dump(params, handle)
-        if target.exists():  # a copy left half-written by an older, interrupted version
-            shutil.rmtree(target, ignore_errors=True)
+    prefix = ".{}-".format(target.name)
+    with _generation_lock(cache_root / ".{}.lock".format(target.name)) as locked:
+        if is_complete(target):  # another process generated it while this one waited
+            return target
+        if locked:  # staging folders of this set left by a process killed while generating
+            for stale in cache_root.glob(prefix + "*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=str(cache_root)))
         try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / COMPLETE_MARKER).is_file():  # not another process's finished copy
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            _write_split(staging, "train", train_images, image_size, seed)
+            _write_split(staging, "val", val_images, image_size, (seed + 1) % 2**32)
+            with open(staging / COMPLETE_MARKER, "w") as handle:
+                json.dump(params, handle)
+            _install(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _install(staging: Path, target: Path) -> None:
+    """Rename the whole set ``staging`` to ``target``: the first complete copy wins (a process
+    on a file system without locks may have put one there meanwhile; this one's is then
+    dropped). Only an incomplete ``target``, left by an older version that wrote in place, is
+    moved aside and removed; a complete one is never touched."""
+    for _ in range(3):
+        try:
+            os.rename(str(staging), str(target))
+            return
+        except OSError as exc:
+            if is_complete(target):
+                return
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        aside = Path(tempfile.mkdtemp(prefix=".stale-{}-".format(target.name),
+                                      dir=str(target.parent)))
+        try:
+            if not is_complete(target):
+                os.rename(str(target), str(aside / "set"))
+                if is_complete(aside / "set"):  # completed in between: it goes back
+                    os.rename(str(aside / "set"), str(target))
+        except OSError:
+            pass  # moved or completed by another process meanwhile: look again
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    if not is_complete(target):
+        raise OSError(errno.EEXIST, "{} is in the way and cannot be replaced".format(target),
+                      str(target))

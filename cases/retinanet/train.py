@@ -9,7 +9,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, cast
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from chipbench.cases.retinanet.engine import (
 )
 from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict, resolve_backend
 from chipbench.cases.retinanet.model import build_retinanet, step_memory_floor
-from chipbench.context import RunContext
+from chipbench.context import PROGRESS_FILE, RESULT_FILE, RunContext, read_json_dict
 from chipbench.errors import ChipbenchError, UserError
 from chipbench.flops import figures as flops_figures
 from chipbench.flops import run_start_facts
@@ -137,6 +137,40 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def run_record(run_dir: Path) -> Tuple[List[Any], str, bool]:
+    """The epochs a run folder records before its checkpoint is applied: ``progress.json``'s
+    (written after each epoch's checkpoint: at most one epoch behind it), else, where that is
+    missing or unreadable, ``result.json``'s (written when an attempt ends: it may lag more);
+    with the file's name and whether it is ``progress.json``."""
+    progress = read_json_dict(Path(run_dir) / PROGRESS_FILE).get("epochs")
+    if isinstance(progress, list):
+        return progress, PROGRESS_FILE, True
+    result = read_json_dict(Path(run_dir) / RESULT_FILE).get("epochs")
+    return (result if isinstance(result, list) else []), RESULT_FILE, False
+
+
+def resume_state(ctx: RunContext) -> Optional[Dict[str, Any]]:
+    """On a resume, rank 0's checkpoint on every rank, checked against the run: its epoch
+    within ``train.epochs`` and its epochs those the run folder records
+    (:func:`checkpoint.check_fits_run`); None for a new run. A refusal is rank 0's one line,
+    raised on every rank (no rank is left waiting in a collective)."""
+    if not ctx.spec.get("resume"):
+        return None
+    state: Optional[Dict[str, Any]] = None
+    refused = None
+    if ctx.is_main and ctx.checkpoint_path.is_file():
+        try:
+            state = checkpoint.load(ctx.checkpoint_path)
+            checkpoint.check_fits_run(state, ctx.checkpoint_path, ctx.config["train"]["epochs"],
+                                      *run_record(ctx.run_dir))
+        except UserError as exc:
+            state, refused = None, (exc.problem, exc.fix)
+    state, refused = ctx.broadcast((state, refused))
+    if refused is not None:
+        raise UserError(*refused)
+    return state
+
+
 def evaluated_after(epochs_done: int, eval_cfg: Dict[str, Any]) -> bool:
     """Whether the schedule evaluates after ``epochs_done`` epochs (the last epoch is always
     evaluated, by the caller): every ``eval.every`` epochs, none before ``eval.first_epoch``."""
@@ -167,6 +201,7 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     """The seed's recipe: SGD + warm-up + MultiStepLR, evaluation every epoch, stop at target."""
     cfg, train_cfg = ctx.config, ctx.config["train"]
     prepared = ctx.spec["prepared"]
+    state = resume_state(ctx)  # first: a checkpoint that does not fit costs no model build
     seed_everything(ctx, train_cfg["seed"] + ctx.rank, train_cfg["deterministic"],
                     bool(train_cfg["autotune"]))
     train_set, val_set, sampler, train_loader, val_loader = build_loaders(
@@ -206,11 +241,6 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     scaler = make_grad_scaler(ctx.facade, ctx.device, precision)
     meter = RunMeter(skip_iters=train_cfg["throughput_skip_iters"])
     start_epoch = 0
-    state = None
-    if ctx.spec.get("resume"):  # every rank continues from rank 0's checkpoint
-        if ctx.is_main and ctx.checkpoint_path.is_file():
-            state = checkpoint.load(ctx.checkpoint_path)
-        state = ctx.broadcast(state)
     if state is not None:
         try:
             bare_model.load_state_dict(state["model"])

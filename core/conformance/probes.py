@@ -6,28 +6,38 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict
+from typing import Dict, List, Optional
+
+from chipbench.childproc import child_env, python_module_command
 
 TIMEOUT_S = 120
+PROBES = "chipbench.conformance.probes"
 
-_COUNT_SCRIPT = (
-    "from chipbench.manager import build_host\n"
-    "from chipbench.selection import select_device\n"
-    "import sys\n"
-    "print('CHIPBENCH_COUNT', select_device(build_host(), sys.argv[1]).count())\n"
-)
+def _run_probe(args: List[str], env: Optional[Dict[str, str]] = None) -> "subprocess.Popen[str]":
+    """This module run as ``args`` in a fresh Python process (never importing from the current
+    folder), its output captured."""
+    return subprocess.Popen(python_module_command(PROBES, args), env=child_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def child_device_count(vendor: str, env: Dict[str, str]) -> int:
     """How many devices ``vendor`` reports in a fresh Python process started with ``env`` added."""
-    result = subprocess.run([sys.executable, "-c", _COUNT_SCRIPT, vendor],
-                            env=dict(os.environ, **env), capture_output=True, text=True,
-                            timeout=TIMEOUT_S)
-    for line in result.stdout.splitlines():
+    proc = _run_probe(["count", vendor], dict(os.environ, **env))
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError("child process did not answer in {} s".format(TIMEOUT_S)) from None
+    for line in stdout.splitlines():
         if line.startswith("CHIPBENCH_COUNT "):
             return int(line.split()[1])
-    tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-    raise RuntimeError("child process failed: " + tail)
+    raise RuntimeError("child process failed: " + _last_line(stderr))
 
 
 def free_port() -> int:
@@ -35,6 +45,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _count(vendor: str) -> None:
+    from chipbench.manager import build_host
+    from chipbench.selection import select_device
+
+    print("CHIPBENCH_COUNT", select_device(build_host(), vendor).count())
 
 
 def _all_reduce_worker(rank: int, world: int, vendor: str, backend: str, port: int,
@@ -63,27 +80,50 @@ def _all_reduce_worker(rank: int, world: int, vendor: str, backend: str, port: i
 
 
 def all_reduce(vendor: str, backend: str, world: int) -> float:
-    """All-reduce ``rank + 1`` over ``world`` spawned processes on loopback; rank 0's answer."""
+    """All-reduce ``rank + 1`` over ``world`` processes on loopback; rank 0's answer. The first
+    rank that fails stops the others (they would wait for it until their own timeout)."""
     import tempfile
-
-    import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "sum.json")
-        context = mp.start_processes(_all_reduce_worker,
-                                     args=(world, vendor, backend, free_port(), out),
-                                     nprocs=world, join=False, start_method="spawn")
+        port = str(free_port())
+        logs = [open(os.path.join(folder, "rank{}.err".format(rank)), "w+") for rank in range(world)]
+        procs = [subprocess.Popen(python_module_command(PROBES, ["all-reduce", str(rank), str(world),
+                                                                 vendor, backend, port, out]),
+                                  env=child_env(), stdout=subprocess.DEVNULL, stderr=log)
+                 for rank, log in enumerate(logs)]
         deadline = time.time() + TIMEOUT_S
         try:
-            while not context.join(timeout=1):
+            while any(proc.poll() is None for proc in procs):
+                failed = [rank for rank, proc in enumerate(procs) if proc.returncode]
+                if failed:
+                    break
                 if time.time() > deadline:
                     raise TimeoutError("all_reduce did not finish in {} s".format(TIMEOUT_S))
-        except mp.ProcessRaisedException as exc:
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-            raise RuntimeError(lines[-1] if lines else "a process failed") from None
+                time.sleep(0.05)
+            for rank, proc in enumerate(procs):
+                if proc.returncode:
+                    logs[rank].seek(0)
+                    raise RuntimeError(_last_line(logs[rank].read()))
         finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for log in logs:
+                log.close()
         with open(out) as handle:
             return float(json.load(handle))
+
+
+def main(argv: List[str]) -> None:
+    """``count VENDOR`` or ``all-reduce RANK WORLD VENDOR BACKEND PORT OUT`` (the child side)."""
+    if argv[0] == "count":
+        _count(argv[1])
+    else:
+        rank, world, vendor, backend, port, out = argv[1:7]
+        _all_reduce_worker(int(rank), int(world), vendor, backend, int(port), out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
