@@ -7,6 +7,15 @@ share of one core at each interval: a bound on the cost that training noise cann
 last, the ratios on / off.
 
     python benchmarks/monitor_cost.py [--iters 12] [--repeats 3] [--intervals 2.0,0.2] [--size 128]
+
+``--sample-paths`` instead measures what one cuda-vendor sample costs through each of its two
+paths, NVML in-process (``pynvml``, the ``chipbench[nvidia]`` extra) and an ``nvidia-smi``
+process, wall time and CPU time (the tool's own process included). Where either is missing
+(a machine without an NVIDIA driver) ``--fake`` stands in a fake ``pynvml`` module and a fake
+``nvidia-smi`` script, and the output says so: the fake tool is a shell script, far cheaper
+than the real one, so its figure is a lower bound of the process path's cost.
+
+    python benchmarks/monitor_cost.py --sample-paths [--fake] [--count 200]
 """
 
 import argparse
@@ -17,7 +26,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 
 def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str, size: int) -> float:
@@ -65,6 +74,63 @@ def sample_cpu_seconds(vendor: str, count: int = 50) -> float:
     return statistics.median(costs)
 
 
+def _path_cost(sample: Callable[[], Dict[str, float]], count: int) -> Tuple[float, float]:
+    """Median wall and CPU seconds (this thread's and its child processes') of one call."""
+    import resource
+    import time
+
+    walls, cpus = [], []
+    for _ in range(count):
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start_wall, start_cpu = time.perf_counter(), time.thread_time()
+        answer = sample()
+        wall, cpu = time.perf_counter() - start_wall, time.thread_time() - start_cpu
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if not answer:
+            raise SystemExit("a sample came back empty: is this path really available?")
+        walls.append(wall)
+        cpus.append(cpu + (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime))
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _fake_nvml_tools(folder: Path) -> None:
+    """A fake ``pynvml`` in ``sys.modules`` and a fake ``nvidia-smi`` first on PATH."""
+    import stat
+    import types
+
+    module = types.ModuleType("pynvml")
+    module.NVML_TEMPERATURE_GPU = 0  # type: ignore[attr-defined]
+    module.nvmlInit = lambda: None  # type: ignore[attr-defined]
+    module.nvmlDeviceGetHandleByIndex = lambda index: index  # type: ignore[attr-defined]
+    module.nvmlDeviceGetUtilizationRates = (  # type: ignore[attr-defined]
+        lambda handle: types.SimpleNamespace(gpu=87, memory=40))
+    module.nvmlDeviceGetPowerUsage = lambda handle: 301500  # type: ignore[attr-defined]
+    module.nvmlDeviceGetTemperature = lambda handle, sensor: 64  # type: ignore[attr-defined]
+    module.nvmlDeviceGetMemoryInfo = (  # type: ignore[attr-defined]
+        lambda handle: types.SimpleNamespace(used=40000 * 2**20, total=81920 * 2**20,
+                                             free=41920 * 2**20))
+    sys.modules["pynvml"] = module
+    tool = folder / "nvidia-smi"
+    tool.write_text("#!/bin/sh\necho '87, 301.5, 64, 40000'\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    os.environ["PATH"] = "{}{}{}".format(folder, os.pathsep, os.environ.get("PATH", ""))
+
+
+def sample_paths(count: int, fake: bool) -> Dict[str, Dict[str, float]]:
+    """Median cost of one cuda-vendor sample of GPU 0 through NVML and through nvidia-smi."""
+    from chipbench.plugins import cuda
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if fake:
+            _fake_nvml_tools(Path(tmp))
+        costs = {}
+        for name, sample in (("pynvml", lambda: cuda.read_nvml_sample(0) or {}),
+                             ("nvidia-smi", lambda: cuda.smi_sample(0))):
+            wall, cpu = _path_cost(sample, count)
+            costs[name] = {"wall_s": wall, "cpu_s": cpu}
+    return costs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=12, help="iterations per run")
@@ -73,7 +139,28 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128, help="input size (model.min/max_size)")
     parser.add_argument("--vendor", default="cpu")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--sample-paths", action="store_true",
+                        help="measure one cuda sample through NVML and through nvidia-smi")
+    parser.add_argument("--fake", action="store_true",
+                        help="with --sample-paths: a fake pynvml and nvidia-smi (no NVIDIA GPU)")
+    parser.add_argument("--count", type=int, default=200, help="samples per path")
     args = parser.parse_args()
+    if args.sample_paths:
+        costs = sample_paths(args.count, args.fake)
+        if args.fake:
+            print("FAKE pynvml module and FAKE nvidia-smi shell script (no NVIDIA driver here): "
+                  "real NVML calls and the real nvidia-smi both cost more, so these figures "
+                  "measure the two paths' overheads, not a GPU machine")
+        for name, cost in costs.items():
+            print("{:<11} one sample: {:8.3f} ms wall, {:8.3f} ms CPU".format(
+                name, cost["wall_s"] * 1e3, cost["cpu_s"] * 1e3))
+        print("nvidia-smi / pynvml: {:.0f}x wall, {:.0f}x CPU".format(
+            costs["nvidia-smi"]["wall_s"] / costs["pynvml"]["wall_s"],
+            costs["nvidia-smi"]["cpu_s"] / max(costs["pynvml"]["cpu_s"], 1e-9)))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"fake": args.fake, "count": args.count,
+                                                   "costs": costs}, indent=2))
+        return 0
     modes: List[Optional[float]] = [None] + [float(v) for v in args.intervals.split(",") if v]
     p_core: Dict[str, List[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

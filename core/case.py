@@ -21,10 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.config import Config, shown
 from chipbench.errors import (
-    ChipbenchError,
     PluginError,
     UserError,
-    exception_text,
+    attributed,
+    describe_exception,
     is_allocation_failure,
     plugin_fault,
 )
@@ -149,16 +149,14 @@ def _guarded(case: Case, name: str, method: Any, origin: str) -> Any:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            answer = method(*args, **kwargs)
-        except (ChipbenchError, MemoryError):
+            with attributed("case '{}'".format(case.name), name + "()", fix,
+                            passing=(MemoryError,)):
+                answer = method(*args, **kwargs)
+        except PluginError as error:  # run()'s allocation failure: the worker explains it
+            cause = error.__cause__
+            if name == "run" and cause is not None and is_allocation_failure(cause):
+                raise cause from None
             raise
-        except BaseException as exc:  # noqa: B902 - sys.exit() and the like too
-            if not plugin_fault(exc):
-                raise
-            if name == "run" and is_allocation_failure(exc):
-                raise
-            raise PluginError("case '{}' failed in {}(): {}".format(case.name, name,
-                                                                  _describe(exc)), fix) from exc
         expected = ANSWERS.get(name)
         if expected is not None and not expected[0](answer):
             raise PluginError("case '{}' returned {} from {}(), expected {}".format(
@@ -211,11 +209,6 @@ def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
     return dict(metrics, converged=reached(value, target))
 
 
-def _describe(exc: BaseException) -> str:
-    text = exception_text(exc).strip().splitlines()
-    return "{}: {}".format(type(exc).__name__, text[0]) if text else type(exc).__name__
-
-
 def discover_cases() -> List[CaseRecord]:
     """Every case: the bundled ones, then those of the ``chipbench.cases`` entry points, each
     loaded on its own (a failure is a broken record, a name taken twice too)."""
@@ -237,7 +230,8 @@ def discover_cases() -> List[CaseRecord]:
         except BaseException as exc:  # noqa: B902 - sys.exit() and the like too
             if not plugin_fault(exc):
                 raise
-            records.append(CaseRecord(name, origin, error="cannot load: " + _describe(exc)))
+            records.append(CaseRecord(name, origin, error="cannot load: " +
+                                      describe_exception(exc)))
             continue
         if case.name in taken:
             holder = next(r.origin for r in records if r.name == case.name and not r.broken)
@@ -323,11 +317,11 @@ def plugin_config_dirs(host: Any, case_name: str, problems: Optional[List[str]] 
     other plugins' folders still count (one broken plugin does not stop another vendor's run)."""
     found: List[Tuple[Path, str]] = []
     seen = set()
-    for impl in host.pm.hook.case_config_dirs.get_hookimpls():
-        if only is not None and impl.plugin_name not in only:
+    for plugin, call in host.callers_by_plugin("case_config_dirs"):
+        if only is not None and plugin not in only:
             continue
         try:
-            folders = _shipped_folders(impl, case_name)
+            folders = _shipped_folders(plugin, call, case_name)
         except PluginError as exc:
             if problems is None:
                 raise
@@ -336,24 +330,18 @@ def plugin_config_dirs(host: Any, case_name: str, problems: Optional[List[str]] 
         for folder in folders:
             if folder not in seen:
                 seen.add(folder)
-                found.append((folder, impl.plugin_name))
+                found.append((folder, plugin))
     return found
 
 
-def _shipped_folders(impl: Any, case_name: str) -> List[Path]:
+def _shipped_folders(plugin: str, call: Any, case_name: str) -> List[Path]:
     fix = "report it to the plugin's authors"
-    try:
-        # a hook implementation may take a subset of the spec's arguments, as pluggy allows
-        folders = impl.function(**{k: v for k, v in {"case_name": case_name}.items()
-                                   if k in impl.argnames})
-    except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
-        if not plugin_fault(exc):
-            raise
-        raise PluginError("plugin '{}' failed in hook case_config_dirs: {}".format(
-            impl.plugin_name, _describe(exc)), fix) from exc
+    with attributed("plugin '{}'".format(plugin), "hook case_config_dirs", fix):
+        answers = call(case_name=case_name)
+    folders = answers[0] if answers else []
     if not isinstance(folders, (list, tuple)) or not all(
             isinstance(f, (str, Path)) and Path(f).is_absolute() and Path(f).is_dir()
             for f in folders):
         raise PluginError("plugin '{}' returned {} from case_config_dirs, expected a list of "
-                          "existing absolute folders".format(impl.plugin_name, shown(folders)), fix)
+                          "existing absolute folders".format(plugin, shown(folders)), fix)
     return [Path(f).resolve() for f in folders]

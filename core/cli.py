@@ -7,16 +7,20 @@ Errors are one line on stderr (``error: <problem>; <fix>``) with exit code 2 for
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
 import os
 import sys
 import traceback
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NoReturn, Optional
+from typing import TYPE_CHECKING, Callable, List, NoReturn, Optional
 
 from chipbench import __version__
+from chipbench.commands import (
+    cmd_cases,
+    cmd_compare,
+    cmd_doctor,
+    cmd_info,
+    cmd_run,
+    cmd_vendors,
+)
 from chipbench.errors import (
     EXIT_PIPE_CLOSED,
     EXIT_USER_ERROR,
@@ -29,233 +33,16 @@ from chipbench.errors import (
     user_os_error,
 )
 from chipbench.exiting import exit_now
-from chipbench.metrics import is_number
-from chipbench.text import VALUE_LIMIT, terminal, terminal_table
+from chipbench.streams import (  # noqa: F401 - emit: chipbench.cli's name too
+    check_working_folder,
+    emit,
+    open_standard_streams,
+    print_err,
+    results_only_on_stdout,
+)
 
 if TYPE_CHECKING:
-    from chipbench.device import Device
-
-
-def _print_err(line: str) -> None:
-    """One line on stderr (an error, a warning, a note): whatever text of a file or a plugin it
-    holds is escaped (:func:`chipbench.text.terminal`), so it stays one line and cannot control
-    the terminal."""
-    print(terminal(line), file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# commands
-# --------------------------------------------------------------------------------------------------
-
-
-def cmd_vendors(args: argparse.Namespace) -> int:
-    """Table of every vendor plugin: origin, availability, reason, priority, the one auto picks."""
-    from chipbench.manager import build_host
-    from chipbench.selection import choose_vendor
-
-    host = build_host()
-    try:
-        chosen = choose_vendor(host, None).name
-    except ChipbenchError:
-        chosen = None
-    rows = []
-    for record in host.records:
-        if record.extra.get("kind") == "observer":
-            continue
-        info = record.info
-        rows.append({
-            "name": record.name,
-            "origin": record.origin,
-            "available": ("broken" if record.broken or info is None
-                          else "yes" if info.available else "no"),
-            "priority": "" if info is None else str(info.priority),
-            "auto": "<- auto" if chosen == record.name and not record.broken else "",
-            "reason": record.error if record.broken or info is None else info.reason,
-        })
-    if args.json:
-        emit(json.dumps(rows, indent=2))
-        return 0
-    print(terminal_table(rows, ("name", "available", "priority", "origin", "reason", "auto"),
-                         2 * VALUE_LIMIT))
-    return 0
-
-
-def _selected(args: argparse.Namespace) -> Device:
-    from chipbench.manager import build_host
-    from chipbench.selection import select_device
-
-    return select_device(build_host(), args.vendor, announce=_print_err)
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    """The chosen vendor's environment report (the seed's hardware/software section)."""
-    facade = _selected(args)
-    report: Dict[str, Any] = {"vendor": facade.vendor}
-    hardware = facade.hardware_id()
-    report.update({"hardware_label": hardware.label, "config_tag": hardware.config_tag,
-                   "collective_backend": facade.collective_backend(),
-                   "visible_devices_env": facade.visible_devices_env() or "(none)",
-                   "supported_precisions": facade.supported_precisions()})
-    # the vendor's facts after chipbench's own, which it cannot overwrite
-    report.update({k: v for k, v in facade.environment_report().items() if k not in report})
-    if args.json:
-        emit(json.dumps(report, indent=2, default=str))
-        return 0
-    for line in info_lines(report):
-        print(line)
-    return 0
-
-
-def info_lines(report: Dict[str, Any]) -> List[str]:
-    """``core info``'s lines: ``key: value``, lists and mappings on one line, each device on its
-    own. Keys and values are the vendor's answers: escaped and cut
-    (:func:`chipbench.text.terminal`), so that each stays on its line."""
-    def one(value: Any) -> str:
-        if isinstance(value, dict):
-            return ", ".join("{}={}".format(terminal(k, VALUE_LIMIT), one(v))
-                             for k, v in value.items())
-        if isinstance(value, (list, tuple)):
-            return ", ".join(one(v) for v in value)
-        return terminal(value, VALUE_LIMIT)
-
-    lines = []
-    for key, value in report.items():
-        if key == "devices" and isinstance(value, list):
-            lines.append("devices:")
-            lines += ["  " + one(device) for device in value]
-        else:
-            lines.append("{}: {}".format(terminal(key, VALUE_LIMIT), one(value)))
-    return lines
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    """Run the conformance kit on the real device: a table (or JSON) a hardware owner can send;
-    exit 1 when any check failed."""
-    from chipbench.doctor import as_json, as_table, run_doctor
-
-    facade = _selected(args)
-    results = run_doctor(facade, alloc_mib=args.alloc_mib, live=not args.static)
-    emit(as_json(facade.vendor, results) if args.json else as_table(facade.vendor, results))
-    return 0 if all(r.ok for r in results) else 1
-
-
-def cmd_cases(args: argparse.Namespace) -> int:
-    """Table of every case: name, origin, title, hardware configs found (the case's own and those
-    shipped by vendor plugins), broken ones with their reason."""
-    from chipbench.case import discover_cases, plugin_config_dirs
-    from chipbench.manager import build_host
-
-    host = build_host()
-    rows = []
-    for record in discover_cases():
-        configs: List[str] = []
-        if record.case is not None:
-            configs = sorted(p.stem for p in record.case.config_dir.glob("*.yaml")
-                             if p.stem not in ("defaults", "embedded"))
-            problems: List[str] = []  # one bad plugin does not hide the list
-            for folder, plugin in plugin_config_dirs(host, record.name, problems):
-                configs += ["{} ({})".format(p.stem, plugin)
-                            for p in sorted(folder.glob("*.yaml"))]
-            configs += ["[{}]".format(problem) for problem in problems]
-        rows.append({"name": record.name, "origin": record.origin,
-                     "status": "broken" if record.broken else "ok",
-                     "title": (record.error if record.broken or record.case is None
-                               else record.case.title),
-                     "configs": ", ".join(configs) or "none"})
-    if args.json:
-        emit(json.dumps(rows, indent=2))
-        return 0
-    print(terminal_table(rows, ("name", "status", "origin", "title", "configs"), 5 * VALUE_LIMIT))
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run a case and print the seed's performance table."""
-    from chipbench.launcher import Topology
-    from chipbench.report import perf_columns, perf_row, text_table
-    from chipbench.runner import Run
-
-    topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
-                        node_rank=args.node_rank, master_addr=args.master_addr,
-                        master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint,
-                        join_timeout_s=args.join_timeout, devices=args.devices)
-    if args.resume:
-        refuse_with_resume(args)
-        run = Run.resume(args.resume, args.vendor, announce=_print_err)
-        if run.done:
-            _print_err("nothing to resume: {} finished already (left unchanged)".format(
-                run.run_dir))
-            return 0
-        topology = run.topology
-    elif args.case:
-        run = Run(args.case, args.vendor, topology, config_name=args.config, sets=args.set,
-                  data_dir=args.data_dir, precision=args.precision, output=args.output,
-                  announce=_print_err)
-    else:
-        raise UserError("core run needs a case (e.g. cases/retinanet) or --resume RUN_DIR",
-                        "see core run --help")
-    _print_err("run folder: {}".format(run.run_dir))
-    result = run.execute()
-    if result.get("note"):
-        print(terminal(result["note"]))
-    else:
-        print(text_table([perf_row(result)], perf_columns(result)))
-        metrics = result["metrics"]
-        metric = result.get("target_metric", "mAP")
-        value, target = metrics.get(metric), result.get("target")
-        print("converged: {}  ({}, reached {})".format(
-            str(bool(metrics.get("converged"))).lower(),
-            "target {} {}".format(metric, target) if target is not None else "no target",
-            "{:.4f}".format(value) if is_number(value) else "no " + metric))
-        print("result: {}/result.json  report: {}/report.md".format(run.run_dir, run.run_dir))
-    return 0
-
-
-RESUME_FIXED = {"case": "a case", "config": "--config", "data_dir": "--data-dir", "set": "--set",
-                "precision": "--precision", "output": "--output",
-                "nproc_per_node": "--nproc-per-node", "devices": "--devices", "nnodes": "--nnodes",
-                "node_rank": "--node-rank", "master_addr": "--master-addr",
-                "master_port": "--master-port", "rdzv_endpoint": "--rdzv-endpoint",
-                "join_timeout": "--join-timeout"}
-"""What ``--resume`` takes from the run folder's spec.json: giving any of them with it is refused
-(the run continues exactly as it started, and its result says what it ran)."""
-
-
-def refuse_with_resume(args: argparse.Namespace) -> None:
-    """Refuse ``--resume`` combined with settings that the resumed run would not apply."""
-    defaults = vars(build_parser().parse_args(["run"]))
-    given = [flag for dest, flag in RESUME_FIXED.items()
-             if getattr(args, dest, None) != defaults.get(dest)]
-    if given:
-        raise UserError("--resume continues a run with the settings it started with; "
-                        "{} cannot be combined with it".format(", ".join(given)),
-                        "drop {0}, or start a new run with {0}".format(
-                            "it" if len(given) == 1 else "them"))
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Compare run folders: the seed's table with ratios and the fairness warnings."""
-    from chipbench.compare import as_json, as_text, comparison, metric_of, write_charts
-
-    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise UserError("--plots {} is a file".format(args.plots),
-                        "give a folder for the charts (it is created if missing)")
-    runs, baseline, rows, warnings = comparison(args.runs, args.baseline)
-    if args.json:
-        emit(json.dumps(as_json(runs, baseline, rows, warnings), indent=2, default=str,
-                         allow_nan=False))
-    else:
-        print(as_text(rows, warnings, markdown=args.markdown,
-                      metric=metric_of(baseline.result)))
-    if args.plots:
-        try:
-            written = write_charts(runs, args.plots)
-        except OSError as exc:
-            raise UserError("cannot write the charts to {} ({})".format(
-                args.plots, exc.strerror or exc), "give --plots a folder you can write") from None
-        for path in written:
-            _print_err("chart: {}".format(path))
-    return 0
+    pass
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,90 +172,6 @@ def console_main() -> None:
     exit_now(main())
 
 
-_RESULT_STREAMS: List[Any] = []
-
-
-def emit(text: str) -> None:
-    """Print a command's result: to the real stdout, also while :func:`results_only_on_stdout`
-    sends everything else written there to stderr."""
-    print(text, file=_RESULT_STREAMS[-1] if _RESULT_STREAMS else sys.stdout)
-
-
-@contextlib.contextmanager
-def results_only_on_stdout() -> Iterator[None]:
-    """While a ``--json`` command runs, whatever else writes to stdout (a plugin's print, a native
-    library's banner on file descriptor 1, a leftover detection thread) goes to stderr, so that
-    stdout holds the JSON alone; :func:`emit` writes to the real stdout."""
-    real = sys.stdout
-    saved = None
-    try:
-        real.flush()
-        fd = real.fileno()
-        saved = os.dup(fd)
-        os.dup2(sys.stderr.fileno(), fd)
-        stream: Any = os.fdopen(os.dup(saved), "w", encoding=getattr(real, "encoding", None))
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a real file
-        if saved is not None:
-            os.dup2(saved, fd)
-            os.close(saved)
-            saved = None
-        stream = real
-    _RESULT_STREAMS.append(stream)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        _RESULT_STREAMS.pop()
-        if saved is not None:
-            try:
-                stream.close()  # flushes the JSON
-            finally:
-                sys.stdout.flush()
-                os.dup2(saved, fd)
-                os.close(saved)
-
-
-STANDARD_STREAMS = ((0, "stdin", os.O_RDONLY, "r"), (1, "stdout", os.O_WRONLY, "w"),
-                    (2, "stderr", os.O_WRONLY, "w"))
-
-
-def open_standard_streams() -> None:
-    """Give this process a stdin, stdout and stderr whatever its parent left it (``2>&-``, a
-    daemon that starts programs with them closed): a descriptor 0-2 that is closed is opened on
-    the null device, and Python's stream for it, None when it was closed at start, made anew.
-    Otherwise the first file opened would get that number, and a print, a native library's
-    message or a child process's output would land in it; and every ``sys.stderr.isatty()``
-    would fail."""
-    for fd, name, flags, mode in STANDARD_STREAMS:
-        try:
-            os.fstat(fd)
-        except OSError:  # closed: the lowest free number, so this one (0 to 2 in order)
-            opened = os.open(os.devnull, flags)
-            if opened != fd:
-                os.dup2(opened, fd)
-                os.close(opened)
-        if getattr(sys, name) is None:
-            stream = open(fd, mode, closefd=False,
-                          errors="backslashreplace" if name == "stderr" else None)
-            setattr(sys, name, stream)
-            if getattr(sys, "__{}__".format(name)) is None:
-                setattr(sys, "__{}__".format(name), stream)
-
-
-def check_working_folder() -> None:
-    """Refuse, in one line and before torch is imported (whose import fails on it with a fatal
-    native error), to run in a working folder that no longer exists."""
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        raise UserError("the current folder no longer exists (it was deleted or moved after "
-                        "the shell entered it)", "cd into a folder that exists and run the "
-                        "command again") from None
-    except OSError as exc:
-        raise UserError("the current folder cannot be read ({})".format(exc.strerror or exc),
-                        "cd into a folder you may read and run the command again") from None
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``core`` command; returns the exit code."""
     open_standard_streams()
@@ -480,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
-            _print_err("error: no command given; run one of the commands above (core COMMAND "
+            print_err("error: no command given; run one of the commands above (core COMMAND "
                        "--help says more)")
             return EXIT_USER_ERROR
         if getattr(args, "json", False):
@@ -490,11 +193,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ChipbenchError as exc:
         if debug:
             traceback.print_exc()
-        _print_err("error: " + exc.one_line())
+        print_err("error: " + exc.one_line())
         return exc.exit_code
     except KeyboardInterrupt as exc:
         how = stop_name(exc)
-        _print_err("interrupted" + (" ({})".format(how) if how != "Ctrl-C" else ""))
+        print_err("interrupted" + (" ({})".format(how) if how != "Ctrl-C" else ""))
         return interrupt_exit_code(exc)
     except BrokenPipeError:  # the reader went away (`core compare ... | head`): stop quietly
         try:
@@ -507,10 +210,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
         error = user_os_error(exc)
         if error is not None:
-            _print_err("error: " + error.one_line())
+            print_err("error: " + error.one_line())
             return error.exit_code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _print_err("error: internal error {}: {}; rerun with --debug and report it".format(
+        print_err("error: internal error {}: {}; rerun with --debug and report it".format(
             type(exc).__name__, first))
         return 1
     finally:

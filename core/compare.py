@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench import safeio
 from chipbench.errors import UserError
+from chipbench.flops import checked_mfu
 from chipbench.metrics import FIGURES, RESERVED_KEYS, finite, is_count, is_number, reached
 from chipbench.report import PERF_COLUMNS, markdown_table, perf_row, text_table
 from chipbench.text import VALUE_LIMIT, markdown_cell, number_text, shorten, shown, terminal
@@ -154,6 +155,8 @@ def load_run(path: str) -> RunFolder:
         raise UserError("{} is not a chipbench result".format(file),
                         "give run folders written by `core run`")
     check_result(result, file)
+    # the MFU rule of every output (a figure above 100 % written before it, or by hand, is flagged)
+    result["metrics"] = checked_mfu(result["metrics"])
     return RunFolder(file.parent, result)
 
 
@@ -232,10 +235,22 @@ def facts(result: Dict[str, Any]) -> Dict[str, Any]:
         "hyper-parameters (fix_hp)": result.get("fix_hp"),
         "iteration cap (train.max_iters)": _get(config, "train.max_iters"),
         "chipbench version": versions.get("chipbench"),
+        "memory source (the mem column)": (result.get("metrics") or {}).get("mem_source"),
     }
 
 
-SKIP_WHEN_MISSING = ("evaluation backend",)
+def plugin_warning(run: RunFolder, baseline: RunFolder) -> Optional[str]:
+    """Two runs of the same vendor whose figures came from different plugin packages or versions
+    (runs of different vendors differ in their plugins by design)."""
+    mine, theirs = (r.result.get("versions") or {} for r in (run, baseline))
+    if run.result.get("vendor") != baseline.result.get("vendor") or not mine.get("vendor") \
+            or not theirs.get("vendor") or mine["vendor"] == theirs["vendor"]:
+        return None
+    return "different vendor plugin: {} ran on {}, baseline {} on {}".format(
+        run.label, _show(mine["vendor"]), baseline.label, _show(theirs["vendor"]))
+
+
+SKIP_WHEN_MISSING = ("evaluation backend", "memory source (the mem column)")
 """Facts a run records only once it got that far (a run stopped before its first evaluation has
 no backend): compared only where both runs have them."""
 
@@ -259,6 +274,10 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
                 continue
             warnings.append("different {}: {} has {}, baseline {} has {}".format(
                 name, run.label, _show(value), baseline.label, _show(base[name])))
+        plugin = plugin_warning(run, baseline)
+        if plugin:
+            warnings.append(plugin)
+    warnings += cpu_share_warnings(runs, baseline)
     for run in runs:
         status = run.result.get("status", "?")
         if status != "finished":
@@ -270,6 +289,35 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
             warnings.append("{} did not converge ({} {} < target {}): its time to target is "
                             "not known".format(run.label, metric, _show(run.metrics.get(metric)),
                                                _show(run.result.get("target"))))
+    return warnings
+
+
+def cpu_share_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[str]:
+    """Runs that got very different shares of the CPU than the baseline (the lower below
+    :data:`chipbench.monitor.SHARE_RATIO` of the higher: the throughput ratios then show the
+    machines' load), and runs starved of CPU (:func:`chipbench.monitor.starved_warning`). Only
+    runs on the CPU device record the compute they got against what they asked for."""
+    from chipbench.monitor import SHARE_RATIO, starved_warning
+
+    def share(run: RunFolder) -> Optional[float]:
+        found = run.metrics.get("cpu_share")
+        value = found.get("compute_share") if isinstance(found, dict) else None
+        return float(value) if is_number(value) and value >= 0 else None
+
+    warnings = []
+    base = share(baseline)
+    for run in runs:
+        mine = share(run)
+        if run is baseline or mine is None or base is None:
+            continue
+        if min(mine, base) < SHARE_RATIO * max(mine, base):
+            warnings.append("different CPU share: {} got {:.0%} of the cores it asked for, "
+                            "baseline {} got {:.0%}: its ratios may measure the machines' load, "
+                            "not the runs".format(run.label, mine, baseline.label, base))
+    for run in runs:
+        starved = starved_warning(run.metrics.get("cpu_share"))
+        if starved:
+            warnings.append("{}: {}".format(run.label, starved))
     return warnings
 
 

@@ -4,8 +4,8 @@ One :class:`HookRule` per hook of :mod:`chipbench.hookspecs`: the answer it must
 ranges, one-line text), whether a vendor may leave it out and what chipbench does then, and the
 API version it appeared in. The device facade (every run), the conformance kit (``core doctor``
 and the pytest entry) and the hooks table of the plugin guide all read these rules, so a rule a
-run enforces is a rule doctor enforces, and the other way round; ``python -m chipbench.contract``
-prints the table that the guide holds (a test keeps the two equal).
+run enforces is a rule doctor enforces, and the other way round; the guide's table is
+:func:`markdown_table` (a test keeps the two equal).
 
 A rule's ``problem(answer, info)`` returns "" for a good answer, else what the answer should
 have been, in words for the one-line error ("byte counts with 0 <= used <= total").
@@ -14,15 +14,41 @@ have been, in words for the one-line error ("byte counts with 0 <= used <= total
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from chipbench.metrics import is_count
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
-PRECISIONS = ("fp32", "amp", "fp16", "bf16")
+
+@dataclass(frozen=True)
+class Precision:
+    """A training precision: what ``--precision NAME`` trains in. Adding one (fp8) is a row of
+    :data:`PRECISION_TABLE`; the case's training step, the loss scaler, the vendors' peaks and
+    every check read it from here."""
+
+    name: str
+    autocast: Optional[str]
+    """The ``torch`` dtype (its name) that autocast computes in; None: no autocast."""
+    loss_scaled: bool
+    """Whether training needs a dynamic loss scaler (a float16 gradient underflows)."""
+    peak: str
+    """Which of a device's peak FLOP/s figures its MFU is measured against: fp32, fp16, bf16."""
+    meaning: str
+
+
+PRECISION_TABLE: Tuple[Precision, ...] = (
+    Precision("fp32", None, False, "fp32", "float32 throughout (TF32 where the vendor turns it on)"),
+    Precision("amp", "float16", True, "fp16",
+              "automatic mixed precision: autocast float16, float32 weights, loss scaling"),
+    Precision("fp16", "float16", True, "fp16", "float16 compute through autocast, loss scaling"),
+    Precision("bf16", "bfloat16", False, "bf16", "bfloat16 compute through autocast"),
+)
 """Every training precision chipbench knows, in the order reports list them."""
+
+PRECISION: Dict[str, Precision] = {p.name: p for p in PRECISION_TABLE}
+PRECISIONS = tuple(PRECISION)
+LOSS_SCALED_PRECISIONS = tuple(p.name for p in PRECISION_TABLE if p.loss_scaled)
 
 MAX_DEVICES = 4096
 """A device count above this is a wrong answer, not a machine."""
@@ -103,7 +129,7 @@ def _vendor_info(info: Any, _: Any = None) -> str:
         return "a VendorInfo"
     for name, value, kind in (("name", info.name, str), ("device_type", info.device_type, str),
                               ("priority", info.priority, int), ("available", info.available, bool),
-                              ("reason", info.reason, str)):
+                              ("reason", info.reason, str), ("generic", info.generic, bool)):
         # exactly the built-in type: a subclass (bool for int) may override what chipbench uses
         if type(value) is not kind:
             return "a VendorInfo whose {} is {} {}, not {}".format(
@@ -260,8 +286,9 @@ class HookRule:
     default: str = ""
     since: str = "1.0"
     hot: bool = False
-    """Called inside the timed training loop or by the monitor's sampler: what the facade adds
-    to each call must stay small (the conformance kit times it)."""
+    """Called inside the timed training loop (around every step, or every epoch): what the
+    facade adds to each call must stay small (the conformance kit times it). The sampler's hooks
+    are not hot: the monitor calls them every few seconds, in a thread of its own."""
 
     @property
     def optional(self) -> bool:
@@ -274,8 +301,8 @@ class HookRule:
 
 RULES: Tuple[HookRule, ...] = (
     HookRule("vendor_detect", "vendor_detect()", "discovery",
-             "VendorInfo(name, device_type, priority: int, available: bool, reason), one-line "
-             "texts", _vendor_info),
+             "VendorInfo(name, device_type, priority: int, available: bool, reason, generic: "
+             "bool), one-line texts", _vendor_info),
     HookRule("device_init_backend", "device_init_backend(local_rank)", "device",
              "torch.device of the detected device_type; sets it current", _device),
     HookRule("device_count", "device_count()", "device", "int, 1..4096", _device_count, hot=True),
@@ -286,7 +313,7 @@ RULES: Tuple[HookRule, ...] = (
     HookRule("device_synchronize", "device_synchronize(device)", "device", "None", _none, hot=True),
     HookRule("device_memory_query", "device_memory_query(device)", "device",
              "MemoryInfo(used_bytes, total_bytes, source): ints, 0 <= used <= total, total >= 1 "
-             "MiB; device-wide", _memory, hot=True),
+             "MiB; device-wide", _memory),
     HookRule("device_memory_peak", "device_memory_peak(device)", "device",
              "int bytes >= 0: this process's allocator peak", _byte_count, hot=True),
     HookRule("device_memory_reset_peak", "device_memory_reset_peak(device)", "device", "None",
@@ -303,7 +330,7 @@ RULES: Tuple[HookRule, ...] = (
              "dict of strict JSON values with a one-line device_model", _environment),
     HookRule("device_sample", "device_sample(device)", "device",
              "dict: util_percent 0..100, power_w, temperature_c, memory_used_bytes ({} when "
-             "unknown)", _sample, hot=True),
+             "unknown)", _sample),
     HookRule("device_configure", "device_configure(device, deterministic, autotune)",
              "optional", "None", _none,
              "nothing beyond torch.use_deterministic_algorithms", "1.1"),
@@ -364,13 +391,3 @@ def markdown_table() -> str:
             rule.call, rule.kind, rule.returns.replace("|", "\\|"),
             rule.default if rule.optional else "required", rule.since))
     return "\n".join(lines)
-
-
-def main(argv: List[str]) -> int:
-    """``python -m chipbench.contract``: print the hooks table (Markdown)."""
-    print(markdown_table())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

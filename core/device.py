@@ -9,15 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from chipbench.config import shown
-from chipbench.contract import CHECK, PRECISIONS, TIME_BOUNDED_HOOKS
-from chipbench.errors import HookTimedOut, PluginError, UserError, plugin_fault
-from chipbench.manager import PluginHost, describe_exception
+from chipbench.contract import CHECK, LOSS_SCALED_PRECISIONS, PRECISIONS, TIME_BOUNDED_HOOKS
+from chipbench.errors import PluginError, UserError, attributed
+from chipbench.manager import PluginHost
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
 if TYPE_CHECKING:
     import torch
 
-LOSS_SCALED_PRECISIONS = ("amp", "fp16")
 
 
 BACKEND_EXPECTED = ("a backend torch.distributed knows ({}), or one the plugin registers with "
@@ -112,21 +111,15 @@ class Device:
         """Call device hook ``hook`` of the chosen vendor and check the answer against its rule."""
         caller = getattr(self.host.pm.hook, hook)
         bounded = self.observer_calls
-        try:
+        # chipbench's own errors pass as they are: a UserError names a setting of the user's
+        # (CHIPBENCH_CPU_THREADS=x), a HookTimedOut a hook that did not answer in time
+        with attributed("vendor '{}'".format(self.vendor), "hook " + hook,
+                        "report it to the plugin's authors, or choose another --vendor "
+                        "(rerun with --debug for the traceback)"):
             if bounded is None or hook not in TIME_BOUNDED_HOOKS:
                 result = caller(**kwargs)
             else:
                 result = bounded(hook, lambda: caller(**kwargs))
-        except (UserError, HookTimedOut):  # a setting of the user's (CHIPBENCH_CPU_THREADS=x),
-            raise                            # or no answer in time: said as it is
-        except BaseException as exc:  # noqa: B902 - a plugin's sys.exit() must not end chipbench
-            if not plugin_fault(exc):
-                raise
-            raise PluginError(
-                "vendor '{}' failed in hook {}: {}".format(self.vendor, hook, describe_exception(exc)),
-                "report it to the plugin's authors, or choose another --vendor "
-                "(rerun with --debug for the traceback)",
-            ) from exc
         problem = CHECK[hook](result, self.info)
         if problem:
             raise self._wrong(hook, result, problem)

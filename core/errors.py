@@ -1,10 +1,11 @@
 """Errors that the CLI turns into one line and an exit code, never a traceback (unless ``--debug``)."""
 
+import contextlib
 import errno
 import os
 import signal
 import threading
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Type, Union
 
 from chipbench.text import LINE_LIMIT, shorten, terminal
 
@@ -236,6 +237,33 @@ def plugin_fault(exc: BaseException) -> bool:
     if isinstance(exc, KeyboardInterrupt):
         return not isinstance(exc, Interrupted) and ctrl_c_taken()
     return True
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line (pluggy's reasons span lines), control characters escaped and
+    cut to :data:`chipbench.text.LINE_LIMIT` characters (a plugin's message may hold anything):
+    how chipbench names a failure of plugin or case code, everywhere."""
+    text = " ".join(line.strip() for line in exception_text(exc).splitlines() if line.strip())
+    text = terminal(text, LINE_LIMIT)
+    return "{}: {}".format(type(exc).__name__, text) if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def attributed(who: str, where: str, fix: str,
+               passing: Tuple[Type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run plugin or case code, turning what it raises into one :class:`PluginError` line:
+    ``<who> failed in <where>: Type: message``. The user's Ctrl-C or stop signal passes (see
+    :func:`plugin_fault`), so do chipbench's own errors and the types in ``passing``. The one
+    place where an exception of outside code gets its attribution."""
+    try:
+        yield
+    except (ChipbenchError,) + passing:
+        raise
+    except BaseException as exc:  # noqa: B902 - sys.exit() and the like in outside code too
+        if not plugin_fault(exc):
+            raise
+        raise PluginError("{} failed in {}: {}".format(who, where, describe_exception(exc)),
+                          fix) from exc
 
 
 def exception_text(exc: BaseException) -> str:

@@ -28,9 +28,13 @@ import pluggy
 
 from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, contract, hookspecs
 from chipbench.config import shown
-from chipbench.errors import PluginError, UserError, exception_text, plugin_fault
+from chipbench.errors import (  # noqa: F401 - describe_exception: chipbench.manager's name too
+    PluginError,
+    UserError,
+    describe_exception,
+    plugin_fault,
+)
 from chipbench.records import PluginRecord, VendorInfo
-from chipbench.text import LINE_LIMIT, terminal
 
 ENV_STRICT = "CHIPBENCH_STRICT_PLUGINS"
 ENV_BLOCK = "CHIPBENCH_BLOCK_PLUGINS"
@@ -334,7 +338,7 @@ class PluginHost:
         answers = self.pm.subset_hook_caller("vendor_detect", remove_plugins=others)()
         info = answers[0] if answers else None
         problem = contract.RULE["vendor_detect"].problem(info)
-        if problem:
+        if problem or not isinstance(info, VendorInfo):
             raise WrongVendorInfo(info, problem)
         return info
 
@@ -427,6 +431,17 @@ class PluginHost:
                 return r
         return None
 
+    def vendor_package(self, vendor_name: str) -> str:
+        """The distribution and version that vendor ``vendor_name`` comes from
+        ("acme-chipbench 1.2.0"); chipbench's own for a built-in vendor."""
+        from chipbench import __version__
+
+        record = self.record(vendor_name)
+        origin = record.origin if record is not None else ""
+        if " from " in origin:  # "entry point 'acme' from acme-chipbench 1.2.0"
+            return origin.rsplit(" from ", 1)[1]
+        return "chipbench {}".format(__version__)
+
     def vendor_plugin_name(self, vendor_name: str) -> Optional[str]:
         """The name the plugin of vendor ``vendor_name`` is registered under (its entry point's)."""
         plugin = self._vendor_plugins.get(vendor_name)
@@ -438,6 +453,22 @@ class PluginHost:
             if name != vendor_name:
                 self.pm.unregister(plugin)
                 del self._vendor_plugins[name]
+
+    def callers_by_plugin(self, hook: str) -> List[Tuple[str, Any]]:
+        """``(plugin name, caller)`` for each plugin that implements ``hook``, the caller asking
+        that plugin alone through pluggy (tracing and blocking apply), for answers that are
+        collected and judged plugin by plugin."""
+        plugins = self.pm.get_plugins()
+        found = []
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            others = [p for p in plugins if p is not impl.plugin]
+            found.append((impl.plugin_name, self.pm.subset_hook_caller(hook, remove_plugins=others)))
+        return found
+
+    def vendor_function(self, hook: str) -> Callable[..., Any]:
+        """The chosen vendor's own function for device hook ``hook`` (the conformance kit times a
+        direct call of it against the facade's)."""
+        return getattr(self.pm.hook, hook).get_hookimpls()[-1].function
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -467,14 +498,6 @@ class WrongVendorInfo(TypeError):
     def __init__(self, info: Any, problem: str) -> None:
         super().__init__("vendor_detect returned {}, expected {}".format(shown(info), problem))
         self.info = info
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` on one line (pluggy's reasons span lines), control characters escaped and
-    cut to :data:`chipbench.text.LINE_LIMIT` characters (a plugin's message may hold anything)."""
-    text = " ".join(line.strip() for line in exception_text(exc).splitlines() if line.strip())
-    text = terminal(text, LINE_LIMIT)
-    return "{}: {}".format(type(exc).__name__, text) if text else type(exc).__name__
 
 
 def _plugin_hooks(pm: pluggy.PluginManager, plugin: Any) -> Iterable[Tuple[str, Any]]:

@@ -16,7 +16,10 @@ all of them when every iteration is timed.
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeGuard
 
 FIGURES = ("p_whole", "p_train", "p_core", "images", "core_images", "iterations", "epochs",
            "train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",
@@ -25,7 +28,7 @@ FIGURES = ("p_whole", "p_train", "p_core", "images", "core_images", "iterations"
 :func:`is_count`."""
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> "TypeGuard[float]":
     """A finite int or float (a bool is not a number here; nor is an int beyond a float's range,
     which no figure can be turned into)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -47,7 +50,7 @@ def finite(value: Any) -> Any:
     return value
 
 
-def is_count(value: Any) -> bool:
+def is_count(value: Any) -> "TypeGuard[float]":
     """A finite number >= 0."""
     return is_number(value) and value >= 0
 
@@ -61,7 +64,8 @@ def reached(value: Any, target: Any) -> bool:
 RESERVED_KEYS = FIGURES + (
     "e2e_time", "converged", "mem", "mfu", "achieved_tflops", "peak_tflops", "flops_per_image",
     "flops_note", "peak_note", "ranks", "monitor_errors", "throughput_note", "mem_used_peak_gib",
-    "mem_total_gib", "allocator_peak_gib", "config", "precision", "fix_hp", "loss", "lr", "epoch")
+    "mfu_flag", "cpu_share", "mem_total_gib", "allocator_peak_gib", "config", "precision",
+    "fix_hp", "loss", "lr", "epoch")
 """Keys chipbench itself writes into a run's metrics or shows as columns: no case's target
 metric may be named like one (it would replace that column)."""
 
@@ -125,6 +129,9 @@ def reduce_ranks(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
     reduced["ranks"] = len(per_rank)
     reduced["monitor_failures"] = merge_failures(r.get("monitor_failures") or {} for r in per_rank)
     reduced["mem_source"] = per_rank[0].get("mem_source", "") if per_rank else ""
+    from chipbench.monitor import reduce_cpu_share  # the monitor defines the share
+
+    reduced["cpu_share"] = reduce_cpu_share([r.get("cpu_share") for r in per_rank])
     return reduced
 
 

@@ -18,6 +18,10 @@ class VendorInfo:
     priority: int
     available: bool
     reason: str = ""
+    generic: bool = False
+    """A vendor that serves any device of its type through torch's device-generic layer: it
+    stands back wherever a dedicated vendor of that device type is available, whatever the
+    priorities."""
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,12 @@ def text_table(rows: List[Dict[str, str]], columns: Sequence[str] = PERF_COLUMNS
 
 
 def flops_lines(metrics: Dict[str, Any]) -> List[str]:
-    """FLOPs per image, achieved TFLOP/s and MFU, or "n/a" with the reason (docs/metrics.md)."""
+    """FLOPs per image, achieved TFLOP/s and MFU, or "n/a" with the reason (docs/metrics.md).
+    The MFU is checked again here (:func:`chipbench.flops.checked_mfu`): one above 100 % is
+    never shown as a figure, whatever the file says."""
+    from chipbench.flops import checked_mfu
+
+    metrics = checked_mfu(metrics)
     per_image = metrics.get("flops_per_image")
     if not per_image:
         return ["- FLOPs per image (training step): n/a{}; achieved TFLOP/s and MFU: n/a".format(
@@ -92,13 +97,45 @@ def flops_lines(metrics: Dict[str, Any]) -> List[str]:
     lines = ["- FLOPs per image (training step, forward + backward): {:.3g} GFLOP; achieved: {} "
              "TFLOP/s (FLOPs per image x p_core)".format(
                  per_image / 1e9, "/" if achieved is None else "{:.3g}".format(achieved))]
-    if metrics.get("mfu") is not None:
+    if metrics.get("mfu_flag"):
+        lines.append("- **{}**".format(md(metrics["mfu_flag"], TEXT_LIMIT)))
+    elif metrics.get("mfu") is not None:
         lines.append("- MFU: {:.2%} of a peak of {:.3g} TFLOP/s (all devices)".format(
             metrics["mfu"], metrics["peak_tflops"]))
     else:
         lines.append("- MFU: n/a ({})".format(md(metrics.get("peak_note") or "no peak known",
                                                  TEXT_LIMIT)))
     return lines
+
+
+def cpu_share_lines(metrics: Dict[str, Any]) -> List[str]:
+    """The run's own CPU share while training (``metrics.cpu_share``, docs/metrics.md): what the
+    process and its loader workers got, against the whole machine's load, and on the CPU device
+    against the cores the run asked for."""
+    from chipbench.metrics import is_number
+
+    share = metrics.get("cpu_share")
+    if not isinstance(share, dict) or not is_number(share.get("own_percent")):
+        return []
+    line = ("- run's own CPU while training: {:.0f} % of one core (process and loader workers; "
+            "the whole machine {} % busy over {} core(s))".format(
+                share["own_percent"], md(_fmt(share.get("host_percent"), 0)),
+                md(_fmt(share.get("cores")))))
+    if is_number(share.get("compute_share")):
+        line += "; its compute got {:.0%} of the {} core(s) its {} thread(s) asked for " \
+                "(the process alone: {} % of one core)".format(
+                    share["compute_share"], md(_fmt(share.get("asked_cores"), 1)),
+                    md(_fmt(share.get("threads"))), md(_fmt(share.get("process_percent"), 0)))
+    return [line]
+
+
+def starved_lines(metrics: Dict[str, Any]) -> List[str]:
+    """A loud warning where the run was starved of CPU (:func:`chipbench.monitor.starved_warning`,
+    one definition with its threshold)."""
+    from chipbench.monitor import starved_warning
+
+    warning = starved_warning(metrics.get("cpu_share"))
+    return ["", "> **WARNING: {}**".format(md(warning, TEXT_LIMIT))] if warning else []
 
 
 def monitor_lines(summary: Optional[Dict[str, List[Dict[str, Any]]]]) -> List[str]:
@@ -203,6 +240,7 @@ def render(result: Dict[str, Any]) -> str:
         lines += ["", "> " + md(result["dataset_note"], TEXT_LIMIT)]
     if data_note(data):
         lines += ["", "> " + md(data_note(data), TEXT_LIMIT)]
+    lines += starved_lines(metrics)
     lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
     for name, value, note in general.get("rows", []):
         if "dataset" in str(name) and data_note(data):
@@ -229,6 +267,7 @@ def render(result: Dict[str, Any]) -> str:
     if metrics.get("throughput_note"):
         lines.append("- " + md(metrics["throughput_note"], TEXT_LIMIT))
     lines += flops_lines(metrics)
+    lines += cpu_share_lines(metrics)
     lines += not_measured_lines(metrics)
     lines += data_lines(result)
     lines += monitor_lines(result.get("monitor_summary"))

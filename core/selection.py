@@ -65,10 +65,19 @@ def choose_vendor(host: PluginHost, requested: Optional[str] = None) -> VendorIn
             )
         return info
     for info in host.vendors():
-        if info.available:
+        if info.available and dedicated_for(host, info) is None:
             return info
     raise UserError("no vendor is available on this machine",
                     "run `core vendors` to see why each vendor declined")
+
+
+def dedicated_for(host: PluginHost, info: VendorInfo) -> Optional[str]:
+    """For a generic vendor (:attr:`VendorInfo.generic`), the available dedicated vendor of its
+    device type that auto-detection takes instead, whatever the priorities; else None."""
+    if not info.generic:
+        return None
+    return next((other.name for other in host.vendors() if other.available and not other.generic
+                 and other.device_type == info.device_type and other.name != info.name), None)
 
 
 def auto_selection_line(host: PluginHost, info: VendorInfo) -> str:

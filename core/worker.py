@@ -26,6 +26,7 @@ from chipbench.errors import (
     user_os_error,
 )
 from chipbench.exiting import exit_now, threads_owned_by
+from chipbench.runrecords import RunSpec
 
 SPEC_FILE = "spec.json"
 TRACE = logging.getLogger("chipbench.trace")
@@ -70,7 +71,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
     from chipbench.monitor import DeviceMonitor
 
     run_dir = Path(run_dir)
-    spec = safeio.read_json(run_dir / SPEC_FILE, safeio.RUN_JSON_LIMIT, what="run file")
+    spec = RunSpec.from_json(safeio.read_json(run_dir / SPEC_FILE, safeio.RUN_JSON_LIMIT,
+                                              what="run file"), run_dir / SPEC_FILE).to_json()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

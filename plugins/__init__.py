@@ -3,4 +3,5 @@
 Third-party vendors register the same hooks through the entry-point group ``chipbench.vendors``.
 """
 
-BUILTIN_VENDORS = ("chipbench.plugins.cpu", "chipbench.plugins.cuda", "chipbench.plugins.metax")
+BUILTIN_VENDORS = ("chipbench.plugins.cpu", "chipbench.plugins.cuda", "chipbench.plugins.metax",
+                   "chipbench.plugins.rocm", "chipbench.plugins.accelerator")

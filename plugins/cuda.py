@@ -1,19 +1,26 @@
-"""The NVIDIA CUDA vendor: torch.cuda devices, NCCL, memory from cudaMemGetInfo, nvidia-smi samples.
+"""The NVIDIA CUDA vendor: torch.cuda devices, NCCL, memory from cudaMemGetInfo, NVML samples.
 
-Declines when the installed torch is a MetaX build (which also answers ``torch.cuda``) or ROCm's.
+Declines when the installed torch is a MetaX build (which also answers ``torch.cuda``) or ROCm's
+(``torch.version.hip`` set; the rocm vendor takes it). Monitoring samples and the environment come
+from NVIDIA's maintained binding ``pynvml`` (package ``nvidia-ml-py``, the extra
+``chipbench[nvidia]``) when it is importable, in-process; else from ``nvidia-smi``'s CSV output.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
 from chipbench.plugins._tools import (
+    cuda_build_family,
     cuda_like_configure,
     cuda_like_grad_scaler,
     cuda_like_precisions,
+    hardware_tag,
     run_tool,
     visible_index,
 )
@@ -25,7 +32,6 @@ if TYPE_CHECKING:
 NAME = "cuda"
 PRIORITY = 50
 SMI = "nvidia-smi"
-NON_NVIDIA_BUILD = re.compile(r"\+(mc|metax|rocm)", re.IGNORECASE)
 SAMPLE_FIELDS = ("utilization.gpu", "power.draw", "temperature.gpu", "memory.used")
 
 
@@ -34,14 +40,18 @@ def vendor_detect() -> VendorInfo:
     version = installed_torch_version()
     if not version:
         return VendorInfo(NAME, "cuda", PRIORITY, False, "torch is not installed")
-    if NON_NVIDIA_BUILD.search(version):
+    if cuda_build_family(version, None, None) == "metax":
         return VendorInfo(NAME, "cuda", PRIORITY, False,
-                          "torch {} is not an NVIDIA build".format(version))
+                          "torch {} is not an NVIDIA build (MetaX's: the metax vendor takes it)"
+                          .format(version))
     import torch
 
-    if getattr(torch.version, "hip", None):
-        return VendorInfo(NAME, "cuda", PRIORITY, False, "torch {} is a ROCm build".format(version))
-    if torch.version.cuda is None:
+    family = cuda_build_family(version, getattr(torch.version, "hip", None), torch.version.cuda)
+    if family == "rocm":
+        return VendorInfo(NAME, "cuda", PRIORITY, False,
+                          "torch {} is not an NVIDIA build (ROCm's: the rocm vendor takes it)"
+                          .format(version))
+    if family != "nvidia":
         return VendorInfo(NAME, "cuda", PRIORITY, False,
                           "torch {} was built without CUDA".format(version))
     count = torch.cuda.device_count()
@@ -77,9 +87,7 @@ def device_name(index: int) -> str:
 
 @hookimpl
 def hardware_id() -> HardwareId:
-    name = device_name(0)
-    match = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
-    tag = match.group(1) if match else name.replace("NVIDIA", "").strip().split(" ")[0]
+    tag = hardware_tag(device_name(0), "GPU")
     return HardwareId(label=tag, config_tag=tag)
 
 
@@ -138,13 +146,25 @@ def environment_report() -> Dict[str, Any]:
     report["runtime_version"] = "CUDA {}".format(torch.version.cuda)
     if torch.backends.cudnn.is_available():
         report["cudnn_version"] = torch.backends.cudnn.version()
-    rows = _smi_query(["name", "memory.total", "driver_version"])
-    if rows:
+    devices = read_nvml_devices()
+    rows = [] if devices else _smi_query(["name", "memory.total", "driver_version"])
+    if devices:
+        report.update({
+            "device_model": devices[0]["name"],
+            "device_count": len(devices),
+            "device_memory_gib": round(devices[0]["memory_total_bytes"] / 2**30, 1),
+            "monitor_source": "pynvml",
+        })
+        driver = nvml_call("nvmlSystemGetDriverVersion")
+        if driver is not None:
+            report["driver_version"] = _text(driver)
+    elif rows:
         report.update({
             "device_model": rows[0][0],
             "device_count": len(rows),
             "device_memory_gib": round(float(rows[0][1]) / 1024, 1),
             "driver_version": rows[0][2],
+            "monitor_source": SMI,
         })
     elif torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -166,6 +186,14 @@ def device_grad_scaler(device: torch.device, precision: str) -> Optional[Any]:
 @hookimpl
 def device_sample(device: torch.device) -> Dict[str, float]:
     index = visible_index(device.index or 0, ["CUDA_VISIBLE_DEVICES"])
+    sample = read_nvml_sample(index)
+    if sample is not None:
+        return sample
+    return smi_sample(index)
+
+
+def smi_sample(index: int) -> Dict[str, float]:
+    """One sample of physical GPU ``index`` from ``nvidia-smi --query-gpu`` (a process each)."""
     rows = _smi_query(list(SAMPLE_FIELDS), index=index)
     if not rows:
         return {}
@@ -179,6 +207,83 @@ def device_sample(device: torch.device) -> Dict[str, float]:
     if "memory_used_mib" in sample:
         sample["memory_used_bytes"] = sample.pop("memory_used_mib") * 2**20
     return sample
+
+
+# --------------------------------------------------------------------------------------------------
+# NVML through pynvml (nvidia-ml-py): in-process, no text to parse
+# --------------------------------------------------------------------------------------------------
+
+_nvml_lock = threading.Lock()
+_nvml_state: Dict[str, Any] = {"tried": False, "module": None}
+
+
+def nvml() -> Optional[Any]:
+    """NVIDIA's ``pynvml`` module, initialised once per process; None where it is not installed
+    or NVML does not start (no driver). Thread-safe: NVML itself is, and the monitor samples
+    from its own thread."""
+    with _nvml_lock:
+        if not _nvml_state["tried"]:
+            _nvml_state["tried"] = True
+            try:
+                module = importlib.import_module("pynvml")
+                module.nvmlInit()
+            except Exception:  # not installed, or NVMLError: no driver, no library
+                module = None
+            _nvml_state["module"] = module
+        return _nvml_state["module"]
+
+
+def nvml_call(function: str, *args: Any) -> Optional[Any]:
+    """``pynvml.<function>(*args)``, or None where NVML is missing or the call fails."""
+    lib = nvml()
+    if lib is None:
+        return None
+    try:
+        return getattr(lib, function)(*args)
+    except Exception:  # NVMLError_NotSupported and its kin: that figure is unknown
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def read_nvml_sample(index: int) -> Optional[Dict[str, float]]:
+    """One sample of physical GPU ``index`` through NVML: util %, power W, temperature C, memory
+    used bytes (each where the GPU reports it); None where NVML cannot be used."""
+    lib = nvml()
+    handle = None if lib is None else nvml_call("nvmlDeviceGetHandleByIndex", index)
+    if lib is None or handle is None:
+        return None
+    sample: Dict[str, float] = {}
+    util = nvml_call("nvmlDeviceGetUtilizationRates", handle)
+    if util is not None:
+        sample["util_percent"] = float(util.gpu)
+    power = nvml_call("nvmlDeviceGetPowerUsage", handle)  # milliwatts
+    if power is not None:
+        sample["power_w"] = float(power) / 1000.0
+    temperature = nvml_call("nvmlDeviceGetTemperature", handle,
+                            getattr(lib, "NVML_TEMPERATURE_GPU", 0))
+    if temperature is not None:
+        sample["temperature_c"] = float(temperature)
+    memory = nvml_call("nvmlDeviceGetMemoryInfo", handle)
+    if memory is not None:
+        sample["memory_used_bytes"] = float(memory.used)
+    return sample
+
+
+def read_nvml_devices() -> List[Dict[str, Any]]:
+    """Every GPU as NVML lists it (``name``, ``memory_total_bytes``); empty without NVML."""
+    count = nvml_call("nvmlDeviceGetCount")
+    devices = []
+    for index in range(int(count or 0)):
+        handle = nvml_call("nvmlDeviceGetHandleByIndex", index)
+        name = None if handle is None else nvml_call("nvmlDeviceGetName", handle)
+        memory = None if handle is None else nvml_call("nvmlDeviceGetMemoryInfo", handle)
+        if name is None or memory is None:
+            return []
+        devices.append({"name": _text(name), "memory_total_bytes": int(memory.total)})
+    return devices
 
 
 def _smi_query(fields: List[str], index: int = -1) -> List[List[str]]:

@@ -15,6 +15,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from chipbench.contract import PRECISION
 from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
 from chipbench.plugins._tools import (
@@ -355,6 +356,7 @@ def device_peak_flops(device: "torch.device", precision: str) -> Optional[float]
     if "C500" not in device_name(device.index or 0).upper():
         return None
     tf32 = os.environ.get("METAX_USE_TF32", "") == "1"  # device_init_backend's switch
-    key = {"fp32": "tf32" if tf32 else "fp32", "amp": "fp16"}.get(precision, precision)
+    key = PRECISION[precision].peak if precision in PRECISION else precision
+    key = "tf32" if key == "fp32" and tf32 else key
     peak = C500_PEAK_TFLOPS.get(key)
     return None if peak is None else peak * 1e12

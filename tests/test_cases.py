@@ -323,8 +323,9 @@ def test_a_failing_case_is_one_line_naming_it_and_the_run_says_failed(
     out = flawed_cases / "run"
     assert main(["run", "flaw_" + name, "--vendor", "cpu", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: case 'flaw_{}' ".format(name)) and fragment in err[-1]
-    assert "flawed-cases" in err[-1] or "returned" in err[-1]  # the package to fix, or the key
+    problem, fix = err[-1].split("; ", 1)
+    assert problem.startswith("error: case 'flaw_{}' ".format(name)) and fragment in problem
+    assert "flawed-cases 0.1" in fix, fix  # the distribution (and version) to fix or report
     assert not any("Traceback" in line for line in err)
     if recorded:
         result = json.loads((out / "result.json").read_text())
@@ -359,8 +360,7 @@ def test_a_keyboardinterrupt_raised_by_a_case_in_torchrun_workers_is_its_failure
         flawed_cases, monkeypatch):
     """Workers take SIGINT as core does, so the case's own KeyboardInterrupt there is not taken
     for Ctrl-C either (it was "rank 0 failed: KeyboardInterrupt", exit 1)."""
-    from tests.conftest import default_sigint
-    from tests.test_distributed import free_port
+    from tests.conftest import default_sigint, free_port
 
     site = flawed_cases / "site"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

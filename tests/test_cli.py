@@ -126,13 +126,13 @@ def test_info_and_doctor_on_cpu(capsys):
 
 
 def coco_with_bad_file(root, corrupt_json=False):
-    from tests.test_synthetic_and_data import tiny_coco
+    from tests.conftest import write_coco
 
     images = [{"id": i, "file_name": "{}.jpg".format(i), "width": 64, "height": 64}
               for i in range(1, 5)]
     annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 30, 30],
                     "iscrowd": 0, "area": 900} for i in range(1, 5)]
-    tiny_coco(root, images, annotations)
+    write_coco(root, images, annotations)
     if corrupt_json:
         (root / "annotations" / "instances_val2017.json").write_text("{broken")
     return root

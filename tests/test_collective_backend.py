@@ -8,34 +8,17 @@ import os
 import textwrap
 
 import pytest
-import torch.distributed as dist
 
 from chipbench.conformance import run_checks
 from chipbench.errors import PluginError
-from chipbench.manager import build_host
-from chipbench.selection import select_device
-from tests.test_distributed import QUICK, core_process, finish, free_port
-from tests.test_entry_points import write_distribution
-from tests.test_manager import vendor_module
-
-
-def vendor_answering(backend, registers=None):
-    """A CPU-like vendor whose collective_backend() is ``backend``; with ``registers``, its
-    init_backend first registers that backend with torch (as a vendor's extension does)."""
-    import chipbench.plugins.cpu as cpu
-
-    def init_backend(local_rank):
-        if registers and not hasattr(dist.Backend, registers.upper()):
-            try:
-                dist.Backend.register_backend(registers, lambda *args: None, devices=["cpu"])
-            except TypeError:  # torch 2.0: no devices argument
-                dist.Backend.register_backend(registers, lambda *args: None)
-        return cpu.device_init_backend(local_rank)
-
-    host = build_host(load_entry_points=False)
-    host.add(vendor_module("answers", priority=-5, collective_backend=lambda: backend,
-                           device_init_backend=init_backend), "answers", "test")
-    return select_device(host, "answers")
+from tests.conftest import (
+    QUICK,
+    core_process,
+    finish,
+    free_port,
+    vendor_answering,
+    write_distribution,
+)
 
 
 @pytest.mark.parametrize("backend", ["nccll", "mccl", "cpu:gloo,cuda:ncl"])

@@ -7,36 +7,7 @@ from xml.etree import ElementTree
 import pytest
 
 from chipbench.cli import main
-
-
-def result(label="ACX1 1 node x 8 cards (1x8)", precision="amp", p_core=100.0, mAP=0.36,
-           status="finished", train_images=118287, val_images=5000, batch_size=16,
-           chipbench="0.3.0", converged=True, epochs=3):
-    return {
-        "status": status, "error": None if status == "finished" else "RunFailed: rank 3 died",
-        "case": "retinanet", "vendor": "acme", "row_label": label, "precision": precision,
-        "target": 0.35, "fix_hp": "bs={}".format(batch_size),
-        "hardware": {"label": label.split()[0]}, "topology": {"nnodes": 1, "nproc_per_node": 8},
-        "config": {"data": {"dir": "/data/coco"}, "train": {"batch_size": batch_size},
-                   "model": {"backbone_weights": "imagenet", "min_size": 800, "max_size": 1333},
-                   "eval": {"backend": "pycocotools"}},
-        "general": {"rows": [["数据集 dataset", "COCO2017", ""]]},
-        "data": {"train_images": train_images, "val_images": val_images},
-        "versions": {"chipbench": chipbench},
-        "metrics": {"p_whole": p_core * 0.8, "p_train": p_core * 0.9, "p_core": p_core,
-                    "e2e_time": 3600.0 * 100 / p_core, "mAP": mAP, "converged": converged,
-                    "epochs": epochs, "mem_used_peak_bytes": 30 * 2**30,
-                    "mem_total_bytes": 64 * 2**30},
-        "epochs": [{"epoch": e, "loss": 1.0 / (e + 1), "mAP": mAP * (e + 1) / epochs}
-                   for e in range(epochs)],
-    }
-
-
-def folder(tmp_path, name, data):
-    path = tmp_path / name
-    path.mkdir()
-    (path / "result.json").write_text(json.dumps(data))
-    return path
+from tests.conftest import compare_result, result_folder
 
 
 def run_compare(args, capsys):
@@ -46,8 +17,8 @@ def run_compare(args, capsys):
 
 
 def test_same_setup_gives_ratios_and_no_warning(tmp_path, capsys):
-    a = folder(tmp_path, "a100", result("A100 1 node x 8 cards (1x8)", p_core=100.0, mAP=0.36))
-    c = folder(tmp_path, "c500", result("C500 1 node x 8 cards (1x8)", p_core=150.0, mAP=0.37))
+    a = result_folder(tmp_path, "a100", compare_result("A100 1 node x 8 cards (1x8)", p_core=100.0, mAP=0.36))
+    c = result_folder(tmp_path, "c500", compare_result("C500 1 node x 8 cards (1x8)", p_core=150.0, mAP=0.37))
     code, out, _ = run_compare([a, c], capsys)
     assert code == 0 and "No fairness warnings" in out
     c500 = [line for line in out.splitlines() if line.startswith("C500")][0]
@@ -57,8 +28,8 @@ def test_same_setup_gives_ratios_and_no_warning(tmp_path, capsys):
 
 
 def test_mismatched_data_sets_and_precisions_are_warned(tmp_path, capsys):
-    a = folder(tmp_path, "full", result(precision="amp"))
-    b = folder(tmp_path, "small", result(precision="fp32", train_images=6, val_images=1,
+    a = result_folder(tmp_path, "full", compare_result(precision="amp"))
+    b = result_folder(tmp_path, "small", compare_result(precision="fp32", train_images=6, val_images=1,
                                          batch_size=2, chipbench="0.4.0"))
     code, out, _ = run_compare([a, b, "--markdown"], capsys)
     assert code == 0 and "**WARNING: this comparison is not fair:**" in out
@@ -69,9 +40,9 @@ def test_mismatched_data_sets_and_precisions_are_warned(tmp_path, capsys):
 
 
 def test_unfinished_and_unconverged_runs_are_warned(tmp_path, capsys):
-    a = folder(tmp_path, "ok", result())
-    b = folder(tmp_path, "died", result(status="failed", converged=False))
-    c = folder(tmp_path, "short", result(mAP=0.2, converged=False))
+    a = result_folder(tmp_path, "ok", compare_result())
+    b = result_folder(tmp_path, "died", compare_result(status="failed", converged=False))
+    c = result_folder(tmp_path, "short", compare_result(mAP=0.2, converged=False))
     _, out, _ = run_compare([a, b, c], capsys)
     assert "[died] did not finish (status failed: RunFailed: rank 3 died)" in out
     assert "[short] did not converge (mAP 0.2 < target 0.35)" in out
@@ -79,8 +50,8 @@ def test_unfinished_and_unconverged_runs_are_warned(tmp_path, capsys):
 
 
 def test_copied_folder_and_baseline_choice_and_json(tmp_path, capsys):
-    a = folder(tmp_path, "a", result(p_core=100.0))
-    b = folder(tmp_path, "b", result(p_core=50.0))
+    a = result_folder(tmp_path, "a", compare_result(p_core=100.0))
+    b = result_folder(tmp_path, "b", compare_result(p_core=50.0))
     copy = tmp_path / "elsewhere" / "b-copy"
     shutil.copytree(str(b), str(copy))  # only the folder travels
     shutil.rmtree(str(b))
@@ -105,8 +76,8 @@ def test_folder_without_result_is_one_line_error(tmp_path, capsys):
 
 
 def test_charts_have_axes_values_and_every_run(tmp_path, capsys):
-    a = folder(tmp_path, "a", result("A100 1 node x 8 cards (1x8)", p_core=100.0))
-    c = folder(tmp_path, "c", result("C500 1 node x 8 cards (1x8)", p_core=150.0))
+    a = result_folder(tmp_path, "a", compare_result("A100 1 node x 8 cards (1x8)", p_core=100.0))
+    c = result_folder(tmp_path, "c", compare_result("C500 1 node x 8 cards (1x8)", p_core=150.0))
     code, _, err = run_compare([a, c, "--plots", tmp_path / "charts"], capsys)
     assert code == 0 and "compare-p_core.svg" in err
     bars = ElementTree.parse(str(tmp_path / "charts" / "compare-p_core.svg")).getroot()
@@ -178,8 +149,8 @@ CORRUPT = [  # (id, dotted field, value, fragment of the one line)
 @pytest.mark.parametrize("form", ["text", "--markdown", "--json", "--plots"])
 def test_a_hand_edited_result_is_one_line_naming_the_field(tmp_path, capsys, field, value,
                                                            fragment, form):
-    good = folder(tmp_path, "good", result())
-    data = result()
+    good = result_folder(tmp_path, "good", compare_result())
+    data = compare_result()
     _set(data, field, value)
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -192,7 +163,7 @@ def test_a_hand_edited_result_is_one_line_naming_the_field(tmp_path, capsys, fie
 
 
 def test_other_run_files_are_not_results(tmp_path, capsys):
-    good = folder(tmp_path, "good", result())
+    good = result_folder(tmp_path, "good", compare_result())
     for name, data in (("spec.json", {"case": "retinanet", "vendor": "cpu", "config": {}}),
                        ("progress.json", {"final": True, "epochs": [], "metrics": {}}),
                        ("empty.json", {})):
@@ -204,27 +175,27 @@ def test_other_run_files_are_not_results(tmp_path, capsys):
 
 
 def test_the_same_run_twice_and_runs_of_different_cases_are_refused(tmp_path, capsys):
-    a = folder(tmp_path, "a", result())
+    a = result_folder(tmp_path, "a", compare_result())
     code, _, err = run_compare([a, tmp_path / "." / "a" / "result.json"], capsys)
     assert code == 2 and "is given twice" in err
-    other = result()
+    other = compare_result()
     other.update(case="spirals", target_metric="accuracy", sample_unit="samples")
-    b = folder(tmp_path, "b", other)
+    b = result_folder(tmp_path, "b", other)
     code, out, err = run_compare([a, b], capsys)
     assert code == 2 and out == "" and "different cases (retinanet, spirals)" in err
 
 
 def test_a_case_with_another_metric_is_compared_on_it(tmp_path, capsys):
     def spirals(accuracy, lr):
-        data = result()
+        data = compare_result()
         del data["metrics"]["mAP"]
         data.update(case="spirals", target_metric="accuracy", sample_unit="samples", target=0.9,
                     fix_hp="bs=64, lr={}".format(lr))
         data["metrics"].update(accuracy=accuracy, converged=accuracy >= 0.9)
         return data
 
-    a = folder(tmp_path, "a", spirals(0.95, 0.1))
-    b = folder(tmp_path, "b", spirals(0.85, 0.2))
+    a = result_folder(tmp_path, "a", spirals(0.95, 0.1))
+    b = result_folder(tmp_path, "b", spirals(0.85, 0.2))
     code, out, _ = run_compare([a, b], capsys)
     assert code == 0
     header = [line for line in out.splitlines() if line.startswith("config")][0]
@@ -236,10 +207,10 @@ def test_a_case_with_another_metric_is_compared_on_it(tmp_path, capsys):
 
 
 def test_json_is_strict_and_a_closed_pipe_is_quiet(tmp_path, capsys):
-    data = result()
+    data = compare_result()
     data["epochs"][0]["loss"] = float("nan")  # a real run's diverged epoch
-    a = folder(tmp_path, "a", data)
-    b = folder(tmp_path, "b", result())
+    a = result_folder(tmp_path, "a", data)
+    b = result_folder(tmp_path, "b", compare_result())
     code, out, _ = run_compare([a, b, "--json"], capsys)
     assert code == 0 and "NaN" not in out
     json.loads(out, parse_constant=lambda name: pytest.fail("non-strict JSON " + name))
@@ -255,8 +226,8 @@ def test_a_closed_pipe_ends_compare_quietly(tmp_path):
     import subprocess
     import sys
 
-    a = folder(tmp_path, "a", result())
-    b = folder(tmp_path, "b", result())
+    a = result_folder(tmp_path, "a", compare_result())
+    b = result_folder(tmp_path, "b", compare_result())
     proc = subprocess.run("{} -m chipbench compare {} {} | head -c 10".format(
         sys.executable, a, b), shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, timeout=60)
@@ -267,10 +238,10 @@ def test_folders_of_one_name_are_told_apart_and_an_unevaluated_run_is_not_a_back
         tmp_path, capsys):
     (tmp_path / "m1").mkdir()
     (tmp_path / "m2").mkdir()
-    a = folder(tmp_path / "m1", "run", result())
-    stopped = result(status="interrupted")
+    a = result_folder(tmp_path / "m1", "run", compare_result())
+    stopped = compare_result(status="interrupted")
     stopped["metrics"].pop("mAP")
-    b = folder(tmp_path / "m2", "run", stopped)
+    b = result_folder(tmp_path / "m2", "run", stopped)
     a_data = json.loads((a / "result.json").read_text())
     a_data["metrics"]["eval_backend"] = "faster_coco_eval"
     (a / "result.json").write_text(json.dumps(a_data))
@@ -280,8 +251,8 @@ def test_folders_of_one_name_are_told_apart_and_an_unevaluated_run_is_not_a_back
 
 
 def test_copies_of_one_run_are_refused(tmp_path, capsys):
-    data = dict(result(), run_dir="/runs/a", started_at="2026-11-30T10:00:00+0000")
-    a, b = folder(tmp_path, "a", data), folder(tmp_path, "b", data)
+    data = dict(compare_result(), run_dir="/runs/a", started_at="2026-11-30T10:00:00+0000")
+    a, b = result_folder(tmp_path, "a", data), result_folder(tmp_path, "b", data)
     code, _, err = run_compare([a, b], capsys)
     assert code == 2 and "are copies of one run (both started at 2026-11-30T10:00:00+0000" in err
 
@@ -289,24 +260,25 @@ def test_copies_of_one_run_are_refused(tmp_path, capsys):
 def test_a_converged_flag_without_the_numbers_is_warned(tmp_path, capsys):
     """converged is what the numbers say: a flag of true with the metric under the target, or no
     metric at all, is a run that did not converge."""
-    low = result(mAP=0.1, converged=True)
-    gone = result(converged=True)
+    low = compare_result(mAP=0.1, converged=True)
+    gone = compare_result(converged=True)
     del gone["metrics"]["mAP"]
-    code, out, _ = run_compare([folder(tmp_path, "ok", result()), folder(tmp_path, "low", low),
-                                folder(tmp_path, "gone", gone)], capsys)
+    code, out, _ = run_compare([result_folder(tmp_path, "ok", compare_result()),
+                                result_folder(tmp_path, "low", low),
+                                result_folder(tmp_path, "gone", gone)], capsys)
     assert code == 0
     assert "did not converge (mAP 0.1 < target 0.35)" in out
     assert "did not converge (mAP (not recorded) < target 0.35)" in out
 
 
 def test_display_survives_odd_but_valid_values(tmp_path, capsys):
-    odd = result(label="ACX1\n1 node \x1b[31mx 8 cards", p_core=1e308)
+    odd = compare_result(label="ACX1\n1 node \x1b[31mx 8 cards", p_core=1e308)
     odd["fix_hp"] = ""
     odd["epochs"] = [{"epoch": "z", "loss": "x", "mAP": "y"}, {"epoch": 1, "loss": float("nan"),
                                                                 "mAP": float("inf")}]
     plots = tmp_path / "plots"
-    code, out, err = run_compare([folder(tmp_path, "base", result()), folder(tmp_path, "odd", odd),
-                                  "--plots", plots], capsys)
+    code, out, err = run_compare([result_folder(tmp_path, "base", compare_result()),
+                                  result_folder(tmp_path, "odd", odd), "--plots", plots], capsys)
     assert code == 0, err
     assert "\x1b" not in out and "ACX1\\n1 node \\x1b[31mx 8 cards" in out  # shown escaped
     assert max(len(line) for line in out.splitlines()) < 400  # no 309-digit cells
@@ -317,7 +289,7 @@ def test_display_survives_odd_but_valid_values(tmp_path, capsys):
 
 
 def test_chart_legends_tell_folders_of_one_name_apart(tmp_path, capsys):
-    runs = [folder(tmp_path / d, "run", result(p_core=10.0 * (i + 1)))
+    runs = [result_folder(tmp_path / d, "run", compare_result(p_core=10.0 * (i + 1)))
             for i, d in enumerate(("x", "y"))
             if (tmp_path / d).mkdir() is None]
     code, _, err = run_compare(runs + ["--plots", tmp_path / "plots"], capsys)

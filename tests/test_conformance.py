@@ -127,10 +127,7 @@ def test_simulated_metax_passes_both_front_ends(metax_machine, monkeypatch, caps
                         "-p", "no:cacheprovider", "-q"]) == 0
 
 
-def test_simulated_cuda_passes_both_front_ends(tmp_path, monkeypatch, capsys):
-    from tests.test_vendor_contract import simulate_cuda
-
-    simulate_cuda(tmp_path, monkeypatch)
+def test_simulated_cuda_passes_both_front_ends(cuda_machine, capsys):
     report = doctor_json(capsys, "--vendor", "cuda", "--static")
     got = {c["check"]: c["got"] for c in report["checks"]}
     assert "cuda:0, cuda:1" in got["device_init_backend"]
@@ -151,7 +148,7 @@ def _raise(index):
 
 def test_shipped_configs_are_checked(tmp_path):
 
-    from tests.test_manager import vendor_module
+    from tests.conftest import vendor_module
 
     (tmp_path / "Z1x1x1.yaml").write_text("train:\n  no_such_key: 1\n")
 

@@ -16,8 +16,7 @@ from chipbench.manager import build_host
 from chipbench.records import HardwareId, MemoryInfo
 from chipbench.selection import select_device
 from chipbench.worker import check_devices_restricted
-from tests.test_entry_points import write_distribution
-from tests.test_manager import vendor_module
+from tests.conftest import vendor_module, write_distribution
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "vendor-plugins.md"
 CPU = torch.device("cpu")
@@ -107,7 +106,7 @@ def test_good_answers_pass_both():
 
 def test_the_guide_s_hooks_table_is_the_contract():
     text = GUIDE.read_text(encoding="utf-8")
-    assert contract.markdown_table() in text, "regenerate it: python -m chipbench.contract"
+    assert contract.markdown_table() in text, "paste chipbench.contract.markdown_table() there"
 
 
 def test_a_new_line_in_a_label_fails_doctor_as_it_fails_runs(capsys):

@@ -146,7 +146,7 @@ def test_two_processes_on_two_gpus(gpu, tmp_path):
     monitor samples its own GPU."""
     import torch
 
-    from tests.test_distributed import free_port
+    from tests.conftest import free_port
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two NVIDIA GPUs")

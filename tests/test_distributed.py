@@ -9,39 +9,25 @@ cpu env runs them all).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from chipbench.cli import main
-from tests.conftest import TINY_DATA, default_sigint
-from tests.test_entry_points import write_distribution
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--vendor", "cpu", *TINY_DATA, "--set", "run.monitor_interval_s=0.5",
-         "--set", "run.checkpoint=false"]
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def core_process(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "chipbench", "run", "retinanet"] + list(args),
-                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-
-
-def finish(proc, timeout=600):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+from tests.conftest import (
+    INTERRUPTER,
+    QUICK,
+    ROOT,
+    TINY_DATA,
+    core_process,
+    finish,
+    free_port,
+    worker_pid,
+    write_distribution,
+)
 
 
 def start_long_two_worker_run(tmp_path):
@@ -57,10 +43,6 @@ def start_long_two_worker_run(tmp_path):
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.5)
     return proc, out
-
-
-def worker_pid(log):
-    return int(log.read_text().split("worker pid ")[1].split(":")[0])
 
 
 @pytest.mark.distributed
@@ -150,21 +132,6 @@ def test_ctrl_c_stops_every_worker_and_records_it(tmp_path, tiny_data, signum):
     for pid in pids:  # no worker left behind
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-
-
-INTERRUPTER = """
-    import os
-    import signal
-    from chipbench.hookspecs import hookimpl
-
-    @hookimpl
-    def on_epoch_end(run, epoch, metrics):
-        if os.environ.get("CHIPBENCH_TEST_INTERRUPT_AT") == str(epoch):
-            handler = signal.getsignal(signal.SIGINT)  # what Ctrl-C would run here
-            if callable(handler):
-                handler(signal.SIGINT, None)
-            raise KeyboardInterrupt  # SIGINT ignored (a background job): Ctrl-C as Python's
-"""
 
 
 @pytest.mark.slow  # three runs, 12 iterations in all: about a minute of CPU time

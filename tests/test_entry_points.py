@@ -5,22 +5,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from chipbench.manager import build_host, iter_entry_points
-
-
-def write_distribution(site, name, entry_points, modules):
-    """A minimal installed distribution on ``site``: METADATA, entry_points.txt and modules."""
-    info = site / "{}-1.0.dist-info".format(name.replace("-", "_"))
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: {}\nVersion: 1.0\n".format(name))
-    (info / "entry_points.txt").write_text("[chipbench.vendors]\n" + "".join(
-        "{} = {}\n".format(k, v) for k, v in entry_points.items()))
-    for module, source in modules.items():
-        (site / (module + ".py")).write_text(textwrap.dedent(source))
+from tests.conftest import write_distribution
 
 
 def test_dist_info_plugins_good_and_broken(tmp_path, monkeypatch):

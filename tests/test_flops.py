@@ -40,7 +40,10 @@ def test_cpu_peak_is_measured_and_can_be_switched_off(monkeypatch):
     facade = select_device(build_host(load_entry_points=False), "cpu")
     monkeypatch.setattr(cpu, "_measured_peaks", {})
     monkeypatch.setenv(cpu.ENV_PEAK_GEMM, "0.02")
-    assert peak_flops(facade, "cpu", "fp32")["peak_flops"] > 1e6
+    measured = peak_flops(facade, "cpu", "fp32")
+    # a figure, or (on a machine too busy to measure one) none, saying so: never a wrong one
+    assert measured["peak_flops"] > 1e6 if measured["peak_flops"] is not None \
+        else "busy" in measured["peak_note"]
     monkeypatch.setattr(cpu, "_measured_peaks", {})
     monkeypatch.setenv(cpu.ENV_PEAK_GEMM, "0")
     off = peak_flops(facade, "cpu", "fp32")
@@ -59,7 +62,7 @@ def test_known_part_tables():
 
 
 def test_vendor_without_the_optional_hook_gives_no_peak():
-    from tests.test_manager import vendor_module
+    from tests.conftest import vendor_module
 
     module = vendor_module("bare")
     assert not hasattr(module, "device_peak_flops")

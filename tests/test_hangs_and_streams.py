@@ -33,8 +33,7 @@ from chipbench.launcher import (
 from chipbench.manager import build_host
 from chipbench.monitor import ENV_HOOK_TIMEOUT, DeviceMonitor, hook_timeout
 from chipbench.selection import select_device
-from tests.conftest import TINY_DATA
-from tests.test_manager import vendor_module
+from tests.conftest import TINY_DATA, vendor_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_DATA + ["--set", "train.max_iters=1", "--set", "data.num_workers=0",

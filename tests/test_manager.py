@@ -6,34 +6,21 @@ import types
 
 import pytest
 
-import chipbench.plugins.cpu as cpu_plugin
 from chipbench.errors import PluginError, UserError
-from chipbench.hookspecs import DEVICE_HOOKS, hookimpl
+from chipbench.hookspecs import hookimpl
 from chipbench.manager import build_host
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 from chipbench.selection import select_device
+from tests.conftest import vendor_module
 
-
-def vendor_module(name, priority=5, available=True, **overrides):
-    """A throwaway vendor: the CPU plugin's hooks under another name, some replaced."""
-    module = types.ModuleType("vendor_" + name)
-    for hook in DEVICE_HOOKS:
-        setattr(module, hook, getattr(cpu_plugin, hook))
-
-    @hookimpl
-    def vendor_detect():
-        return VendorInfo(name, "cpu", priority, available, "test vendor " + name)
-
-    module.vendor_detect = vendor_detect
-    for hook, fn in overrides.items():
-        setattr(module, hook, hookimpl(fn))
-    return module
+BUILTINS = ["metax", "cuda", "rocm", "accelerator", "cpu"]
+"""The built-in vendors in priority order (ties by name), as a machine without GPUs lists them."""
 
 
 def test_builtins_are_listed_with_origin():
     host = build_host(load_entry_points=False)
     names = [v.name for v in host.vendors()]
-    assert names == ["metax", "cuda", "cpu"]  # priority order
+    assert names == BUILTINS  # priority order
     assert all(host.record(n).origin == "built-in" for n in names)
     assert host.record("cpu").info.available
 
@@ -42,7 +29,7 @@ def test_import_error_is_recorded_and_others_keep_working():
     host = build_host(load_entry_points=False)
     record = host.add_module("chipbench.plugins.does_not_exist")
     assert record.broken and "import failed" in record.error and "does_not_exist" in record.error
-    assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]
+    assert [v.name for v in host.vendors()] == BUILTINS
 
 
 def test_hook_with_arguments_the_spec_lacks_is_rejected():
@@ -103,7 +90,7 @@ def test_vendor_detect_fields_of_the_wrong_type_make_the_plugin_broken(field, va
     record = host.add(vendor_module("odd", vendor_detect=lambda: VendorInfo(**info)), "odd",
                       "test")
     assert record.broken and fragment in record.error
-    assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]  # listing works
+    assert [v.name for v in host.vendors()] == BUILTINS  # listing works
 
 
 def test_a_broken_vendor_answer_is_found_by_its_vendor_name():
@@ -279,7 +266,7 @@ def test_strict_mode_makes_failures_fatal(monkeypatch):
 def test_block_list_skips_plugins(monkeypatch):
     monkeypatch.setenv("CHIPBENCH_BLOCK_PLUGINS", "cuda, metax")
     host = build_host(load_entry_points=False)
-    assert [v.name for v in host.vendors()] == ["cpu"]
+    assert [v.name for v in host.vendors()] == [n for n in BUILTINS if n not in ("cuda", "metax")]
     with pytest.raises(UserError, match="vendor 'cuda' is blocked by CHIPBENCH_BLOCK_PLUGINS"):
         select_device(host, "cuda")
 
@@ -407,7 +394,7 @@ def test_auto_selection_takes_priority_and_announces_cpu(monkeypatch):
     assert select_device(host, None, announce=lines.append).vendor == "fast"
     # names the vendor it picked, calls only the unavailable ones unavailable
     assert lines[1].startswith("auto-selected vendor 'fast'")
-    assert "(metax, cuda not available here)" in lines[1]
+    assert "(metax, cuda, rocm, accelerator not available here)" in lines[1]
     assert "fast not" not in lines[1] and "cpu" not in lines[1].split(";", 1)[1]
     monkeypatch.setenv("CHIPBENCH_VENDOR", "cpu")
     host = build_host(load_entry_points=False)
@@ -511,7 +498,7 @@ def test_a_hanging_vendor_detect_is_given_up_and_the_others_keep_working(monkeyp
     assert 0.3 <= took < 10
     assert record.broken and "vendor_detect did not return within 0.3 s" in record.error
     assert "CHIPBENCH_BLOCK_PLUGINS=hung" in record.error and "\n" not in record.error
-    assert [v.name for v in host.vendors()] == ["metax", "cuda", "cpu"]
+    assert [v.name for v in host.vendors()] == BUILTINS
     assert select_device(host, "cpu").info.name == "cpu"
     with pytest.raises(UserError, match="hung"):
         select_device(host, "hung")

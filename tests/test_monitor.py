@@ -7,7 +7,7 @@ from chipbench.cli import main
 from chipbench.manager import build_host
 from chipbench.monitor import DeviceMonitor, summarize
 from chipbench.selection import select_device
-from tests.test_manager import vendor_module
+from tests.conftest import vendor_module
 
 TINY = ["--set", "train.max_iters=1", "--set", "data.synthetic.train_images=4",
         "--set", "data.synthetic.val_images=2", "--set", "data.synthetic.image_size=64",

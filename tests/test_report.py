@@ -72,7 +72,10 @@ def test_run_without_eval_epoch_and_changed_settings(tmp_path, monkeypatch):
     metrics = result["metrics"]
     if flop_counter_available():
         assert metrics["flops_per_image"] > 1e6 and metrics["achieved_tflops"] > 0
-        assert 0 < metrics["mfu"] and "MFU: " in report and "GFLOP" in report
+        assert "MFU: " in report and "GFLOP" in report
+        # an MFU, or none where the machine was too busy to measure the peak (and it says so)
+        assert 0 < metrics["mfu"] <= 1 if metrics["mfu"] is not None else "busy" in (
+            metrics["peak_note"])
     else:
         assert metrics["flops_per_image"] is None and "FLOPs per image (training step): n/a" in report
 

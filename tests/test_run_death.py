@@ -26,8 +26,7 @@ from chipbench.sentinel import (
     stop_leftover_workers,
     torchrun_pid_path,
 )
-from tests.conftest import tiny
-from tests.test_distributed import QUICK, core_process, free_port, worker_pid
+from tests.conftest import QUICK, core_process, free_port, tiny, worker_pid
 
 
 def wait_for(predicate, timeout=120.0, proc=None):
@@ -43,6 +42,13 @@ def status(out: Path) -> str:
         return json.loads((out / "result.json").read_text())["status"]
     except (OSError, ValueError, KeyError):
         return ""
+
+
+def recorded_epochs(out: Path) -> list:
+    try:
+        return json.loads((out / "progress.json").read_text()).get("epochs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def hold_lock_elsewhere(run_dir: Path) -> subprocess.Popen:
@@ -189,7 +195,9 @@ def test_sigkill_of_a_run_is_recorded_as_failed_in_one_line(tmp_path, tiny_data)
     out = tmp_path / "run"
     proc = core_process("--output", str(out), "--set", "train.epochs=1000",
                         "--set", "target.mAP=1.0", *QUICK[:-2])  # checkpoints on
-    wait_for(lambda: (out / "checkpoints" / "last.pt").is_file(), proc=proc)
+    # an epoch recorded (progress.json) and its checkpoint written: both are kept after the kill
+    wait_for(lambda: (out / "checkpoints" / "last.pt").is_file() and recorded_epochs(out),
+             proc=proc)
     assert main(["run", "--resume", str(out)]) == 2  # still going: refused, nothing changed
     proc.kill()  # as the out-of-memory killer would
     _, stderr = proc.communicate(timeout=60)  # EOF once the sentinel has spoken and left

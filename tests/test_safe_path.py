@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from chipbench.childproc import BOOTSTRAP, python_module_command
-from tests.conftest import tiny
-from tests.test_distributed import INTERRUPTER
-from tests.test_entry_points import write_distribution
+from tests.conftest import INTERRUPTER, tiny, write_distribution
 
 # modules that chipbench, its sentinel, torchrun or the workers import, and Python's own runpy
 PLANTED = ("json", "yaml", "torch", "pluggy", "psutil", "runpy", "numpy", "chipbench")
@@ -52,12 +50,16 @@ def test_the_bootstrap_drops_the_current_folder_and_runs_the_module(planted):
                           input='{"b": 1, "a": 2}', capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"a": 2, "b": 1}
-    assert "sys.path[0]" in BOOTSTRAP or "sys.path" in BOOTSTRAP
     assert not list(marks.iterdir())
-    # the same command with plain -m imports the planted json: the test can see the danger
-    subprocess.run([sys.executable, "-m", "json.tool"], cwd=str(here), input="{}",
-                   capture_output=True, text=True, timeout=60)
-    assert (marks / "json").exists()
+    # a module that only the current folder holds: plain `-c` imports it, the bootstrap cannot
+    (here / "only_here.py").write_text("open({!r}, 'w').close()\n".format(str(marks / "only_here")))
+    subprocess.run([sys.executable, "-c", "import only_here"], cwd=str(here), timeout=60)
+    assert (marks / "only_here").exists()
+    (marks / "only_here").unlink()
+    refused = subprocess.run(python_module_command("only_here"), cwd=str(here),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "only_here" in refused.stderr
+    assert not (marks / "only_here").exists() and "sys.path" in BOOTSTRAP
 
 
 @pytest.mark.skipif(not CORE.exists(), reason="the core console script is not installed")

@@ -1,6 +1,5 @@
 """The embedded dataset generator and the COCO loader, on it and on a tiny hand-written fixture."""
 
-import json
 
 import pytest
 import torch
@@ -16,7 +15,13 @@ from chipbench.cases.retinanet.data import (
 )
 from chipbench.cases.retinanet.synthetic import COMPLETE_MARKER, ensure_synthetic_coco
 from chipbench.errors import UserError
-from tests.conftest import TINY_SEED, TINY_SIZE, TINY_TRAIN_IMAGES, TINY_VAL_IMAGES
+from tests.conftest import (
+    TINY_SEED,
+    TINY_SIZE,
+    TINY_TRAIN_IMAGES,
+    TINY_VAL_IMAGES,
+    write_coco,
+)
 
 TINY = (TINY_TRAIN_IMAGES, TINY_VAL_IMAGES, TINY_SIZE)  # 16 train, 4 val, 64 px
 
@@ -79,22 +84,6 @@ def test_horizontal_flip_mirrors_boxes(small_set):
     assert torch.allclose(target_f["boxes"][:, 2], 64 - target["boxes"][:, 0])
 
 
-def tiny_coco(root, images, annotations):
-    for split in ("train", "val"):
-        (root / "{}2017".format(split)).mkdir(parents=True, exist_ok=True)
-    (root / "annotations").mkdir(exist_ok=True)
-    cats = [{"id": 1, "name": "thing"}, {"id": 18, "name": "dog"}]
-    for image in images:
-        Image.new("RGB", (image["width"], image["height"]), (90, 90, 90)).save(
-            root / "train2017" / image["file_name"])
-        Image.new("RGB", (image["width"], image["height"]), (90, 90, 90)).save(
-            root / "val2017" / image["file_name"])
-    for split in ("train", "val"):
-        with open(root / "annotations" / "instances_{}2017.json".format(split), "w") as handle:
-            json.dump({"images": images, "annotations": annotations, "categories": cats}, handle)
-    return root
-
-
 def test_tiny_fixture_crowd_and_degenerate_boxes(tmp_path):
     images = [{"id": 7, "file_name": "a.jpg", "width": 40, "height": 30},
               {"id": 9, "file_name": "b.jpg", "width": 30, "height": 40}]
@@ -104,7 +93,7 @@ def test_tiny_fixture_crowd_and_degenerate_boxes(tmp_path):
         {"id": 3, "image_id": 7, "category_id": 1, "bbox": [35, 20, 20, 20], "iscrowd": 0, "area": 1},
         {"id": 4, "image_id": 9, "category_id": 1, "bbox": [3, 3, 0.5, 9], "iscrowd": 0, "area": 1},
     ]
-    root = tiny_coco(tmp_path / "coco", images, annotations)
+    root = write_coco(tmp_path / "coco", images, annotations)
     train = CocoDetection(*coco_paths(root, "train"), train=True, hflip=0.0)
     assert train.ids == [7]  # image 9 has only a degenerate box
     _, target = train[0]
@@ -138,7 +127,7 @@ def test_missing_and_corrupt_images(tmp_path):
     images = [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 20}]
     annotations = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0,
                     "area": 25}]
-    root = tiny_coco(tmp_path / "coco", images, annotations)
+    root = write_coco(tmp_path / "coco", images, annotations)
     (root / "train2017" / "a.jpg").write_bytes(b"not a jpeg at all")
     dataset = CocoDetection(*coco_paths(root, "train"), train=True)
     with pytest.raises(UserError) as err:
@@ -176,7 +165,7 @@ def test_decoder_reads_what_pil_reads_with_the_same_pixels(tmp_path):
     images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}]
     annotations = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0,
                     "area": 25}]
-    root = tiny_coco(tmp_path / "coco", images, annotations)
+    root = write_coco(tmp_path / "coco", images, annotations)
     (root / "train2017" / "a.jpg").write_bytes(whole[:len(whole) // 2])
     with pytest.raises(UserError, match="a.jpg is unreadable"):
         CocoDetection(*coco_paths(root, "train"), train=True)[0]
@@ -207,7 +196,7 @@ def test_transforms_v2_path_matches_own_converter(tmp_path, small_set, hflip):
         {"id": 3, "image_id": 7, "category_id": 1, "bbox": [35, 20, 20, 20], "iscrowd": 0, "area": 1},
         {"id": 4, "image_id": 7, "category_id": 1, "bbox": [3, 3, 0.5, 9], "iscrowd": 0, "area": 1},
     ]
-    roots = [tiny_coco(tmp_path / "coco", images, annotations), small_set]
+    roots = [write_coco(tmp_path / "coco", images, annotations), small_set]
     for root in roots:
         for split, train in (("train", True), ("val", False)):
             own = CocoDetection(*coco_paths(root, split), train=train, hflip=hflip, use_v2=False)

@@ -20,7 +20,7 @@ import pytest
 
 from chipbench.cli import main
 from chipbench.errors import PluginError, UserError
-from tests.test_bad_inputs import copy_run, snapshot
+from tests.conftest import copy_run, snapshot, vendor_answering
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -359,8 +359,6 @@ def test_a_resumed_spec_with_devices_listed_twice_is_refused(tiny_run, tmp_path,
     ("", "expected one backend name"),
 ])
 def test_a_backend_answer_init_process_group_cannot_parse_is_refused(backend, fragment):
-    from tests.test_collective_backend import vendor_answering
-
     facade = vendor_answering(backend)
     with pytest.raises(PluginError) as caught:
         facade.process_group_backend()
@@ -387,8 +385,6 @@ def test_torch_itself_fails_on_those_answers(backend, tmp_path):
 def test_a_backend_this_torch_is_built_without_names_the_vendor_and_the_hook(monkeypatch):
     import torch.distributed as dist
 
-    from tests.test_collective_backend import vendor_answering
-
     monkeypatch.setattr(dist, "is_mpi_available", lambda: False)  # as on most torch builds
     facade = vendor_answering("mpi")
     with pytest.raises(PluginError) as caught:
@@ -407,7 +403,6 @@ def test_a_backend_this_torch_is_built_without_names_the_vendor_and_the_hook(mon
 
 def test_the_conformance_check_refuses_a_name_with_spaces():
     from chipbench.conformance import run_checks
-    from tests.test_collective_backend import vendor_answering
 
     [live] = run_checks(vendor_answering("GLOO "), only=["collective_backend"])
     assert live.status == "fail" and "without spaces" in live.expected, live

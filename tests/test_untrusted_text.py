@@ -18,7 +18,7 @@ from chipbench.hookspecs import DEVICE_HOOKS, hookimpl
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 from chipbench.report import render
 from chipbench.text import markdown_cell, number_text, shorten, shown, terminal, xml_text
-from tests.test_compare import folder, result
+from tests.conftest import compare_result, result_folder
 
 UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 FORGED_LINE = "No fairness warnings: every run finished and converged."
@@ -120,7 +120,7 @@ def test_a_long_or_escaping_config_key_is_cut_in_one_error_line(capsys):
 
 
 def forged(**fields):
-    data = result()
+    data = compare_result()
     data.update(fields)
     return data
 
@@ -128,16 +128,17 @@ def forged(**fields):
 @pytest.fixture
 def forged_runs(tmp_path):
     """A fair baseline and two runs whose result.json forge what can be forged."""
-    base = folder(tmp_path, "base", result())
-    evil = folder(tmp_path, "evil", forged(
+    base = result_folder(tmp_path, "base", compare_result())
+    evil = result_folder(tmp_path, "evil", forged(
         status="failed", error="boom\n\x1b[32m" + FORGED_LINE + "\x1b[0m",
         precision="\x1b[2J\x1b]0;owned\x07amp" + NASTY,
         fix_hp="bs=16\n| forged | row | 1 | 2 | 3 |",
         row_label="A|B|C " + NASTY + " D", vendor="acme\x1b[5m",
         hardware={"label": "\x1b[31mX|Y\nZ"}, versions={"chipbench": "0.3\x1b[5m\n"},
         general={"rows": [["dataset", "COCO\n" + FORGED_LINE, ""]]}))
-    huge = folder(tmp_path, "huge", forged(row_label="L" * 100000, fix_hp="bs=" + "9" * 100000,
-                                           precision="p" * 100000))
+    huge = result_folder(tmp_path, "huge", forged(row_label="L" * 100000,
+                                                  fix_hp="bs=" + "9" * 100000,
+                                                  precision="p" * 100000))
     return [base, evil, huge]
 
 
@@ -188,8 +189,8 @@ def test_compare_charts_are_valid_svg_without_control_characters(forged_runs, tm
 
 def test_a_fix_hp_difference_names_the_keys_that_differ(tmp_path, capsys):
     common = ", ".join("setting{}={}".format(i, "v" * 30) for i in range(8))
-    a = folder(tmp_path, "a", forged(fix_hp="bs=16, eval.batch_size=8, " + common))
-    b = folder(tmp_path, "b", forged(fix_hp="bs=16, eval.batch_size=16, " + common + ", lr=0.02"))
+    a = result_folder(tmp_path, "a", forged(fix_hp="bs=16, eval.batch_size=8, " + common))
+    b = result_folder(tmp_path, "b", forged(fix_hp="bs=16, eval.batch_size=16, " + common + ", lr=0.02"))
     assert main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     line = [line for line in out.splitlines() if "hyper-parameters (fix_hp)" in line][0]
@@ -199,8 +200,8 @@ def test_a_fix_hp_difference_names_the_keys_that_differ(tmp_path, capsys):
 
 
 def test_a_forged_result_refused_in_one_escaped_line(tmp_path, capsys):
-    good = folder(tmp_path, "good", result())
-    bad = folder(tmp_path, "bad", forged(status="\x1b[2Jdone\n" + FORGED_LINE + "x" * 100000))
+    good = result_folder(tmp_path, "good", compare_result())
+    bad = result_folder(tmp_path, "bad", forged(status="\x1b[2Jdone\n" + FORGED_LINE + "x" * 100000))
     assert main(["compare", str(good), str(bad)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and unsafe(err) == [] and len(err) < 1000

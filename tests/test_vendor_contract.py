@@ -13,6 +13,7 @@ from chipbench.hookspecs import DEVICE_HOOKS
 from chipbench.manager import build_host
 from chipbench.records import HardwareId
 from chipbench.selection import select_device
+from tests.conftest import vendor_module, write_tool
 
 
 def check_contract(facade: Device, with_device_calls: bool = True) -> None:
@@ -24,12 +25,28 @@ def check_contract(facade: Device, with_device_calls: bool = True) -> None:
     assert not failures, "\n".join(failures)
 
 
-def test_every_vendor_implements_every_device_hook():
-    host = build_host()
-    for info in host.vendors():
-        plugin = host._vendor_plugins[info.name]
-        implemented = {c.name for c in host.pm.get_hookcallers(plugin)}
-        assert set(DEVICE_HOOKS) <= implemented, info.name
+def test_every_installed_vendor_plugin_loads():
+    """The shipped vendors and the installed example plugin register, none broken."""
+    records = build_host().records
+    assert not [(r.name, r.error) for r in records if r.broken]
+    assert {"cpu", "cuda", "metax", "fakechip"} <= {r.name for r in records}
+
+
+@pytest.mark.parametrize("hook", DEVICE_HOOKS)
+def test_a_vendor_lacking_a_device_hook_is_refused_naming_it(hook):
+    """A vendor plugin without one device hook is broken, not listed, and choosing it says so
+    (it would otherwise fail mid-run at the first call of that hook)."""
+    from chipbench.errors import UserError
+
+    partial = vendor_module("partial")
+    delattr(partial, hook)
+    host = build_host(load_entry_points=False)
+    record = host.add(partial, "partial", "test")
+    assert record.broken and record.error == "vendor plugin lacks hooks: " + hook
+    assert "partial" not in [v.name for v in host.vendors()]
+    with pytest.raises(UserError, match="vendor plugin 'partial' [(]test[)] is broken: vendor "
+                                        "plugin lacks hooks: " + hook):
+        select_device(host, "partial")
 
 
 def test_available_vendors_honour_the_contract():
@@ -63,32 +80,7 @@ def test_metax_simulated_contract(metax_machine, monkeypatch):
     assert memory.source == "mx-smi"
 
 
-def simulate_cuda(tmp_path, monkeypatch) -> None:
-    """A simulated 2 x A100 machine: NVIDIA torch build, nvidia-smi on PATH, torch.cuda patched."""
-    import chipbench.plugins.cuda
-    from tests.conftest import write_tool
-
-    csv = tmp_path / "smi.csv"
-    csv.write_text("NVIDIA A100-SXM4-80GB, 81920, 535.104.05\n")
-    bin_dir = tmp_path / "bin"
-    write_tool(bin_dir, "nvidia-smi", script="#!/bin/sh\ncase \"$*\" in *utilization*) "
-               "echo '87, 301.5, 64, 40000';; *) cat '{}';; esac\n".format(csv))
-    monkeypatch.setenv("PATH", "{}:{}".format(bin_dir, __import__("os").environ["PATH"]))
-    monkeypatch.setattr(chipbench.plugins.cuda, "installed_torch_version", lambda: "2.1.0+cu121")
-    monkeypatch.setattr(torch.version, "cuda", "12.1")
-    monkeypatch.setattr(torch.version, "hip", None, raising=False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA A100-SXM4-80GB")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 2**30)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
-
-
-def test_cuda_simulated_contract(tmp_path, monkeypatch):
-    simulate_cuda(tmp_path, monkeypatch)
+def test_cuda_simulated_contract(cuda_machine):
     host = build_host(load_entry_points=False)
     facade = select_device(host, None)
     assert facade.vendor == "cuda"
@@ -102,14 +94,13 @@ def test_cuda_simulated_contract(tmp_path, monkeypatch):
     assert facade.memory_query(torch.device("cuda", 0)).used_bytes == 20 * 2**30
 
 
-def test_a_local_rank_beyond_the_visible_devices_is_one_line(tmp_path, monkeypatch):
+def test_a_local_rank_beyond_the_visible_devices_is_one_line(cuda_machine, monkeypatch):
     """Three processes on a node whose vendor sees two GPUs: the third rank is refused naming
     the count and the fix, before the vendor's set_device fails in its own words. Processes of a
     CPU-type vendor share the one host device, so any local rank runs there."""
     from chipbench.errors import UserError
     from chipbench.worker import check_local_device
 
-    simulate_cuda(tmp_path, monkeypatch)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     facade = select_device(build_host(load_entry_points=False), "cuda")
     check_local_device(facade, 1)
@@ -157,8 +148,6 @@ def test_optional_run_switches_default_without_a_vendor_hook():
 
 
 def test_optional_run_switches_reach_the_vendor():
-    from tests.test_manager import vendor_module
-
     calls = []
     scaler = types.SimpleNamespace(**{m: lambda *a: None for m in ("scale", "unscale_", "step",
                                                                    "update")})
@@ -187,7 +176,6 @@ def test_answers_outside_the_contract_from_optional_hooks_are_refused(peak):
     from chipbench.conformance import run_checks
     from chipbench.errors import PluginError
     from chipbench.flops import peak_flops
-    from tests.test_manager import vendor_module
 
     host = build_host(load_entry_points=False)
     host.add(vendor_module("claims", device_configure=lambda device, deterministic, autotune: True,
@@ -224,8 +212,6 @@ README = Path(__file__).resolve().parents[1] / "docs" / "vendor-plugins.md"
 
 
 def test_readme_minimal_plugin_honours_the_contract(tmp_path, monkeypatch):
-    from tests.conftest import write_tool
-
     section = README.read_text(encoding="utf-8").split("### Writing a vendor plugin", 1)[1]
     source = section.split("```python\n")[2].split("```")[0]  # [1] is the import line
     module = types.ModuleType("mychip_chipbench")

@@ -154,7 +154,8 @@ def load_coco_api(annotation_file: Path) -> Any:
     """Load an instances JSON with pycocotools (quietly); a broken file is a one-line error.
 
     Invalid boxes (not 4 finite numbers, under 1 px, or outside the image) are removed; how many
-    is ``coco.boxes_dropped``.
+    is ``coco.boxes_dropped``. The annotations as the file gives them stay in
+    ``coco.annotations_as_given``: evaluation scores against those (:func:`scoring_ground_truth`).
     """
     from pycocotools.coco import COCO
 
@@ -171,12 +172,14 @@ def load_coco_api(annotation_file: Path) -> Any:
     if missing:
         raise UserError("annotation file {} lacks {}".format(annotation_file, ", ".join(missing)),
                         "use a COCO instances file (instances_*2017.json)")
+    given = dataset["annotations"]
     dataset["annotations"], dropped = check_instances(dataset, Path(annotation_file))
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     coco.boxes_dropped = dropped
+    coco.annotations_as_given = given
     coco.annotation_file = Path(annotation_file)  # named when an image's size disagrees
     return coco
 
@@ -255,6 +258,38 @@ def check_instances(dataset: Dict[str, Any], annotation_file: Path
     return kept, dropped
 
 
+def scoring_ground_truth(coco: Any) -> Tuple[Any, int]:
+    """The ground truth that evaluation scores against, and how many boxes it leaves out.
+
+    It is the annotation file as given (``coco.annotations_as_given`` of :func:`load_coco_api`),
+    as plain pycocotools and the published COCO results score it: boxes under 1 px or outside the
+    image, which training drops, are kept, and crowd regions (``iscrowd`` 1) stay regions whose
+    detections COCOeval counts neither as true nor as false positives. Left out are only boxes
+    that are not 4 finite numbers, which no COCO scorer can place (pycocotools fails on them). An
+    annotation without a numeric ``area`` gets its box's width x height, as faster-coco-eval
+    gives it (pycocotools would fail on it); the file's own dicts are not changed.
+    """
+    from pycocotools.coco import COCO
+
+    given = getattr(coco, "annotations_as_given", None)
+    if given is None:
+        given = coco.dataset["annotations"]
+    kept: List[Dict[str, Any]] = []
+    for ann in given:
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 \
+                or not all(is_number(v) for v in bbox):
+            continue
+        if not is_number(ann.get("area")):
+            ann = dict(ann, area=float(bbox[2]) * float(bbox[3]))
+        kept.append(ann)
+    scoring = COCO()
+    scoring.dataset = dict(coco.dataset, annotations=kept)
+    with contextlib.redirect_stdout(io.StringIO()):
+        scoring.createIndex()
+    return scoring, len(given) - len(kept)
+
+
 MAX_CATEGORY_ID = 100000
 """The largest category id taken: the classification head has an output for every id up to it."""
 
@@ -308,6 +343,13 @@ class CocoDetection(_TensorImageCoco):
                                 "training needs annotated images: fix the annotation file")
         self.ids = ids
         self.boxes_dropped = int(getattr(self.coco, "boxes_dropped", 0))
+        self.scoring_coco: Any = None
+        """Evaluation's ground truth (:func:`scoring_ground_truth`; None for a training set)."""
+        self.boxes_not_scored = 0
+        if not train:
+            self.scoring_coco, self.boxes_not_scored = scoring_ground_truth(self.coco)
+        self.invalid_boxes_scored = self.boxes_dropped - self.boxes_not_scored if not train else 0
+        """Boxes that training would drop and evaluation scores as the file gives them."""
         missing = [self.coco.imgs[i]["file_name"] for i in ids
                    if not os.path.isfile(os.path.join(self.root, self.coco.imgs[i]["file_name"]))]
         if missing:
@@ -403,8 +445,10 @@ def convert_target(annotations: List[Dict[str, Any]], image_id: int, width: int,
 
 
 def annotation_count(dataset: "CocoDetection") -> int:
-    """Annotations (boxes kept) of the images that ``dataset`` uses."""
-    return sum(len(dataset.coco.imgToAnns.get(i, [])) for i in dataset.ids)
+    """Annotations of the images that ``dataset`` uses: a training set's boxes kept, an
+    evaluation set's ground truth as scored (:func:`scoring_ground_truth`)."""
+    coco = dataset.scoring_coco if dataset.scoring_coco is not None else dataset.coco
+    return sum(len(coco.imgToAnns.get(i, [])) for i in dataset.ids)
 
 
 def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes: int,
@@ -423,9 +467,10 @@ def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes
             "train_annotations": annotation_count(train_set),
             "val_annotations": annotation_count(val_set),
             "train_images_dropped": train_set.images_listed - len(train_set),
-            "boxes_dropped": train_set.boxes_dropped + val_set.boxes_dropped,
+            "boxes_dropped": train_set.boxes_dropped + val_set.boxes_not_scored,
             "train_boxes_dropped": train_set.boxes_dropped,
-            "val_boxes_dropped": val_set.boxes_dropped,
+            "val_boxes_dropped": val_set.boxes_not_scored,
+            "val_invalid_boxes_scored": val_set.invalid_boxes_scored,
             "num_classes": num_classes, "min_size": config["model"]["min_size"],
             "max_size": config["model"]["max_size"], "batch_size": batch,
             "train_file": str(train_set.annotation_file), "val_file": str(val_set.annotation_file)}

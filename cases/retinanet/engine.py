@@ -10,14 +10,16 @@ import math
 import random
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple, cast
 
 import torch
 
+from chipbench.contract import PRECISION_TABLE
 from chipbench.errors import UserError
 from chipbench.metrics import RunMeter
 
-AUTOCAST_DTYPES = {"amp": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}
+AUTOCAST_DTYPES = {p.name: getattr(torch, p.autocast) for p in PRECISION_TABLE if p.autocast}
+"""The dtype autocast computes in, per precision (:data:`chipbench.contract.PRECISION_TABLE`)."""
 
 
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], Any]:
@@ -200,3 +202,53 @@ class LossWindow:
         self.read_sum += total
         self.total, self.count, self.first = None, 0, last_iteration + 1
         return mean
+
+
+def trained_flops_per_image(model: torch.nn.Module, dataset: Any,
+                            batches: Iterable[Sequence[int]], device: torch.device,
+                            min_size: int, max_size: int) -> Tuple[Optional[float], str]:
+    """FLOPs of the training step per image, as the run trains ``batches`` (an epoch's batches of
+    indices into ``dataset``), and how they were counted.
+
+    The model's transform pads every image of a batch to the batch's largest, so a batch's
+    padded shape is found from its images' sizes in the annotations (no image is read); each of
+    the most frequent shapes is counted on real images of its first batch, the tallest and the
+    widest, which the transform pads to that very shape
+    (:func:`chipbench.flops.flops_per_trained_image`). The model and every random stream are left
+    as they were."""
+    from chipbench.cases.retinanet.evaluate import detection_transform, padded_shape
+    from chipbench.flops import flops_per_trained_image
+
+    transform = detection_transform(min_size, max_size)
+    by_size: Dict[Tuple[int, int], Tuple[int, int]] = {}
+
+    def shape_of(index: int) -> Tuple[int, int]:
+        info = dataset.coco.imgs[dataset.ids[index]]
+        size = (int(info["height"]), int(info["width"]))
+        if size not in by_size:
+            by_size[size] = padded_shape(transform, *size)
+        return by_size[size]
+
+    shaped: List[Tuple[Hashable, int]] = []
+    spans: Dict[Tuple[int, int], List[int]] = {}
+    for batch in batches:
+        batch = list(batch)
+        shapes = [shape_of(index) for index in batch]
+        shape = (max(h for h, _ in shapes), max(w for _, w in shapes))
+        shaped.append((shape, len(batch)))
+        if shape not in spans:
+            tallest = batch[max(range(len(batch)), key=lambda k: shapes[k][0])]
+            widest = batch[max(range(len(batch)), key=lambda k: shapes[k][1])]
+            spans[shape] = [tallest] + ([widest] if widest != tallest else [])
+
+    def make_inputs(shape: Hashable) -> Tuple[Sequence[Any], int]:
+        pairs = [dataset[index] for index in spans[cast(Tuple[int, int], shape)]]
+        images = [image.to(device) for image, _ in pairs]
+        targets = [{k: v.to(device) for k, v in target.items()} for _, target in pairs]
+        return (images, targets), len(images)
+
+    def area(shape: Hashable) -> float:
+        height, width = cast(Tuple[int, int], shape)
+        return float(height * width)
+
+    return flops_per_trained_image(model, shaped, make_inputs, area)

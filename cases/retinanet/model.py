@@ -117,7 +117,7 @@ def build_retinanet(num_classes: int, backbone_weights: Optional[Path], min_size
     pretrained = backbone_weights is not None
     norm_layer = misc_ops.FrozenBatchNorm2d if pretrained else torch.nn.BatchNorm2d
     backbone = resnet50(weights=None, norm_layer=norm_layer)
-    if pretrained:
+    if backbone_weights is not None:
         handle = open_weights(backbone_weights)
         try:
             with handle:

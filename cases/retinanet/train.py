@@ -24,8 +24,15 @@ from chipbench.cases.retinanet.engine import (
     make_grad_scaler,
     make_sgd,
     train_one_epoch,
+    trained_flops_per_image,
 )
-from chipbench.cases.retinanet.evaluate import coco_bbox_map, predict, resolve_backend
+from chipbench.cases.retinanet.evaluate import (
+    coco_bbox_map,
+    detection_transform,
+    predict,
+    resolve_backend,
+    shape_grouped_batches,
+)
 from chipbench.cases.retinanet.model import build_retinanet, step_memory_floor
 from chipbench.context import PROGRESS_FILE, RESULT_FILE, RunContext, read_json_dict
 from chipbench.errors import ChipbenchError, UserError
@@ -91,9 +98,14 @@ def build_loaders(ctx: RunContext, data_dir: Path):
     shard = Subset(val_set, list(range(ctx.rank, len(val_set), ctx.world_size)))
     # its own generator: each pass over a DataLoader draws its workers' base seed from it, which
     # would otherwise be the global RNG that training's flips then continue from (a run's
-    # trajectory would depend on when it evaluates)
-    val_loader = DataLoader(shard, batch_size=cfg["eval"]["batch_size"], shuffle=False,
-                            num_workers=workers, pin_memory=pin, collate_fn=collate,
+    # trajectory would depend on when it evaluates). Its batches hold images that the model pads
+    # to the same shape, so that no image's detections depend on eval.batch_size
+    infos = [val_set.coco.imgs[val_set.ids[i]] for i in shard.indices]
+    val_batches = shape_grouped_batches(
+        [(info["height"], info["width"]) for info in infos], cfg["eval"]["batch_size"],
+        detection_transform(cfg["model"]["min_size"], cfg["model"]["max_size"]))
+    val_loader = DataLoader(shard, batch_sampler=val_batches, num_workers=workers,
+                            pin_memory=pin, collate_fn=collate,
                             generator=torch.Generator().manual_seed(cfg["train"]["seed"]), **extra)
     return train_set, val_set, sampler, train_loader, val_loader
 
@@ -108,7 +120,7 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, val_set: CocoDetection, va
     if ctx.is_main:
         merged = [r for part in gathered for r in part]
         backend = ctx.config["eval"]["backend"]
-        scores = dict(coco_bbox_map(val_set.coco, merged, val_set.ids, backend),
+        scores = dict(coco_bbox_map(val_set.scoring_coco, merged, val_set.ids, backend),
                       eval_backend=resolve_backend(backend))
     return ctx.broadcast(scores)
 
@@ -208,23 +220,30 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
         ctx, Path(prepared["data_dir"]))
     num_classes = max(train_set.coco.getCatIds() or [0]) + 1
     ctx.data = data_facts(train_set, val_set, num_classes, cfg, ctx.world_size)
-    if ctx.is_main and ctx.data["boxes_dropped"]:
-        ctx.log.warning("warning: %d invalid box(es) dropped (%d in %s, %d in %s): not 4 finite "
-                        "numbers, under 1 px, or outside the image", ctx.data["boxes_dropped"],
-                        train_set.boxes_dropped, train_set.annotation_file.name,
-                        val_set.boxes_dropped, val_set.annotation_file.name)
+    if ctx.is_main and train_set.boxes_dropped:
+        ctx.log.warning("warning: %d invalid box(es) in %s dropped from training: not 4 finite "
+                        "numbers, under 1 px, or outside the image", train_set.boxes_dropped,
+                        train_set.annotation_file.name)
+    if ctx.is_main and val_set.invalid_boxes_scored:
+        ctx.log.warning("note: %d box(es) in %s under 1 px or outside the image are scored as "
+                        "the file gives them (the standard COCO score, as pycocotools gives it)",
+                        val_set.invalid_boxes_scored, val_set.annotation_file.name)
+    if ctx.is_main and val_set.boxes_not_scored:
+        ctx.log.warning("warning: %d box(es) in %s are not 4 finite numbers: left out of the "
+                        "ground truth that mAP is scored against", val_set.boxes_not_scored,
+                        val_set.annotation_file.name)
     check_step_fits(ctx, train_set)
     weights = prepared.get("backbone_weights_path")
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
                             cfg["model"]["trainable_backbone_layers"]).to(ctx.device)
-    perf: Dict[str, Any] = {}  # FLOPs of a training step on a real image, the vendor's peak
-    if ctx.is_main:  # counted before DDP wraps the model
-        def first_image():
-            image, target = train_set[0]
-            return [image.to(ctx.device)], [{k: v.to(ctx.device) for k, v in target.items()}]
-
-        perf = run_start_facts(ctx.facade, ctx.device, train_cfg["precision"], model, 1, first_image)
+    perf: Dict[str, Any] = {}  # FLOPs of the training step per trained image, the vendor's peak
+    if ctx.is_main:  # counted before DDP wraps the model, on this rank's batches of epoch 1
+        sampler.set_epoch(0)
+        perf = run_start_facts(ctx.facade, ctx.device, train_cfg["precision"],
+                               *trained_flops_per_image(model, train_set, train_loader.batch_sampler,
+                                                        ctx.device, cfg["model"]["min_size"],
+                                                        cfg["model"]["max_size"]))
     if train_cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     bare_model = model

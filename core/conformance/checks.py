@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from chipbench.config import shown
-from chipbench.contract import DEVICE_HOOKS, OPTIONAL_DEVICE_HOOKS, RULE
-from chipbench.errors import exception_text, plugin_fault
+from chipbench.contract import DEVICE_HOOKS, LOSS_SCALED_PRECISIONS, OPTIONAL_DEVICE_HOOKS, RULE
+from chipbench.errors import describe_exception, plugin_fault
 from chipbench.records import VendorInfo
 
 OVERHEAD_LIMIT_US = 5.0
@@ -80,7 +80,7 @@ class Subject:
 
     def impl(self, hook: str) -> Callable[..., Any]:
         """The vendor's own function for ``hook`` (for direct, facade-less calls)."""
-        return getattr(self.facade.host.pm.hook, hook).get_hookimpls()[-1].function
+        return self.facade.host.vendor_function(hook)
 
     def device(self) -> Any:
         """``device_init_backend(0)``, checked to be a ``torch.device``."""
@@ -405,7 +405,7 @@ def _added_us(facade_call: Callable[[], Any], direct_call: Callable[[], Any]) ->
 
 
 def check_overhead(subject: Subject) -> str:
-    """Each hook called in the timed loop or by the sampler costs < 5 us more through the facade
+    """Each hook called in the timed training loop costs < 5 us more through the facade
     (its rule included) than a direct call of the vendor's function (hooks that themselves take
     over 10 us are not timed: noise would swamp 5 us)."""
     facade = subject.facade
@@ -460,7 +460,7 @@ def check_optional_hooks(subject: Subject) -> str:
                     facade.configure(device, deterministic, autotune)
                 answers.append("configure ok")
             if "device_grad_scaler" in implemented:
-                for precision in (p for p in ("amp", "fp16") if p in precisions):
+                for precision in (p for p in LOSS_SCALED_PRECISIONS if p in precisions):
                     facade.grad_scaler(device, precision)
                 answers.append("grad scaler ok")
             if "device_peak_flops" in implemented:
@@ -529,9 +529,8 @@ def run_check(subject: Subject, name: str, fn: Callable[[Subject], str]) -> Resu
             return Result(vendor, name, "skip", _expectation(fn), _needs(hook))
         frames = traceback.extract_tb(exc.__traceback__)
         where = " (in {})".format(frames[-1].name) if frames else ""
-        text = exception_text(exc).strip().splitlines()
-        return Result(vendor, name, "fail", _expectation(fn), "{}{}: {}".format(
-            type(exc).__name__, where, text[0] if text else ""))
+        kind, _, text = describe_exception(exc).partition(": ")
+        return Result(vendor, name, "fail", _expectation(fn), "{}{}: {}".format(kind, where, text))
     return Result(vendor, name, "pass", _expectation(fn), got)
 
 
