@@ -64,7 +64,7 @@ def untouched(model: Any) -> Iterator[None]:
 
     rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
     device_type = next((p.device.type for p in model.parameters()), "cpu")
-    device_module = getattr(torch, device_type, None) if device_type != "cpu" else None
+    device_module: Any = getattr(torch, device_type, None) if device_type != "cpu" else None
     initialized = getattr(device_module, "is_initialized", None)
     device_rng = device_module.get_rng_state_all() if callable(initialized) and initialized() \
         and callable(getattr(device_module, "get_rng_state_all", None)) else None
