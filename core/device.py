@@ -177,9 +177,7 @@ class Device:
         it: one of :data:`BACKEND_FORM`, names torch.distributed knows, and built into this torch
         (``is_mpi_available()`` and its like). Call it after :meth:`init_backend`: a vendor's
         extension registers its backend on import."""
-        backend = self.collective_backend()
-        if not backend_form_ok(backend):
-            raise self._wrong("collective_backend", backend, BACKEND_FORM)
+        backend = self.collective_backend()  # its form is the hook's rule, checked there
         unknown, known = unknown_backends(backend)
         if unknown:
             raise self._wrong("collective_backend", backend, BACKEND_EXPECTED.format(

@@ -22,7 +22,7 @@ import json
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from chipbench.contract import PRECISION
 from chipbench.environment import installed_torch_version
@@ -92,18 +92,24 @@ def _first(section: Any, keys: List[str]) -> Optional[float]:
     return None
 
 
-def parse_amd_smi_metric(text: str) -> List[Dict[str, Any]]:
-    """Parse ``amd-smi metric --json``: one dict per GPU with ``index`` and, where reported,
-    ``util_percent``, ``power_w``, ``temperature_c``, ``memory_used_mib``, ``memory_total_mib``
-    (amd-smi's "MB" are MiB: an MI300X shows 196592 of them)."""
+def _gpu_rows(text: str) -> List[Tuple[int, Dict[str, Any]]]:
+    """``(index, row)`` of each GPU in an ``amd-smi ... --json`` output (its ``gpu`` number, else
+    its position); [] where the text is no JSON."""
     try:
         parsed = json.loads(text)
     except ValueError:
         return []
+    return [(row["gpu"] if type(row.get("gpu")) is int else position, row)
+            for position, row in enumerate(_rows(parsed))]
+
+
+def parse_amd_smi_metric(text: str) -> List[Dict[str, Any]]:
+    """Parse ``amd-smi metric --json``: one dict per GPU with ``index`` and, where reported,
+    ``util_percent``, ``power_w``, ``temperature_c``, ``memory_used_mib``, ``memory_total_mib``
+    (amd-smi's "MB" are MiB: an MI300X shows 196592 of them)."""
     devices = []
-    for position, row in enumerate(_rows(parsed)):
-        gpu = row.get("gpu")
-        device: Dict[str, Any] = {"index": gpu if type(gpu) is int else position}
+    for index, row in _gpu_rows(text):
+        device: Dict[str, Any] = {"index": index}
         figures = (
             ("util_percent", row.get("usage"), ["gfx_activity"]),
             ("power_w", row.get("power"), ["socket_power", "current_socket_power",
@@ -123,17 +129,12 @@ def parse_amd_smi_metric(text: str) -> List[Dict[str, Any]]:
 def parse_amd_smi_static(text: str) -> List[Dict[str, Any]]:
     """Parse ``amd-smi static --json``: one dict per GPU with ``index``, ``name`` (the ASIC's
     market name) and, where reported, ``driver_version`` and ``memory_total_mib``."""
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return []
     devices = []
-    for position, row in enumerate(_rows(parsed)):
-        gpu = row.get("gpu")
+    for index, row in _gpu_rows(text):
         asic = row.get("asic")
         if not isinstance(asic, dict):
             asic = {}
-        device: Dict[str, Any] = {"index": gpu if type(gpu) is int else position,
+        device: Dict[str, Any] = {"index": index,
                                   "name": str(asic.get("market_name") or "AMD GPU").strip()}
         driver = row.get("driver")
         if isinstance(driver, dict) and driver.get("version") not in (None, "N/A"):
