@@ -31,14 +31,18 @@ def case_config(overrides: Optional[Dict[str, Dict[str, Any]]] = None,
 
 
 def cpu_context(config: Dict[str, Any]) -> Any:
-    """What ``build_loaders`` needs of a RunContext, on the CPU vendor (its threads set)."""
+    """A RunContext on the CPU vendor (its threads set) with the hooks the loaders and the
+    training step call: loader workers and synchronize."""
+    from chipbench.case import RunContext
+
     device = cpu.device_init_backend(0)
     facade = types.SimpleNamespace(
         loader_workers=lambda configured, local_world_size: cpu.device_loader_workers(
-            configured=configured, local_world_size=local_world_size))
+            configured=configured, local_world_size=local_world_size),
+        synchronize=lambda device: cpu.device_synchronize(device))
     log = logging.getLogger("chipbench.benchmark")
-    return types.SimpleNamespace(config=config, device=device, world_size=1, rank=0,
-                                 facade=facade, log=log)
+    return RunContext(spec={}, config=config, run_dir=Path("."), host=None, facade=facade,
+                      device=device, log=log)
 
 
 def synthetic_dir(config: Dict[str, Any]) -> Path:

@@ -14,7 +14,6 @@ Prints p_core(case)/bare and p_train/p_core last. Goals: >= 0.98 and >= 0.95.
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import statistics
@@ -27,18 +26,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _case_setup import case_config, case_model, cpu_context, step_rate, synthetic_dir  # noqa: E402
 
-from chipbench.cases.retinanet.engine import make_sgd, train_one_epoch  # noqa: E402
+from chipbench.case import RunMeter  # noqa: E402
+from chipbench.cases.retinanet.engine import TrainStep, make_sgd, train_one_epoch  # noqa: E402
 from chipbench.cases.retinanet.train import build_loaders  # noqa: E402
-from chipbench.metrics import RunMeter  # noqa: E402
 from chipbench.plugins import cpu  # noqa: E402
 
 
 def case_round(model, optimizer, ctx, loader, iters: int, clip: float) -> Dict[str, float]:
     """One epoch of the case's step, stopped after ``iters`` iterations; p_core and p_train."""
-    meter = RunMeter()
-    train_one_epoch(model, optimizer, loader, ctx.device, 0, meter,
-                    lambda: cpu.device_synchronize(ctx.device), contextlib.nullcontext, None,
-                    clip, None, ctx.log, ctx.config["run"]["log_every"], iters)
+    ctx.meter = meter = RunMeter()
+    train_one_epoch(model, optimizer, loader, ctx, 0,
+                    TrainStep(clip_grad_norm=clip, max_iters=iters,
+                              log_every=ctx.config["run"]["log_every"]))
     return {"p_core": meter.core_images / meter.core_seconds,
             "p_train": meter.images / meter.train_seconds}
 
@@ -54,7 +53,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     config = case_config({"data": {"num_workers": args.workers}})
     ctx = cpu_context(config)
-    train_set, _, sampler, loader, _ = build_loaders(ctx, synthetic_dir(config))
+    train_set, _, sampler, loader, _ = build_loaders(
+        ctx, synthetic_dir(config), ctx.loader_workers(config["data"]["num_workers"]))
     case_threads = torch.get_num_threads()
     workers = loader.num_workers
     cpu.device_init_backend(0)

@@ -1,47 +1,75 @@
-"""The contract a case implements, and where cases come from.
+"""The public case API: the one chipbench module a case imports (docs/cases.md is its guide).
 
-Cases are the packages bundled in ``chipbench.cases`` (``chipbench.cases.retinanet``) and those that
-other distributions add through the entry-point group ``chipbench.cases`` (each entry point names
-a module with a module-level ``CASE``, or a :class:`Case` object itself). Loading is isolated like
-the vendors': a case that fails to import is listed as broken by ``core cases``, the others work.
+Version :data:`CASE_API_VERSION` is ``"major.minor"``: the minor grows when a name, a method or
+a ``ctx`` helper is added, the major when one is removed or changes meaning. A case written for
+1.x runs on every 1.y with y >= x.
 
-A case is named by its bare name (``retinanet``), by the documented spelling ``cases/<name>``, or by
-an existing folder that is a registered case's package; anything else is a one-line error.
+The contract:
+
+- A case is a package with a module-level ``CASE = YourCase()`` (a :class:`Case` subclass) and a
+  ``configs/`` folder whose ``defaults.yaml`` is also its schema (other layers may set only its
+  keys; it holds ``run.monitor_interval_s`` and ``run.timeout_s``, which the worker reads).
+  Bundled cases live in ``chipbench.cases``; any other distribution adds one through the
+  entry-point group ``chipbench.cases``.
+- Launcher side, once per run, before any worker starts and without a device:
+  :meth:`Case.overlays`, :meth:`Case.validate`, :meth:`Case.prepare`, :meth:`Case.general_rows`,
+  :meth:`Case.precision`, :meth:`Case.target`; :meth:`Case.check_resume` on ``--resume``;
+  :meth:`Case.memory_hint` after an allocation failure. Their answers are checked; a bad one is
+  a one-line error naming the case and the method.
+- Worker side, on every rank: :meth:`Case.run` with a :class:`RunContext` (``ctx``), which is
+  the case's only way to the device (the vendor's hooks), the ranks, the run folder and the
+  meter. It returns the final metrics: the case's ``metric_name`` and chipbench's figures
+  (``ctx.epoch_counters()``); chipbench sets ``converged`` itself.
+- A case imports nothing else of chipbench (its own modules excepted): every name it needs is
+  in ``__all__`` here, every device call is a ``ctx`` method.
 """
 
-import contextlib
-import functools
-import importlib
-import os
-import pkgutil
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
-from chipbench.config import Config, shown
-from chipbench.errors import (
-    PluginError,
-    UserError,
-    attributed,
-    describe_exception,
-    is_allocation_failure,
-    plugin_fault,
-)
+from chipbench import safeio
+from chipbench.config import Config, load_yaml, shown
+from chipbench.context import RunContext
+from chipbench.errors import UserError, user_os_error
+from chipbench.flops import flops_per_trained_image
 from chipbench.hookspecs import PRECISIONS
-from chipbench.metrics import FIGURES, RESERVED_KEYS, is_count, is_number, reached
+from chipbench.metrics import RunMeter, is_number
+
+CASE_API_VERSION = "1.0"
+"""This API's version, ``"major.minor"`` (see the module's docstring)."""
+
+__all__ = [
+    "CASE_API_VERSION",
+    "Case",
+    "Config",
+    "PRECISIONS",
+    "RunContext",
+    "RunMeter",
+    "UserError",
+    "flops_per_trained_image",
+    "is_number",
+    "load_yaml",
+    "read_checkpoint",
+    "safeio",
+    "shown",
+    "user_os_error",
+]
 
 
 class Case:
-    """What the runner needs from a case. Subclass it and override the methods.
+    """What the runner needs from a case. Subclass it, set the attributes, override the methods.
 
     Launcher side (once per run, before any worker starts): :meth:`overlays`, :meth:`validate`,
-    :meth:`prepare`, :meth:`general_rows`. Worker side (every rank): :meth:`run`.
+    :meth:`prepare`, :meth:`general_rows`, :meth:`precision`, :meth:`target`,
+    :meth:`check_resume`, :meth:`memory_hint`. Worker side (every rank): :meth:`run`.
     """
 
     name = "case"
+    """What ``core run NAME`` takes (one line of text)."""
     title = "case"
+    """What ``core cases`` shows."""
     config_dir: Path = Path(".")
+    """The absolute folder of the case's configs (``defaults.yaml`` and any other layer)."""
     metric_name = "score"
     """The key of the final metrics that is compared with :meth:`target` ("converged") and shown
     in the result table where the seed shows mAP ("mAP", "accuracy", ...)."""
@@ -50,16 +78,21 @@ class Case:
     metrics' ``images`` counter holds that many)."""
     fix_hp_keys: Dict[str, str] = {}
     """Config keys that count as hyper-parameters in ``fix_hp``, with their short names."""
+    packages: Tuple[str, ...] = ()
+    """Distributions whose versions the result records for this case (``("torchvision",)``)."""
 
     def overlays(self, config: Config) -> List[Tuple[str, Config]]:
-        """Extra config layers that depend on the provisional config (e.g. the embedded data)."""
+        """Extra config layers that depend on the provisional config (e.g. the embedded data):
+        (source, mapping) pairs."""
         return []
 
     def validate(self, config: Config, precisions: List[str]) -> None:
-        """Raise :class:`UserError` for values that are wrong for this case or this vendor."""
+        """Raise :class:`UserError` for values that are wrong for this case or this vendor
+        (``precisions``: those the vendor supports on this machine)."""
 
     def prepare(self, config: Config) -> Dict[str, Any]:
-        """Get data and weights ready; return facts for the spec and the report."""
+        """Get data and weights ready; return facts for the spec and the report (its
+        ``dataset_note`` is shown with the result)."""
         return {}
 
     def general_rows(self, config: Config, prepared: Dict[str, Any], hardware_label: str
@@ -68,280 +101,36 @@ class Case:
         return []
 
     def precision(self, config: Config) -> str:
+        """The precision the run trains in: one of :data:`PRECISIONS`."""
         return str(config.get("train", {}).get("precision", "fp32"))
 
     def target(self, config: Config) -> Any:
+        """The value of ``metric_name`` that counts as converged; None: no target."""
         return None
 
-    def run(self, ctx: Any) -> Dict[str, Any]:
+    def check_resume(self, run_dir: Path) -> None:
+        """On ``--resume``, before anything is written: raise :class:`UserError` where the run
+        folder's state cannot be resumed (e.g. ``read_checkpoint(run_dir)`` refuses it). The
+        default accepts every folder."""
+
+    def memory_hint(self, config: Config) -> Tuple[str, str]:
+        """After an allocation failure: what failed to fit in memory, and the settings that make
+        it smaller, in the config's words."""
+        return "the run", "the input or batch size"
+
+    def run(self, ctx: RunContext) -> Dict[str, Any]:
         """Train and evaluate on this rank; return the final metrics (meaningful on rank 0)."""
         raise NotImplementedError
 
 
-CASE_ENTRY_POINT_GROUP = "chipbench.cases"
-"""Entry-point group through which other distributions add cases."""
+def read_checkpoint(run_dir: Path) -> Dict[str, Any]:
+    """The checkpoint that ``ctx.save_checkpoint`` wrote in run folder ``run_dir``, read safely
+    (tensors and plain data only, bounded) and checked; a one-line :class:`UserError` where it is
+    missing, unreadable, unsafe or altered. For :meth:`Case.check_resume`; a worker uses
+    ``ctx.load_checkpoint()``."""
+    from chipbench import checkpoints
 
-
-@dataclass
-class CaseRecord:
-    """A registered (or broken) case as ``core cases`` lists it."""
-
-    name: str
-    origin: str
-    case: Optional[Case] = None
-    error: str = ""
-    shadowed: bool = False
-    """A working case of another package took its name first."""
-
-    @property
-    def broken(self) -> bool:
-        return bool(self.error)
-
-
-def _case_of(obj: Any) -> Case:
-    case = getattr(obj, "CASE", obj)
-    if not isinstance(case, Case):
-        raise TypeError("{!r} is not a chipbench.case.Case (define CASE = YourCase() in the "
-                        "module)".format(case))
-    return case
-
-
-CASE_METHODS = ("overlays", "validate", "prepare", "general_rows", "precision", "target", "run")
-"""The methods the runner and the workers call; an outside case's are guarded."""
-
-
-def contract_problem(case: Case) -> str:
-    """What keeps ``case`` from being run at all ("" when nothing): no ``run()``, no config folder
-    with a ``defaults.yaml``, names that are not text, a target metric named like one of
-    chipbench's own columns."""
-    if type(case).run is Case.run:
-        return "it does not define run()"
-    for attribute in ("name", "title", "metric_name", "sample_unit"):
-        value = getattr(case, attribute, None)
-        if not isinstance(value, str) or not value.strip() or "\n" in value:
-            return "its {} {} is not a one-line text".format(attribute, shown(value))
-    if case.metric_name in RESERVED_KEYS:
-        return ("its metric_name '{}' is one of chipbench's own figures (it would replace that "
-                "column); name the metric after what it measures".format(case.metric_name))
-    folder = Path(case.config_dir)
-    if not folder.is_absolute():
-        return "its config_dir '{}' is not an absolute path (set it from __file__)".format(folder)
-    if not (folder / "defaults.yaml").is_file():
-        return "its config_dir {} holds no defaults.yaml".format(folder)
-    return ""
-
-
-def guard_case(case: Case, origin: str) -> Case:
-    """Make a failure inside an outside case's method a one-line :class:`PluginError` naming the
-    case and the method (an expected chipbench error, an interruption or an allocation failure
-    passes as it is)."""
-    if getattr(case, "_chipbench_guarded", False):
-        return case
-    for name in CASE_METHODS:
-        setattr(case, name, _guarded(case, name, getattr(case, name), origin))
-    case._chipbench_guarded = True  # type: ignore[attr-defined]
-    return case
-
-
-def _guarded(case: Case, name: str, method: Any, origin: str) -> Any:
-    fix = "fix the case or report it to its authors ({})".format(origin)
-
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with attributed("case '{}'".format(case.name), name + "()", fix,
-                            passing=(MemoryError,)):
-                answer = method(*args, **kwargs)
-        except PluginError as error:  # run()'s allocation failure: the worker explains it
-            cause = error.__cause__
-            if name == "run" and cause is not None and is_allocation_failure(cause):
-                raise cause from None
-            raise
-        expected = ANSWERS.get(name)
-        if expected is not None and not expected[0](answer):
-            raise PluginError("case '{}' returned {} from {}(), expected {}".format(
-                case.name, shown(answer), name, expected[1]), fix)
-        return answer
-    return call
-
-
-def _overlays_ok(answer: Any) -> bool:
-    return isinstance(answer, list) and all(
-        isinstance(layer, (tuple, list)) and len(layer) == 2 and isinstance(layer[0], str)
-        and isinstance(layer[1], dict) for layer in answer)
-
-
-def _rows_ok(answer: Any) -> bool:
-    return isinstance(answer, (list, tuple)) and all(
-        isinstance(row, (tuple, list)) and len(row) == 3
-        and all(isinstance(cell, str) or is_number(cell) for cell in row) for row in answer)
-
-
-ANSWERS: Dict[str, Tuple[Any, str]] = {
-    "overlays": (_overlays_ok, "a list of (source, mapping) pairs"),
-    "prepare": (lambda answer: isinstance(answer, dict), "a dict of facts"),
-    "general_rows": (_rows_ok, "a list of (indicator, value, note) rows of text or numbers"),
-    "precision": (lambda answer: answer in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
-    "target": (lambda answer: answer is None or is_number(answer),
-               "a finite int or float, or None (no target)"),
-}
-"""What each launcher-side method of a case must return: (check, what it should be)."""
-
-
-def checked_metrics(case: Case, metrics: Any, target: Any) -> Dict[str, Any]:
-    """The final metrics ``case.run`` returned, checked; ``converged`` is set here, as the case's
-    metric reaching ``target`` (where both are numbers). A case that returns something else is a
-    one-line :class:`PluginError` naming the case and the metric."""
-    fix = "fix the case's run() ({}): it returns a dict of finite numbers (see docs/cases.md)" \
-        .format(case_package(case))
-    if not isinstance(metrics, dict):
-        raise PluginError("case '{}' returned {} from run(), not a dict of metrics".format(
-            case.name, type(metrics).__name__), fix)
-    for key in FIGURES + (case.metric_name,):
-        value = metrics.get(key)
-        if value is not None and not (is_number(value) if key == case.metric_name
-                                      else is_count(value)):
-            raise PluginError("case '{}' returned {} = {} from run()".format(
-                case.name, key, shown(value)), fix)
-    value = metrics.get(case.metric_name)
-    # only chipbench says converged (a case's own "converged", a missing metric or no target
-    # never count)
-    return dict(metrics, converged=reached(value, target))
-
-
-def discover_cases() -> List[CaseRecord]:
-    """Every case: the bundled ones, then those of the ``chipbench.cases`` entry points, each
-    loaded on its own (a failure is a broken record, a name taken twice too)."""
-    from chipbench import cases
-    from chipbench.manager import iter_entry_points
-
-    found: List[Tuple[str, str, Optional[str], Any]] = []  # name, origin, distribution, load
-    for module in sorted(m.name for m in pkgutil.iter_modules(cases.__path__) if m.ispkg):
-        found.append((module, "built-in", None,
-                      lambda m=module: importlib.import_module("chipbench.cases." + m)))
-    for ep, dist in iter_entry_points(CASE_ENTRY_POINT_GROUP):
-        found.append((ep.name, "entry point '{}' from {}".format(ep.name, dist), dist, ep.load))
-    records: List[CaseRecord] = []
-    taken = set()
-    for name, origin, package, load in found:
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # prints must not corrupt `--json`
-                case = _case_of(load())
-        except BaseException as exc:  # noqa: B902 - sys.exit() and the like too
-            if not plugin_fault(exc):
-                raise
-            records.append(CaseRecord(name, origin, error="cannot load: " +
-                                      describe_exception(exc)))
-            continue
-        if case.name in taken:
-            holder = next(r.origin for r in records if r.name == case.name and not r.broken)
-            records.append(CaseRecord(case.name, origin, error="case name '{}' is already "
-                                      "taken by {}".format(case.name, holder), shadowed=True))
-            continue
-        problem = contract_problem(case)
-        if problem:
-            records.append(CaseRecord(case.name, origin, error=problem))
-            continue
-        taken.add(case.name)
-        if package is not None:  # an outside case
-            guard_case(case, origin)
-            case._chipbench_package = package  # type: ignore[attr-defined]
-        records.append(CaseRecord(case.name, origin, case=case))
-    return records
-
-
-def case_package(case: Case) -> str:
-    """The distribution and version a case comes from ("chipbench-spirals 0.1.0"); chipbench's
-    own for a built-in case."""
-    from chipbench import __version__
-
-    return getattr(case, "_chipbench_package", None) or "chipbench {}".format(__version__)
-
-
-def case_folder(case: Case) -> Path:
-    """The folder of the package that defines ``case``."""
-    module = importlib.import_module(type(case).__module__)
-    assert module.__file__ is not None, "a case's module is a file"
-    return Path(module.__file__).resolve().parent
-
-
-def load_case(argument: str) -> Case:
-    """The :class:`Case` named by ``argument``: a bare name ("retinanet"), ``cases/<name>``, or an
-    existing folder that is a registered case's package. Anything else is a one-line error (a
-    file or a missing path that merely ends in a case name is never taken for that case)."""
-    records: Dict[str, CaseRecord] = {}
-    shadowed: Dict[str, List[CaseRecord]] = {}
-    for record in discover_cases():  # a working case wins over a broken one of the same name
-        if record.name not in records or records[record.name].broken:
-            records[record.name] = record
-        if record.shadowed:
-            shadowed.setdefault(record.name, []).append(record)
-    working = ", ".join(sorted(n for n, r in records.items() if not r.broken)) or "none"
-    text = argument.rstrip("/\\")
-    parts = Path(text).parts
-    name: Optional[str] = None
-    if len(parts) == 1 and os.sep not in text and "/" not in text:
-        name = text
-    elif len(parts) == 2 and parts[0] == "cases" and not Path(text).is_file():
-        name = parts[1]
-    elif Path(text).is_dir():
-        folder = Path(text).resolve()
-        for record in records.values():
-            if record.case is not None and case_folder(record.case) == folder:
-                return record.case
-        raise UserError("folder '{}' is not a registered case's package".format(argument),
-                        "name the case instead: {}".format(working))
-    else:
-        what = "a file" if Path(text).exists() else "a path that does not exist"
-        raise UserError("case '{}' is {}".format(argument, what),
-                        "name a case ({}), cases/<name>, or its package folder".format(working))
-    found = records.get(name) if name is not None else None
-    if found is None:
-        raise UserError("unknown case '{}'".format(argument), "available cases: " + working)
-    if found.broken or found.case is None:
-        raise UserError("case '{}' ({}) is broken: {}".format(name, found.origin, found.error),
-                        "fix or reinstall it (see `core cases`)")
-    for other in shadowed.get(found.name, []):
-        sys.stderr.write("warning: case '{}' of {} is not used: {}\n".format(
-            found.name, other.origin, other.error))
-    return found.case
-
-
-def plugin_config_dirs(host: Any, case_name: str, problems: Optional[List[str]] = None,
-                       only: Optional[Sequence[str]] = None) -> List[Tuple[Path, str]]:
-    """``(folder, plugin name)`` for each folder that a plugin ships configs of ``case_name`` in
-    (hook ``case_config_dirs``; ``only``: of those plugins alone), each folder once.
-
-    A plugin that fails, or answers anything but a list of existing absolute folders, is a
-    one-line :class:`PluginError`; with ``problems`` given, that line goes there instead and the
-    other plugins' folders still count (one broken plugin does not stop another vendor's run)."""
-    found: List[Tuple[Path, str]] = []
-    seen = set()
-    for plugin, call in host.callers_by_plugin("case_config_dirs"):
-        if only is not None and plugin not in only:
-            continue
-        try:
-            folders = _shipped_folders(plugin, call, case_name)
-        except PluginError as exc:
-            if problems is None:
-                raise
-            problems.append(exc.one_line())
-            continue
-        for folder in folders:
-            if folder not in seen:
-                seen.add(folder)
-                found.append((folder, plugin))
-    return found
-
-
-def _shipped_folders(plugin: str, call: Any, case_name: str) -> List[Path]:
-    fix = "report it to the plugin's authors"
-    with attributed("plugin '{}'".format(plugin), "hook case_config_dirs", fix):
-        answers = call(case_name=case_name)
-    folders = answers[0] if answers else []
-    if not isinstance(folders, (list, tuple)) or not all(
-            isinstance(f, (str, Path)) and Path(f).is_absolute() and Path(f).is_dir()
-            for f in folders):
-        raise PluginError("plugin '{}' returned {} from case_config_dirs, expected a list of "
-                          "existing absolute folders".format(plugin, shown(folders)), fix)
-    return [Path(f).resolve() for f in folders]
+    path = checkpoints.checkpoint_path(Path(run_dir))
+    state = checkpoints.load(path)
+    checkpoints.check_run_state(state, path)
+    return state

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--vendor", type=_text, help="vendor name (default: auto-detect)")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.add_argument("--static", action="store_true",
-                        help="only checks that run no work on the device and start no process")
+                        help="only the checks that need no device, run no work and start no "
+                             "process (the others are listed as not run)")
     doctor.add_argument("--alloc-mib", type=_ranged(1, 2**20), default=64, help="test allocation (MiB)")
     doctor.set_defaults(func=cmd_doctor)
 
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set train.lr=0.02 (repeatable)")
     run.add_argument("--precision", type=_text, help="fp32, amp, fp16 or bf16")
+    run.add_argument("--profile", action="store_true",
+                     help="record a few iterations after warm-up with torch.profiler: a trace in "
+                          "profile/ and the top operators in report.md")
     run.add_argument("--output", type=_text, help="run folder (default: runs/<case>-<vendor>-<time>)")
     run.add_argument("--nproc-per-node", type=int, default=1, help="processes on this node")
     run.add_argument("--devices", metavar="LIST",

@@ -116,7 +116,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_cases(args: argparse.Namespace) -> int:
     """Table of every case: name, origin, title, hardware configs found (the case's own and those
     shipped by vendor plugins), broken ones with their reason."""
-    from chipbench.case import discover_cases, plugin_config_dirs
+    from chipbench.caseload import discover_cases, plugin_config_dirs
     from chipbench.manager import build_host
 
     host = build_host()
@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         join_timeout_s=args.join_timeout, devices=args.devices)
     if args.resume:
         refuse_with_resume(args)
-        plan = plan_resume(args.resume, args.vendor, announce=print_err)
+        plan = plan_resume(args.resume, args.vendor, announce=print_err, profile=args.profile)
         if plan is None:
             print_err("nothing to resume: {} finished already (left unchanged)".format(
                 args.resume))
@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.case:
         plan = plan_new(args.case, args.vendor, topology, config_name=args.config, sets=args.set,
                         data_dir=args.data_dir, precision=args.precision, output=args.output,
-                        announce=print_err)
+                        announce=print_err, profile=args.profile)
     else:
         raise UserError("core run needs a case (e.g. cases/retinanet) or --resume RUN_DIR",
                         "see core run --help")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from chipbench.config import shown
 from chipbench.contract import CHECK, LOSS_SCALED_PRECISIONS, PRECISIONS, TIME_BOUNDED_HOOKS
-from chipbench.errors import PluginError, UserError, attributed
+from chipbench.errors import PluginError, UserError, attribution
 from chipbench.manager import PluginHost
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 
@@ -91,6 +91,11 @@ def unavailable_backends(backend: str) -> List[str]:
     return missing
 
 
+HOOK_FIX = ("report it to the plugin's authors, or choose another --vendor (rerun with --debug for "
+            "the traceback)")
+"""The fix of a vendor hook that raised."""
+
+
 class Device:
     """The chosen vendor's devices, one typed method per device hook. Every answer is held to
     its rule in :mod:`chipbench.contract` (the rules ``core doctor`` checks too)."""
@@ -112,14 +117,19 @@ class Device:
         caller = getattr(self.host.pm.hook, hook)
         bounded = self.observer_calls
         # chipbench's own errors pass as they are: a UserError names a setting of the user's
-        # (CHIPBENCH_CPU_THREADS=x), a HookTimedOut a hook that did not answer in time
-        with attributed("vendor '{}'".format(self.vendor), "hook " + hook,
-                        "report it to the plugin's authors, or choose another --vendor "
-                        "(rerun with --debug for the traceback)"):
+        # (CHIPBENCH_CPU_THREADS=x), a HookTimedOut a hook that did not answer in time. No
+        # context manager here: this runs twice per timed training step
+        try:
             if bounded is None or hook not in TIME_BOUNDED_HOOKS:
                 result = caller(**kwargs)
             else:
                 result = bounded(hook, lambda: caller(**kwargs))
+        except BaseException as exc:  # noqa: B902 - attribution() lets the user's stop pass
+            error = attribution(exc, "vendor '{}'".format(self.vendor), "hook " + hook,
+                                HOOK_FIX)
+            if error is exc:
+                raise
+            raise error from exc
         problem = CHECK[hook](result, self.info)
         if problem:
             raise self._wrong(hook, result, problem)

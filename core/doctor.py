@@ -13,7 +13,8 @@ from chipbench.text import VALUE_LIMIT, terminal
 
 
 def run_doctor(facade: Any, alloc_mib: int = 64, live: bool = True) -> List[Result]:
-    """Run every conformance check on the vendor of ``facade``."""
+    """Run every conformance check on the vendor of ``facade``; with ``live=False`` (``--static``)
+    the checks that need the device are listed as not run instead."""
     return run_checks(facade, live=live, alloc_mib=alloc_mib)
 
 

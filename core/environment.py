@@ -1,7 +1,7 @@
 """Software facts that every environment report carries, whatever the vendor says."""
 
 import platform
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 
 def installed_torch_version() -> str:
@@ -30,3 +30,29 @@ def software_report() -> Dict[str, Any]:
     except metadata.PackageNotFoundError:
         pass
     return report
+
+
+CORE_PACKAGES = ("torch", "torchvision", "pluggy")
+"""Distributions every run's ``versions`` names besides chipbench and Python: what chipbench
+itself runs on. A case's own packages (pycocotools for RetinaNet) come from the case."""
+
+
+def versions(packages: Sequence[str] = ()) -> Dict[str, str]:
+    """Versions for ``result.json``: chipbench, Python, :data:`CORE_PACKAGES`, then each
+    distribution in ``packages`` (the case's, ``Case.packages``), "not installed" where absent."""
+    from importlib import metadata
+
+    from chipbench import __version__
+    from chipbench.errors import PluginError
+
+    if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) and p.strip()
+                                                          for p in packages):
+        raise PluginError("the case's packages must be a list of distribution names, got {!r:.200}"
+                          .format(packages), "give Case.packages as e.g. ('pycocotools',)")
+    found = {"chipbench": __version__, "python": platform.python_version()}
+    for dist in tuple(CORE_PACKAGES) + tuple(packages):
+        try:
+            found[dist] = metadata.version(dist)
+        except (metadata.PackageNotFoundError, ValueError):  # ValueError: not a name it can read
+            found[dist] = (dist == "torch" and installed_torch_version()) or "not installed"
+    return found

@@ -254,16 +254,25 @@ def attributed(who: str, where: str, fix: str,
     """Run plugin or case code, turning what it raises into one :class:`PluginError` line:
     ``<who> failed in <where>: Type: message``. The user's Ctrl-C or stop signal passes (see
     :func:`plugin_fault`), so do chipbench's own errors and the types in ``passing``. The one
-    place where an exception of outside code gets its attribution."""
+    place where an exception of outside code gets its attribution (:func:`attribution`)."""
     try:
         yield
-    except (ChipbenchError,) + passing:
-        raise
     except BaseException as exc:  # noqa: B902 - sys.exit() and the like in outside code too
-        if not plugin_fault(exc):
+        error = attribution(exc, who, where, fix, passing)
+        if error is exc:
             raise
-        raise PluginError("{} failed in {}: {}".format(who, where, describe_exception(exc)),
-                          fix) from exc
+        raise error from exc
+
+
+def attribution(exc: BaseException, who: str, where: str, fix: str,
+                passing: Tuple[Type[BaseException], ...] = ()) -> BaseException:
+    """What :func:`attributed` raises for ``exc``: ``exc`` itself where it passes, else its one
+    :class:`PluginError` line. For a hot path that cannot afford a context manager per call (the
+    device facade): ``except BaseException as exc: raise attribution(...) from exc``, where
+    ``attribution`` returned something else than ``exc``."""
+    if isinstance(exc, (ChipbenchError,) + passing) or not plugin_fault(exc):
+        return exc
+    return PluginError("{} failed in {}: {}".format(who, where, describe_exception(exc)), fix)
 
 
 def exception_text(exc: BaseException) -> str:

@@ -55,7 +55,7 @@ def resolve_run_config(case: Case, explicit_config: Optional[str], hardware: Har
     """Case defaults < hardware file < case overlays < ``--set`` < command-line flags.
 
     ``extra_dirs`` are ``(folder, plugin)`` pairs of plugin-shipped configs
-    (:func:`chipbench.case.plugin_config_dirs`). ``announce`` gets a line naming the files
+    (:func:`chipbench.caseload.plugin_config_dirs`). ``announce`` gets a line naming the files
     layered, and one when no hardware file exists for the tag and topology.
     """
     say = announce or (lambda line: None)

@@ -1,144 +1,58 @@
-"""Build the plugin manager: built-in plugins first, then third-party ones from entry points.
+"""The plugin host: built-in plugins first, then third-party ones from entry points, in one
+pluggy manager that the rest of chipbench asks through typed methods.
 
 Loading is forgiving by default: a plugin that fails to import, fails validation or raises in
 ``vendor_detect`` is recorded as broken (``core vendors`` shows it) and the others keep working.
 Every hook call, ``vendor_detect`` and the lifecycle hooks included, goes through pluggy's own hook
-callers, so ``tryfirst``/``trylast``, blocking and tracing behave as pluggy documents them.
-Environment switches:
-
-- ``CHIPBENCH_STRICT_PLUGINS=1`` makes broken plugins fatal (exit 2 naming every broken one);
-- ``CHIPBENCH_BLOCK_PLUGINS=a,b`` blocks the named plugins (``pm.set_blocked``): entry-point or
-  built-in module names (not even imported) and vendor names as ``core vendors`` shows them;
-  a name that matches nothing is warned about on stderr;
-- ``CHIPBENCH_TRACE_HOOKS=1`` prints every hook call and result to stderr (pluggy's tracing);
-- ``CHIPBENCH_DETECT_TIMEOUT_S=<seconds>`` bounds each ``vendor_detect`` and each entry point's
-  import (default 60): one that has not returned by then (a driver probe that hangs) is recorded
-  as broken, and every command goes on without it instead of hanging.
+callers, so ``tryfirst``/``trylast``, blocking and tracing behave as pluggy documents them. The
+environment switches (strict, blocked, traced plugins, the detect timeout) are
+:mod:`chipbench.plugin_switches`; what makes a plugin usable is :mod:`chipbench.plugin_validation`;
+observers' calls are :mod:`chipbench.lifecycle`.
 """
 
 import contextlib
 import importlib
-import os
 import sys
-import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import pluggy
 
-from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, contract, hookspecs
-from chipbench.config import shown
-from chipbench.errors import (  # noqa: F401 - describe_exception: chipbench.manager's name too
-    PluginError,
-    UserError,
-    describe_exception,
-    plugin_fault,
+from chipbench import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs, lifecycle
+from chipbench.deadlines import (  # noqa: F401 - chipbench.manager's names too
+    CallTimedOut,
+    call_with_timeout,
+    env_seconds,
+)
+from chipbench.entry_points import iter_entry_points
+from chipbench.errors import PluginError, describe_exception, plugin_fault
+from chipbench.plugin_switches import (  # noqa: F401 - chipbench.manager's names too
+    DETECT_TIMEOUT_S,
+    ENV_BLOCK,
+    ENV_DETECT_TIMEOUT,
+    ENV_STRICT,
+    ENV_TRACE,
+    MAX_DETECT_TIMEOUT_S,
+    MIN_DETECT_TIMEOUT_S,
+    blocked_names,
+    detect_timeout,
+    env_flag,
+    hung,
+)
+from chipbench.plugin_validation import (  # noqa: F401 - chipbench.manager's names too
+    OBSERVER_HOOKS,
+    WrongVendorInfo,
+    detect_alone,
+    implements,
+    plugin_problem,
 )
 from chipbench.records import PluginRecord, VendorInfo
-
-ENV_STRICT = "CHIPBENCH_STRICT_PLUGINS"
-ENV_BLOCK = "CHIPBENCH_BLOCK_PLUGINS"
-ENV_TRACE = "CHIPBENCH_TRACE_HOOKS"
-ENV_DETECT_TIMEOUT = "CHIPBENCH_DETECT_TIMEOUT_S"
 
 BUILTIN_OBSERVERS = ("chipbench.report",)
 """Built-in plugins that only observe runs (lifecycle hooks)."""
 
-
-def _env_flag(name: str) -> bool:
-    """An on/off environment switch; a value that is neither is a one-line error."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise UserError("{}={!r} is neither on nor off".format(name, os.environ[name]),
-                    "set it to 1 (on) or 0 (off), or unset it")
-
-
-def _blocked_names() -> List[str]:
-    names = [n.strip() for n in os.environ.get(ENV_BLOCK, "").split(",") if n.strip()]
-    return list(dict.fromkeys(names))
-
-
-def iter_entry_points(group: str = ENTRY_POINT_GROUP) -> Iterator[Tuple[Any, str]]:
-    """Yield ``(entry_point, "distribution version")`` for every entry point of ``group``.
-
-    Walks the distributions (works on Python 3.8, where entry points know no distribution) and
-    skips duplicates that appear when a distribution is on ``sys.path`` twice.
-    """
-    from importlib import metadata
-
-    seen = set()
-    for dist in metadata.distributions():
-        dist_name = dist.metadata["Name"] or "?"
-        for ep in dist.entry_points:
-            key = (dist_name, ep.name, ep.value)
-            if ep.group != group or key in seen:
-                continue
-            seen.add(key)
-            yield ep, "{} {}".format(dist_name, dist.version)
-
-
 SLOW_DETECT_S = 2.0
 """A ``vendor_detect`` slower than this is named in a warning (it delays every command)."""
-
-DETECT_TIMEOUT_S = 60.0
-"""A ``vendor_detect`` that has not returned after this long is given up on (broken)."""
-
-MIN_DETECT_TIMEOUT_S, MAX_DETECT_TIMEOUT_S = 0.1, 3600.0
-
-
-def env_seconds(name: str, default: float, low: float, high: float) -> float:
-    """Seconds from environment variable ``name`` (``default`` where it is unset or empty); a
-    value that is no number within ``low``..``high`` is a one-line error naming the variable."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:  # nan fails too
-        raise UserError("{}={!r} is not a number of seconds in {:g}..{:g}".format(
-            name, os.environ[name], low, high), "set it to e.g. {:g}, or unset it".format(default))
-    return value
-
-
-def detect_timeout() -> float:
-    """Seconds one ``vendor_detect`` may take: ``$CHIPBENCH_DETECT_TIMEOUT_S`` or the default."""
-    return env_seconds(ENV_DETECT_TIMEOUT, DETECT_TIMEOUT_S, MIN_DETECT_TIMEOUT_S,
-                       MAX_DETECT_TIMEOUT_S)
-
-
-class CallTimedOut(Exception):
-    """A plugin's import or ``vendor_detect`` did not return in time (it keeps running in a
-    daemon thread)."""
-
-
-def call_with_timeout(function: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``function()``, run in a daemon thread and waited for at most ``timeout`` seconds.
-
-    Its result is returned and its exception re-raised; if it is still running after
-    ``timeout``, :class:`CallTimedOut` is raised and the thread is left behind (a daemon
-    thread does not keep the process alive, so a hung driver probe cannot hang the command).
-    """
-    outcome: Dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = function()
-        except BaseException as exc:  # noqa: B902 - handed to the caller, SystemExit included
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="chipbench " + what, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise CallTimedOut("{} did not return within {:g} s".format(what, timeout))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 def import_framework(timeout: float) -> None:
@@ -155,16 +69,6 @@ def import_framework(timeout: float) -> None:
     except BaseException as exc:  # noqa: B902 - reported by the first plugin that imports it
         if not plugin_fault(exc):
             raise
-
-
-def hung(exc: CallTimedOut, name: str) -> str:
-    """The broken record's line for plugin ``name`` that did not return in time."""
-    return "{} (a hung driver probe?); fix the plugin, block it with {}={}, or raise {}".format(
-        exc, ENV_BLOCK, name, ENV_DETECT_TIMEOUT)
-
-
-OBSERVER_HOOKS = contract.OBSERVER_HOOKS
-"""What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""
 
 
 class PluginHost:
@@ -217,19 +121,19 @@ class PluginHost:
             if not plugin_fault(exc):
                 raise
             return self._broken(name, origin, "cannot register: {}".format(describe_exception(exc)), extra)
-        problem = self._validate(plugin)
+        problem = plugin_problem(self.pm, plugin)
         if problem:
             self.pm.unregister(plugin)
             return self._broken(name, origin, problem, extra)
-        self._guard_lifecycle(plugin)
-        if not _implements(self.pm, plugin, "vendor_detect"):
+        lifecycle.guard_lifecycle(self.pm, plugin, self._failures)
+        if not implements(self.pm, plugin, "vendor_detect"):
             record = PluginRecord(name=name, origin=origin, extra=dict(extra, kind="observer"))
             self.records.append(record)
             return record
         import_framework(self.detect_timeout)
         started = time.perf_counter()
         try:
-            info = call_with_timeout(lambda: self._detect(plugin), self.detect_timeout,
+            info = call_with_timeout(lambda: detect_alone(self.pm, plugin), self.detect_timeout,
                                      "vendor_detect")
         except CallTimedOut as exc:
             self.pm.unregister(plugin)
@@ -332,70 +236,6 @@ class PluginHost:
         """Names of ``CHIPBENCH_BLOCK_PLUGINS`` that matched no plugin."""
         return [n for n in self.block_requested if n not in self.block_matched]
 
-    def _detect(self, plugin: Any) -> VendorInfo:
-        """``vendor_detect`` of ``plugin`` alone, through pluggy's caller (traced, blockable)."""
-        others = [p for p in self.pm.get_plugins() if p is not plugin]
-        answers = self.pm.subset_hook_caller("vendor_detect", remove_plugins=others)()
-        info = answers[0] if answers else None
-        problem = contract.RULE["vendor_detect"].problem(info)
-        if problem or not isinstance(info, VendorInfo):
-            raise WrongVendorInfo(info, problem)
-        return info
-
-    def _guard_lifecycle(self, plugin: Any) -> None:
-        """Wrap ``plugin``'s lifecycle implementations so that an exception becomes a failure
-        message: pluggy still calls them, in its order, traced; the other observers still run."""
-        for caller in self.pm.get_hookcallers(plugin) or []:
-            if caller.name not in hookspecs.LIFECYCLE_HOOKS:
-                continue
-            for impl in caller.get_hookimpls():
-                if impl.plugin is plugin and not (impl.hookwrapper or getattr(impl, "wrapper",
-                                                                               False)):
-                    # pluggy calls whatever ``function`` holds (typed Final: assigned once, here)
-                    impl.function = self._guarded(  # type: ignore[misc]
-                        impl.function, impl.plugin_name, caller.name)
-
-    def _guarded(self, function: Callable[..., Any], plugin_name: str,
-                 hook_name: str) -> Callable[..., Any]:
-        failures = self._failures
-
-        def guarded(*args: Any) -> Any:
-            try:
-                return function(*args)
-            except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
-                if not plugin_fault(exc):
-                    raise
-                failures.append("plugin '{}' failed in {}: {}".format(
-                    plugin_name, hook_name, describe_exception(exc)))
-                return None
-
-        return guarded
-
-    def _validate(self, plugin: Any) -> str:
-        """Return why ``plugin`` is unusable, or an empty string."""
-        unknown = [
-            impl_name
-            for impl_name, caller in _plugin_hooks(self.pm, plugin)
-            if not caller.has_spec()
-        ]
-        if unknown:
-            return "implements unknown hooks: {}".format(", ".join(sorted(unknown)))
-        if not list(_plugin_hooks(self.pm, plugin)):
-            return ("implements no chipbench hook (is each marked with chipbench.hookimpl, not "
-                    "another project's marker, and does the entry point name the module?)")
-        if not _implements(self.pm, plugin, "vendor_detect"):
-            device = sorted(name for name, _ in _plugin_hooks(self.pm, plugin)
-                            if name not in OBSERVER_HOOKS)
-            if device:
-                return ("implements device hooks ({}) without vendor_detect: they would answer "
-                        "for the chosen vendor; mark vendor_detect with @hookimpl, or keep only "
-                        "{}".format(", ".join(device), ", ".join(OBSERVER_HOOKS)))
-        if _implements(self.pm, plugin, "vendor_detect"):
-            missing = [h for h in hookspecs.DEVICE_HOOKS if not _implements(self.pm, plugin, h)]
-            if missing:
-                return "vendor plugin lacks hooks: {}".format(", ".join(missing))
-        return ""
-
     def _broken(self, name: str, origin: str, error: str,
                 extra: Optional[Dict[str, Any]] = None) -> PluginRecord:
         record = PluginRecord(name=name, origin=origin, error=error, extra=dict(extra or {}))
@@ -476,37 +316,9 @@ class PluginHost:
         """Call lifecycle hook ``hook_name`` through pluggy (its order, tryfirst/trylast, tracing).
 
         An observer that raises does not stop the run, nor the observers after it: the failures
-        come back as one-line messages for the caller to log.
+        come back as one-line messages for the caller to log (:func:`chipbench.lifecycle.notify`).
         """
-        if hook_name not in hookspecs.LIFECYCLE_HOOKS:
-            raise ValueError("{} is not a lifecycle hook".format(hook_name))
-        del self._failures[:]
-        try:
-            getattr(self.pm.hook, hook_name)(**kwargs)
-        except BaseException as exc:  # noqa: B902 - a hook wrapper's own failure
-            if not plugin_fault(exc):
-                raise
-            self._failures.append("a wrapper failed in {}: {}".format(hook_name, describe_exception(exc)))
-        failures = list(self._failures)
-        del self._failures[:]
-        return failures
-
-
-class WrongVendorInfo(TypeError):
-    """``vendor_detect`` answered something its rule refuses (a bool priority, a non-VendorInfo)."""
-
-    def __init__(self, info: Any, problem: str) -> None:
-        super().__init__("vendor_detect returned {}, expected {}".format(shown(info), problem))
-        self.info = info
-
-
-def _plugin_hooks(pm: pluggy.PluginManager, plugin: Any) -> Iterable[Tuple[str, Any]]:
-    callers = pm.get_hookcallers(plugin) or []
-    return [(caller.name, caller) for caller in callers]
-
-
-def _implements(pm: pluggy.PluginManager, plugin: Any, hook_name: str) -> bool:
-    return any(name == hook_name for name, _ in _plugin_hooks(pm, plugin))
+        return lifecycle.notify(self.pm, self._failures, hook_name, **kwargs)
 
 
 def build_host(load_entry_points: bool = True, strict: Optional[bool] = None) -> PluginHost:
@@ -520,11 +332,11 @@ def build_host(load_entry_points: bool = True, strict: Optional[bool] = None) ->
 
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    if _env_flag(ENV_TRACE):
+    if env_flag(ENV_TRACE):
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
-    host = PluginHost(pm, strict=_env_flag(ENV_STRICT) if strict is None else strict,
-                      blocked=_blocked_names())
+    host = PluginHost(pm, strict=env_flag(ENV_STRICT) if strict is None else strict,
+                      blocked=blocked_names())
     # a plugin that prints while it loads or detects must not corrupt `--json` on stdout
     with contextlib.redirect_stdout(sys.stderr):
         host.load_all(BUILTIN_OBSERVERS + tuple(BUILTIN_VENDORS), entry_points=load_entry_points)

@@ -12,6 +12,11 @@ times taken from the slowest rank:
 The core interval may be timed on 1 in N iterations only (a case's choice: each timed interval
 makes the host wait for the device twice); ``core images`` are the images of the timed iterations,
 all of them when every iteration is timed.
+
+``data_seconds`` is the part of the training time that the loop waited for its batches (blocked
+in ``next()`` on the loader, ``RunContext.batches``): over ranks the slowest rank's, like the
+training time. A large share of ``train_seconds`` says the input pipeline, not the device, set
+``p_train``.
 """
 
 import math
@@ -22,7 +27,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypeGuard
 
 FIGURES = ("p_whole", "p_train", "p_core", "images", "core_images", "iterations", "epochs",
-           "train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",
+           "train_seconds", "eval_seconds", "core_seconds", "data_seconds", "mem_used_peak_bytes",
            "mem_total_bytes", "allocator_peak_bytes")
 """The counts, times, rates and sizes a run reports in its final metrics: each None or a
 :func:`is_count`."""
@@ -70,7 +75,7 @@ RESERVED_KEYS = FIGURES + (
 metric may be named like one (it would replace that column)."""
 
 SUMMED = ("images", "iterations", "monitor_errors")
-MAXED = ("train_seconds", "eval_seconds", "core_seconds", "mem_used_peak_bytes",
+MAXED = ("train_seconds", "eval_seconds", "core_seconds", "data_seconds", "mem_used_peak_bytes",
          "mem_total_bytes", "allocator_peak_bytes")
 
 
@@ -86,13 +91,16 @@ class RunMeter:
     eval_seconds: float = 0.0
     core_seconds: float = 0.0
     core_images: int = 0
+    data_seconds: float = 0.0
+    """Of ``train_seconds``: the time the loop waited for batches (counted iterations only)."""
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "RunMeter":
         """The meter :meth:`state` saved (one saved before ``core_images`` existed timed every
-        iteration)."""
+        iteration; one saved before ``data_seconds`` existed measured no wait: 0.0)."""
         state = dict(state)
         state.setdefault("core_images", state.get("images", 0))
+        state.setdefault("data_seconds", 0.0)
         return cls(**state)
 
     def counting(self) -> bool:
@@ -110,7 +118,14 @@ class RunMeter:
                 self.core_seconds += core_seconds
         self.seen_iterations += 1
 
+    def add_data_wait(self, seconds: float) -> None:
+        """Record the time spent waiting for the batch of the coming iteration (counted only
+        where that iteration counts)."""
+        if self.counting():
+            self.data_seconds += max(0.0, seconds)
+
     def state(self) -> Dict[str, Any]:
+        """The counters as plain data (a checkpoint's ``meter``; :meth:`from_state` reads it)."""
         return asdict(self)
 
 

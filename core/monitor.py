@@ -12,6 +12,10 @@ Nor does a slow hook stretch the run. While the monitor runs, every call of an o
 is waited for at most ``$CHIPBENCH_HOOK_TIMEOUT_S`` seconds (default 5); a hook that has not
 answered by then is reported once (stderr and the rank's log), counted like a failing one, and
 not called again in this run: its figures are not measured.
+
+The host's side of a sample is :mod:`chipbench.samplers`, the run's CPU share that the samples
+add up to is :mod:`chipbench.cpu_share`, and reading the files back is
+:mod:`chipbench.monitor_samples` (their names stay importable from here).
 """
 
 import json
@@ -19,13 +23,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from chipbench import safeio
+from chipbench.cpu_share import (  # noqa: F401 - chipbench.monitor's names too
+    SHARE_RATIO,
+    STARVED_SHARE,
+    CpuShare,
+    cpu_share,
+    machine_cores,
+    reduce_cpu_share,
+    starved_warning,
+    torch_threads,
+)
+from chipbench.deadlines import CallTimedOut, call_with_timeout, env_seconds
 from chipbench.device import Device
 from chipbench.errors import HookTimedOut
-from chipbench.manager import CallTimedOut, call_with_timeout, env_seconds
-from chipbench.metrics import is_number
+from chipbench.monitor_samples import SUMMARY_FIELDS, read_samples, summarize  # noqa: F401
+from chipbench.samplers import HostSampler
 from chipbench.worker import TRACE
 
 FIGURES_OF_HOOK = {"device_memory_query": "device memory (the mem column)",
@@ -53,58 +68,6 @@ def _warn(line: str) -> None:
         sys.stderr.flush()
     except (AttributeError, OSError, ValueError):  # no stderr, or a reader that went away
         pass
-
-
-class HostSampler:
-    """CPU %, memory of this process and its children (data-loader workers), via psutil."""
-
-    def __init__(self) -> None:
-        try:
-            import psutil
-        except ImportError:  # psutil is a dependency; stay quiet if a stripped install lacks it
-            self.process = None
-            return
-        self.psutil = psutil
-        self.process = psutil.Process()
-        self._children: Dict[int, Any] = {}
-        self._times = psutil.cpu_times()
-        self.process.cpu_percent(None)
-
-    def _host_cpu_percent(self) -> float:
-        """Busy share of all CPUs since the last sample (own bookkeeping: psutil's module-wide
-        ``cpu_percent`` state is shared with vendor plugins that call it too)."""
-        now = self.psutil.cpu_times()
-        before, self._times = self._times, now
-        idle = getattr(now, "idle", 0.0) + getattr(now, "iowait", 0.0) - (
-            getattr(before, "idle", 0.0) + getattr(before, "iowait", 0.0))
-        total = sum(now) - sum(before)
-        return max(0.0, min(100.0, 100.0 * (1.0 - idle / total))) if total > 0 else 0.0
-
-    def sample(self) -> Dict[str, float]:
-        """One host sample; empty when psutil is missing."""
-        if self.process is None:
-            return {}
-        psutil = self.psutil
-        record = {"host_cpu_percent": self._host_cpu_percent(),
-                  "host_mem_used_bytes": float(psutil.virtual_memory().used),
-                  "proc_cpu_percent": self.process.cpu_percent(None),
-                  "proc_rss_bytes": float(self.process.memory_info().rss)}
-        workers_cpu, alive = 0.0, {}
-        try:
-            children = self.process.children(recursive=True)
-        except psutil.Error:
-            children = []
-        for child in children:
-            known = self._children.get(child.pid, child)
-            try:
-                workers_cpu += known.cpu_percent(None)  # 0.0 on the first call for a new child
-                alive[child.pid] = known
-            except psutil.Error:
-                continue
-        self._children = alive
-        record["workers_cpu_percent"] = workers_cpu
-        record["workers"] = float(len(alive))
-        return record
 
 
 class DeviceMonitor:
@@ -254,172 +217,3 @@ class DeviceMonitor:
                     "monitor_errors": self.errors,
                     "monitor_failures": {k: dict(v) for k, v in self.failures.items()},
                     "cpu_share": self.share.summary(self.device_is_cpu)}
-
-
-def read_samples(path: Path) -> List[Dict[str, Any]]:
-    """The samples of one monitor file: unreadable lines and lines without a numeric ``time`` are
-    skipped, and so are values that are neither text nor a finite number (a hand-edited or
-    truncated file still charts)."""
-    samples = []
-    try:  # a regular file of the run folder, not through a link, bounded
-        lines = safeio.read_text(path, safeio.MONITOR_LIMIT, what="run file").splitlines()
-    except (OSError, UnicodeDecodeError, safeio.FileRefused):
-        return []
-    for line in lines:
-        try:
-            sample = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if not isinstance(sample, dict) or not is_number(sample.get("time")):
-            continue
-        samples.append({k: v for k, v in sample.items()
-                        if isinstance(v, str) or is_number(v)})
-    return samples
-
-
-SUMMARY_FIELDS = (("util_percent", "util", "%", 1.0), ("power_w", "power", "W", 1.0),
-                  ("temperature_c", "temperature", "°C", 1.0),
-                  ("mem_used_bytes", "device memory", "GiB", 2.0**30),
-                  ("host_cpu_percent", "host CPU (whole machine)", "%", 1.0),
-                  ("proc_cpu_percent", "run's own CPU (this process, % of one core)", "%", 1.0),
-                  ("workers_cpu_percent", "data-loader workers CPU", "%", 1.0),
-                  ("host_mem_used_bytes", "host memory", "GiB", 2.0**30))
-
-
-def torch_threads() -> Optional[int]:
-    """torch's intra-op threads as the calling thread sees them; None before torch is loaded."""
-    torch = sys.modules.get("torch")
-    try:
-        return int(torch.get_num_threads()) if torch is not None else None
-    except Exception:  # noqa: BLE001 - a half-imported torch
-        return None
-
-
-def machine_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-STARVED_SHARE = 0.75
-"""A run on the CPU device that got less than this share of the cores it asked for (its compute
-threads, at most the cores it may run on) was starved: each step waited for
-time slices that neighbours (or a CPU quota) took, so p_core, p_train and MFU measure the
-machine's load as much as the chip. A tiny 2-thread run on a 2-core Xeon got 94 % when given the
-machine and 23 % beside neighbours' test runs (docs/metrics.md)."""
-SHARE_RATIO = 0.8
-"""`core compare` warns where the lower of two runs' CPU shares is below this fraction of the
-higher: their throughputs may differ by the machine's load by as much (1.25x) or more."""
-
-
-class CpuShare:
-    """The run's own CPU use while it trains: every sample's process and loader-worker CPU %
-    (psutil, per interval), weighted by the interval it covers; the machine's too."""
-
-    def __init__(self) -> None:
-        self.threads: Optional[int] = None
-        self.last_time: Optional[float] = None
-        self.seconds = 0.0
-        self.own = 0.0
-        self.process = 0.0
-        self.host = 0.0
-        self.workers = 0.0
-        self.samples = 0
-
-    def add(self, record: Dict[str, Any]) -> None:
-        """Count one sample (a ``train`` one with the process's CPU %; others only move the
-        clock on)."""
-        now, before = record.get("time"), self.last_time
-        self.last_time = now if is_number(now) else before
-        if not is_number(now) or before is None or record.get("phase") != "train" \
-                or not is_number(record.get("proc_cpu_percent")):
-            return
-        span = max(0.0, now - before)
-        self.seconds += span
-        self.process += span * record["proc_cpu_percent"]
-        self.own += span * (record["proc_cpu_percent"] + (record.get("workers_cpu_percent")
-                                                         or 0.0))
-        self.host += span * (record.get("host_cpu_percent") or 0.0)
-        self.workers += span * (record.get("workers") or 0.0)
-        self.samples += 1
-
-    def summary(self, device_is_cpu: bool) -> Optional[Dict[str, Any]]:
-        """The share while training (None without a training sample; see :func:`cpu_share`)."""
-        if not self.seconds:
-            return None
-        return cpu_share(self.own / self.seconds, self.process / self.seconds,
-                         self.host / self.seconds, machine_cores(), self.threads,
-                         self.workers / self.seconds, device_is_cpu, self.samples, self.seconds)
-
-
-def cpu_share(own_percent: float, process_percent: float, host_percent: float, cores: int,
-              threads: Optional[int], workers: float, device_is_cpu: bool, samples: int,
-              seconds: float) -> Dict[str, Any]:
-    """The run's CPU share while training as result.json records it (``metrics.cpu_share``), as
-    time-weighted means: ``own_percent`` (the process and its children, the loader workers, in %
-    of one core), ``process_percent`` (the process alone), ``host_percent`` (the whole machine
-    busy, % of all ``cores``), ``workers`` (children); and on the CPU device ``asked_cores`` (its
-    compute threads, at most ``cores``) and ``compute_share`` (``process_percent / 100 /
-    asked_cores``: the compute the run got against the threads it asked for; loader workers
-    decode between steps and ask for what they use)."""
-    share: Dict[str, Any] = {"own_percent": own_percent, "process_percent": process_percent,
-                             "host_percent": host_percent, "cores": cores, "threads": threads,
-                             "workers": workers, "samples": samples, "seconds": seconds,
-                             "asked_cores": None, "compute_share": None}
-    if device_is_cpu and threads:
-        asked = float(min(cores, threads))
-        share["asked_cores"] = asked
-        share["compute_share"] = process_percent / 100.0 / asked
-    return share
-
-
-def reduce_cpu_share(parts: List[Any]) -> Optional[Dict[str, Any]]:
-    """The run's CPU share over its ranks: the rank that got the least (its compute share on the
-    CPU device, else its own CPU %), with that rank's number."""
-    known = [(rank, part) for rank, part in enumerate(parts)
-             if isinstance(part, dict) and is_number(part.get("own_percent"))]
-    if not known:
-        return None
-
-    def got(item: Any) -> float:
-        part = item[1]
-        return part["compute_share"] if is_number(part.get("compute_share")) \
-            else part["own_percent"] / 100.0
-    rank, part = min(known, key=got)
-    return dict(part, rank=rank)
-
-
-def starved_warning(share: Any) -> Optional[str]:
-    """The report's warning where the run got less than :data:`STARVED_SHARE` of the cores it
-    asked for (a ``cpu_share`` as :func:`cpu_share` writes it, read from a file); else None."""
-    if not isinstance(share, dict) or not is_number(share.get("compute_share")):
-        return None
-    got = share["compute_share"]
-    if got >= STARVED_SHARE:
-        return None
-    return ("this run was starved of CPU: its compute got {:.0%} of the {} core(s) its threads "
-            "asked for ({:.0f} % of one core on average while training, the whole machine {:.0f} "
-            "% busy); below "
-            "{:.0%} its throughputs and MFU measure the machine's load as much as the chip: rerun "
-            "it on an idle machine (or without a CPU quota)").format(
-                got, _cores_text(share.get("asked_cores")), share.get("process_percent") or 0.0,
-                share.get("host_percent") or 0.0, STARVED_SHARE)
-
-
-def _cores_text(value: Any) -> str:
-    return "{:g}".format(value) if is_number(value) else "?"
-
-
-def summarize(samples: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Mean and maximum of every sampled figure: rows of (figure, unit, mean, max, samples)."""
-    rows = []
-    for key, label, unit, scale in SUMMARY_FIELDS:
-        values = [s[key] / scale for s in samples if isinstance(s.get(key), (int, float))]
-        if values:
-            rows.append({"figure": label, "unit": unit, "mean": sum(values) / len(values),
-                         "max": max(values), "samples": len(values)})
-    return rows

@@ -1,250 +1,32 @@
-"""SVG charts of runs, written without a plotting library: per-epoch loss and mAP, device memory,
-the monitor timeline, and the charts of ``core compare``.
+"""The charts of runs: per-epoch loss, metric and data wait, memory, the monitor timeline, and
+the charts of ``core compare`` (drawn by :mod:`chipbench.svgchart`).
 
-Every chart has axes with ticks, values and units, its legend to the right of the plot area (never
-over the data), and reference lines where they mean something: the target mAP, the device's total
-memory (memory axes run from 0 to it). Phases of the training (evaluation, checkpoint) are shaded
-on the timeline. Long run labels are shortened in legends and kept whole in a ``<title>`` tooltip.
-Every text drawn (labels, legends, titles, tooltips) may come from a run folder or a plugin: it is
-written through :func:`chipbench.text.xml_text` (XML-escaped, control characters removed).
+Memory axes run from 0 to the total of the memory source the run recorded and are named after it.
+Phases of the training (evaluation, checkpoint) are shaded on one run's timeline; where several
+runs are overlaid each run's phases get a lane of their own.
 """
 
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench import safeio
-from chipbench.metrics import is_number
-from chipbench.monitor import read_samples
-from chipbench.text import VALUE_LIMIT, shorten, xml_text
-
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-PHASE_COLOURS = {"eval": "#f4d03f", "checkpoint": "#a9cce3", "setup": "#d5d8dc"}
-WIDTH = 720
-LEFT, RIGHT, TOP, BOTTOM = 64, 220, 28, 44
-PANEL_HEIGHT = 220
-LEGEND_CHARS = 30
-TOOLTIP_CHARS = 500
-"""Characters of a ``<title>`` tooltip, which holds a label whole (labels are bounded before)."""
-
-
-@dataclass
-class Series:
-    """One line: a name for the legend, a colour and (x, y) points."""
-
-    name: str
-    colour: str
-    points: Sequence[Tuple[float, float]]
-    dashed: bool = False
-
-    def __post_init__(self) -> None:
-        # only finite numbers are drawn: a run's record may hold None, text or NaN for a figure
-        self.points = [(float(x), float(y)) for x, y in self.points
-                       if is_number(x) and is_number(y)]
-
-
-@dataclass
-class Panel:
-    """One plot area with its own y axis (label with unit), optional fixed range, reference
-    lines ``(y, label)`` and shaded x ranges ``(x0, x1, label)``."""
-
-    y_label: str
-    series: List[Series]
-    y_range: Optional[Tuple[float, float]] = None
-    hlines: List[Tuple[float, str]] = field(default_factory=list)
-    bands: List[Tuple[float, float, str]] = field(default_factory=list)
-
-
-def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -> List[float]:
-    """Round tick values (1, 2, 2.5 or 5 times a power of ten; whole numbers when ``integer``)
-    covering ``low``..``high``."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return [0.0, 1.0]
-    if high <= low:
-        high = low + (abs(low) or 1.0)
-    raw = (high - low) / max(count, 1)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    if integer:
-        step = max(1.0, float(math.ceil(step)))
-    first = math.floor(low / step + 1e-9) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-6:
-        ticks.append(round(value, 12))
-        value += step
-    if ticks[-1] < high:
-        ticks.append(round(ticks[-1] + step, 12))
-    return ticks
-
-
-def tick_text(value: float) -> str:
-    """A tick label: 0.25, 12, 1.5k, 2M."""
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 1e6:
-        return "{:g}M".format(round(value / 1e6, 3))
-    if magnitude >= 1e4:
-        return "{:g}k".format(round(value / 1e3, 3))
-    return "{:g}".format(round(value, 6))
-
-
-def short(label: str, limit: int = LEGEND_CHARS) -> str:
-    """``label`` cut to ``limit`` characters, a bare ellipsis in the middle (the ends of run labels
-    are what tells them apart; the tooltip holds the whole label)."""
-    return shorten(label, limit, count=False)
-
-
-def _text(x: float, y: float, text: str, anchor: str = "start", extra: str = "") -> str:
-    """A ``<text>`` element: ``text`` escaped for XML, cut to
-    :data:`chipbench.text.VALUE_LIMIT` characters."""
-    return '<text x="{:.1f}" y="{:.1f}" text-anchor="{}"{}>{}</text>'.format(
-        x, y, anchor, extra, xml_text(text, VALUE_LIMIT))
-
-
-def _tooltip(text: str) -> str:
-    """A ``<title>`` element (the tooltip): ``text`` escaped for XML."""
-    return "<title>{}</title>".format(xml_text(text, TOOLTIP_CHARS))
-
-
-def _y_bounds(panel: Panel) -> Tuple[float, float]:
-    if panel.y_range is not None:
-        return panel.y_range
-    ys = [y for s in panel.series for _, y in s.points] + [y for y, _ in panel.hlines]
-    if not ys:
-        return 0.0, 1.0
-    low, high = min(min(ys), 0.0), max(ys)
-    return low, high if high > low else low + 1.0
-
-
-def chart(title: str, x_label: str, panels: List[Panel],
-          x_range: Optional[Tuple[float, float]] = None, integer_x: bool = False) -> str:
-    """An SVG of ``panels`` stacked over one shared x axis (``x_label`` with its unit)."""
-    last_bottom = TOP + 8 + (len(panels) - 1) * (PANEL_HEIGHT + 16) + PANEL_HEIGHT - 24
-    height = last_bottom + BOTTOM
-    plot_w = WIDTH - LEFT - RIGHT
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" '
-             'font-family="sans-serif" font-size="11">'.format(WIDTH, height),
-             '<rect width="100%" height="100%" fill="white"/>',
-             _text(LEFT, 18, title, extra=' font-size="14" font-weight="bold"')]
-    xs = [x for p in panels for s in p.series for x, _ in s.points]
-    xs += [x for p in panels for b in p.bands for x in b[:2]]
-    if x_range is None:
-        x_range = (min(xs), max(xs)) if xs else (0.0, 1.0)
-    x_ticks = nice_ticks(x_range[0], x_range[1], 8, integer_x)
-    x_lo, x_hi = x_ticks[0], x_ticks[-1]
-
-    def px(x: float) -> float:
-        return LEFT + (x - x_lo) / ((x_hi - x_lo) or 1.0) * plot_w
-
-    for index, panel in enumerate(panels):
-        top = TOP + 8 + index * (PANEL_HEIGHT + 16)
-        bottom = top + PANEL_HEIGHT - 24
-        y_ticks = nice_ticks(*_y_bounds(panel))
-        y_lo, y_hi = y_ticks[0], y_ticks[-1]
-
-        def py(y: float, y_lo: float = y_lo, y_hi: float = y_hi, top: float = top,
-               bottom: float = bottom) -> float:
-            return bottom - (y - y_lo) / ((y_hi - y_lo) or 1.0) * (bottom - top)
-
-        for x0, x1, label in panel.bands:
-            parts.append('<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}" '
-                         'opacity="0.45">{}</rect>'.format(
-                             px(x0), top, max(px(x1) - px(x0), 1.0), bottom - top,
-                             PHASE_COLOURS.get(label, "#e5e7e9"), _tooltip(label)))
-        for y in y_ticks:
-            parts.append('<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="#e5e5e5"/>'.format(
-                LEFT, py(y), LEFT + plot_w, py(y)))
-            parts.append('<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="black"/>'.format(
-                LEFT - 4, py(y), LEFT, py(y)))
-            parts.append(_text(LEFT - 6, py(y) + 4, tick_text(y), "end", ' class="ytick"'))
-        for x in x_ticks:
-            parts.append('<line x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" stroke="black"/>'.format(
-                px(x), bottom, px(x), bottom + 4))
-            parts.append(_text(px(x), bottom + 15, tick_text(x), "middle", ' class="xtick"'))
-        parts.append('<rect x="{}" y="{:.1f}" width="{}" height="{:.1f}" fill="none" '
-                     'stroke="black"/>'.format(LEFT, top, plot_w, bottom - top))
-        parts.append(_text(16, (top + bottom) / 2, panel.y_label, "middle",
-                           ' transform="rotate(-90 16 {:.1f})"'.format((top + bottom) / 2)))
-        legend_y = top + 10
-        for y, label in panel.hlines:
-            parts.append('<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="#555" '
-                         'stroke-dasharray="6,3"/>'.format(LEFT, py(y), LEFT + plot_w, py(y)))
-            parts.append(_text(LEFT + plot_w + 8, legend_y, "- - " + short(label)))
-            legend_y += 15
-        for series in panel.series:
-            if not series.points:
-                continue
-            coords = " ".join("{:.1f},{:.1f}".format(px(x), py(y)) for x, y in series.points)
-            dash = ' stroke-dasharray="4,2"' if series.dashed else ""
-            parts.append('<polyline fill="none" stroke="{}" stroke-width="2"{} points="{}">'
-                         '{}</polyline>'.format(series.colour, dash, coords,
-                                                _tooltip(series.name)))
-            if len(series.points) == 1:
-                x, y = series.points[0]
-                parts.append('<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"/>'.format(
-                    px(x), py(y), series.colour))
-            parts.append('<rect x="{}" y="{:.1f}" width="12" height="4" fill="{}"/>'.format(
-                LEFT + plot_w + 8, legend_y - 5, series.colour))
-            parts.append(_text(LEFT + plot_w + 24, legend_y, short(series.name)))
-            legend_y += 15
-        bands = sorted({b[2] for b in panel.bands}, key=str)  # a hand-edited phase may be a number
-        for label in bands:
-            parts.append('<rect x="{}" y="{:.1f}" width="12" height="10" fill="{}" '
-                         'opacity="0.45"/>'.format(LEFT + plot_w + 8, legend_y - 9,
-                                                   PHASE_COLOURS.get(label, "#e5e7e9")))
-            parts.append(_text(LEFT + plot_w + 24, legend_y, "phase: {}".format(short(label))))
-            legend_y += 15
-    parts.append(_text(LEFT + plot_w / 2, last_bottom + 34, x_label, "middle"))
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float]],
-              x_label: str) -> str:
-    """Horizontal bars, one per label (run labels read in full on the left)."""
-    label_w = 260
-    row_h = 26
-    plot_w = WIDTH - label_w - 40
-    height = TOP + 16 + row_h * max(len(labels), 1) + BOTTOM
-    values = [float(v) if v is not None and is_number(v) else None for v in values]
-    known = [v for v in values if v is not None]
-    ticks = nice_ticks(0.0, max(known) if known else 1.0)
-    hi = ticks[-1] or 1.0
-    bottom = TOP + 16 + row_h * len(labels)
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" '
-             'font-family="sans-serif" font-size="11">'.format(WIDTH, height),
-             '<rect width="100%" height="100%" fill="white"/>',
-             _text(10, 18, title, extra=' font-size="14" font-weight="bold"')]
-    for x in ticks:
-        xpos = label_w + x / hi * plot_w
-        parts.append('<line x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" stroke="#e5e5e5"/>'.format(
-            xpos, TOP + 16, xpos, bottom))
-        parts.append('<line x1="{:.1f}" y1="{}" x2="{:.1f}" y2="{}" stroke="black"/>'.format(
-            xpos, bottom, xpos, bottom + 4))
-        parts.append(_text(xpos, bottom + 15, tick_text(x), "middle", ' class="xtick"'))
-    for row, (label, value) in enumerate(zip(labels, values)):
-        y = TOP + 16 + row * row_h
-        parts.append(_text(label_w - 8, y + row_h / 2 + 4, short(label, 40), "end",
-                           ' class="ytick"'))
-        if value is None:
-            parts.append(_text(label_w + 4, y + row_h / 2 + 4, "not measured"))
-            continue
-        parts.append('<rect x="{}" y="{:.1f}" width="{:.1f}" height="{}" fill="{}">'
-                     '{}</rect>'.format(label_w, y + 4, value / hi * plot_w, row_h - 8,
-                                        COLOURS[row % len(COLOURS)], _tooltip(label)))
-        parts.append(_text(label_w + value / hi * plot_w + 4, y + row_h / 2 + 4,
-                           "{:.4g}".format(value)))
-    parts.append('<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>'.format(
-        label_w, TOP + 16, label_w, bottom))
-    parts.append('<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>'.format(
-        label_w, bottom, label_w + plot_w, bottom))
-    parts.append(_text(label_w + plot_w / 2, height - 10, x_label, "middle"))
-    parts.append("</svg>")
-    return "\n".join(parts)
-
+from chipbench.metrics import is_count, is_number
+from chipbench.monitor_samples import memory_names, memory_source, read_samples  # noqa: F401
+from chipbench.svgchart import (  # noqa: F401 (the drawing primitives, importable from here too)
+    COLOURS,
+    LEFT,
+    PHASE_COLOURS,
+    RIGHT,
+    WIDTH,
+    Lane,
+    Panel,
+    Series,
+    bar_chart,
+    chart,
+    nice_ticks,
+    short,
+    tick_text,
+)
 
 # -- the charts of a run ----------------------------------------------------------------------------
 
@@ -255,21 +37,47 @@ def _per_epoch(epochs: List[Dict[str, Any]], key: str) -> List[Tuple[float, floa
             if isinstance(e, dict) and is_number(e.get("epoch")) and is_number(e.get(key))]
 
 
+def epoch_seconds(epochs: List[Dict[str, Any]], key: str) -> Dict[int, float]:
+    """Seconds of ``key`` (``train_seconds``, ``data_seconds``) spent in each epoch alone, by epoch
+    number (from 0). An epoch's record holds the run's totals so far, so an epoch's own time is its
+    total less the previous epoch's; an epoch whose previous record lacks the figure is left out."""
+    totals = {int(e["epoch"]): float(e[key]) for e in epochs if isinstance(e, dict)
+              and is_count(e.get("epoch")) and e["epoch"] == int(e["epoch"])
+              and is_count(e.get(key))}
+    found = {}
+    for epoch in sorted(totals):
+        before = 0.0 if epoch == 0 else totals.get(epoch - 1)
+        if before is not None and totals[epoch] >= before:
+            found[epoch] = totals[epoch] - before
+    return found
+
+
 def epochs_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], target: Optional[float],
                  metric: str = "mAP") -> str:
-    """Loss (top) and the case's quality ``metric`` (bottom, 0..1, target line) per epoch of one
-    run or several."""
-    loss, scores = [], []
+    """Loss (top) and the case's quality ``metric`` (0..1, target line) per epoch of one run or
+    several; below them, where a run recorded its data wait, each epoch's training time and the
+    part of it spent waiting for the data loader (dashed)."""
+    loss, scores, times = [], [], []
     for index, (name, epochs) in enumerate(runs):
         colour = COLOURS[index % len(COLOURS)]
         loss.append(Series(name, colour, _per_epoch(epochs, "loss")))
         scores.append(Series(name, colour, _per_epoch(epochs, metric)))
+        waits = epoch_seconds(epochs, "data_seconds")
+        if waits:
+            trained = epoch_seconds(epochs, "train_seconds")
+            times.append(Series(name + ": train", colour,
+                                [(e + 1, v) for e, v in sorted(trained.items())]))
+            times.append(Series(name + ": data wait", colour,
+                                [(e + 1, v) for e, v in sorted(waits.items())], dashed=True))
     top = max([y for s in scores for _, y in s.points] + [target or 0.0, 0.05])
     hlines = [(float(target), "target {} {:g}".format(metric, target))] if target is not None else []
     label = "mAP (COCO bbox AP@[.50:.95])" if metric == "mAP" else metric
-    return chart("training loss and {} per epoch".format(metric), "epoch (counted from 1)", [
-        Panel("training loss (mean of the epoch)", loss),
-        Panel(label, scores, y_range=(0.0, min(1.0, top * 1.1)), hlines=hlines)], integer_x=True)
+    panels = [Panel("training loss (mean of the epoch)", loss),
+              Panel(label, scores, y_range=(0.0, min(1.0, top * 1.1)), hlines=hlines)]
+    if times:
+        panels.append(Panel("time per epoch (s)", times))
+    return chart("training loss and {} per epoch".format(metric), "epoch (counted from 1)", panels,
+                 integer_x=True)
 
 
 def phase_bands(samples: List[Dict[str, Any]], start: float) -> List[Tuple[float, float, str]]:
@@ -288,47 +96,57 @@ def phase_bands(samples: List[Dict[str, Any]], start: float) -> List[Tuple[float
 
 
 def memory_chart(files: Sequence[Tuple[str, List[Dict[str, Any]]]]) -> str:
-    """Device-wide used memory per rank over time, from 0 to the device total."""
+    """Used memory per rank over time, from 0 to the total; title and axis name the memory source
+    that the samples record (:func:`memory_names`)."""
     series, total = [], 0.0
     start = min((s[0]["time"] for _, s in files if s), default=0.0)
     for index, (name, samples) in enumerate(files):
         points = [(s["time"] - start, s["mem_used_bytes"] / 2**30) for s in samples
-                  if "mem_used_bytes" in s]
+                  if is_number(s.get("mem_used_bytes"))]
         total = max([total] + [s["mem_total_bytes"] / 2**30 for s in samples
-                               if s.get("mem_total_bytes")])
+                               if is_count(s.get("mem_total_bytes"))])
         series.append(Series(name, COLOURS[index % len(COLOURS)], points))
-    hlines = [(total, "device total {:.1f} GiB".format(total))] if total else []
-    return chart("device memory used (device-wide)", "time since start (s)",
-                 [Panel("memory used (GiB)", series, y_range=(0.0, total * 1.02) if total else None,
-                        hlines=hlines)])
+    source = memory_source(files)
+    what, total_name = memory_names(source)
+    hlines = [(total, "{} {:.1f} GiB".format(total_name, total))] if total else []
+    title = "memory used, source: {}".format(source or "not recorded")
+    return chart(title, "time since start (s)",
+                 [Panel("{} (GiB)".format(what), series,
+                        y_range=(0.0, total * 1.02) if total else None, hlines=hlines)])
 
 
 TIMELINE_PANELS = (("util_percent", "device util (%)", 1.0, (0.0, 100.0)),
                    ("power_w", "device power (W)", 1.0, None),
                    ("temperature_c", "device temperature (°C)", 1.0, None),
-                   ("mem_used_bytes", "device memory used (GiB)", 2.0**30, None),
+                   ("mem_used_bytes", "", 2.0**30, None),  # named after the memory source
                    ("host_cpu_percent", "host CPU (%)", 1.0, (0.0, 100.0)),
                    ("workers_cpu_percent", "data-loader workers CPU (% of one core)", 1.0, None),
                    ("host_mem_used_bytes", "host memory used (GiB)", 2.0**30, None))
 
 
 def timeline_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], title: str) -> str:
-    """The monitor timeline: one panel per sampled figure, each run (or rank) a line, the
-    evaluation and checkpoint phases of the first run shaded."""
+    """The monitor timeline: one panel per sampled figure, each run (or rank) a line. One run's
+    evaluation and checkpoint phases are shaded in every panel; several runs each get a lane of
+    their own in a phases panel on top (each run's time counted from its own start)."""
+    runs = [(name, samples) for name, samples in runs if samples]
     panels = []
-    first = runs[0][1] if runs else []
-    bands = phase_bands(first, first[0]["time"]) if first else []
+    lanes = [Lane(name, COLOURS[index % len(COLOURS)],
+                  (0.0, samples[-1]["time"] - samples[0]["time"]),
+                  phase_bands(samples, samples[0]["time"]))
+             for index, (name, samples) in enumerate(runs)]
+    bands = lanes[0].bands if len(lanes) == 1 else []
+    if len(lanes) > 1:
+        panels.append(Panel("phases of each run", [], lanes=lanes))
     for key, label, scale, y_range in TIMELINE_PANELS:
         series = []
         for index, (name, samples) in enumerate(runs):
-            if not samples:
-                continue
             start = samples[0]["time"]
             points = [(s["time"] - start, s[key] / scale) for s in samples
                       if isinstance(s.get(key), (int, float))]
             if points:
                 series.append(Series(name, COLOURS[index % len(COLOURS)], points))
         if series:
+            label = label or "{} (GiB)".format(memory_names(memory_source(runs))[0])
             panels.append(Panel(label, series, y_range=y_range, bands=bands))
     if not panels:
         panels.append(Panel("no samples", []))

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench import safeio
 from chipbench.hookspecs import hookimpl
-from chipbench.metrics import mem_text
+from chipbench.metrics import is_count, mem_text
+from chipbench.profiling import profile_lines, profile_warning
 from chipbench.text import VALUE_LIMIT, markdown_cell, terminal_table
 
 PERF_COLUMNS = ("config", "precision", "fix_hp", "e2e_time", "p_whole", "p_train", "p_core",
@@ -138,6 +139,60 @@ def starved_lines(metrics: Dict[str, Any]) -> List[str]:
     return ["", "> **WARNING: {}**".format(md(warning, TEXT_LIMIT))] if warning else []
 
 
+DATA_WAIT_SHARE = 0.10
+"""Share of the training time spent waiting for the data loader above which report.md warns that
+the loader, not the device, set p_train (docs/metrics.md)."""
+
+
+def data_wait(result: Dict[str, Any]) -> Optional[Tuple[float, float]]:
+    """``(seconds training waited for data, training seconds)`` of the whole run: the final
+    metrics', else the last epoch's that has both (run totals); None for a run that did not
+    record its data wait (older chipbench)."""
+    records = [result.get("metrics")] + list(reversed(result.get("epochs") or []))
+    for record in records:
+        if isinstance(record, dict) and is_count(record.get("data_seconds")) \
+                and is_count(record.get("train_seconds")) and record["train_seconds"] > 0:
+            return float(record["data_seconds"]), float(record["train_seconds"])
+    return None
+
+
+def data_wait_warning(result: Dict[str, Any]) -> str:
+    """"p_train is X of p_core; training waited N s (P %) for data: ..." where the wait is over
+    :data:`DATA_WAIT_SHARE` of the training time; "" otherwise."""
+    wait = data_wait(result)
+    if wait is None or wait[0] <= DATA_WAIT_SHARE * wait[1]:
+        return ""
+    metrics = result.get("metrics") or {}
+    p_train, p_core = metrics.get("p_train"), metrics.get("p_core")
+    ratio = ""
+    if is_count(p_train) and is_count(p_core) and p_core > 0:
+        ratio = "p_train is {:.0%} of p_core; ".format(p_train / p_core)
+    return ("the data loader held the device back: {}training waited {:.1f} s ({:.0%} of its "
+            "{:.1f} s) for data, over the {:.0%} threshold: give the loader more workers, or "
+            "faster storage".format(ratio, wait[0], wait[0] / wait[1], wait[1], DATA_WAIT_SHARE))
+
+
+def epoch_lines(result: Dict[str, Any]) -> List[str]:
+    """Per epoch: loss, training time and the data wait in it (seconds and share); only for a run
+    that recorded its data wait."""
+    from chipbench.plots import epoch_seconds
+
+    epochs = [e for e in result.get("epochs") or [] if isinstance(e, dict)]
+    waits = epoch_seconds(epochs, "data_seconds")
+    if not waits:
+        return []
+    trained = epoch_seconds(epochs, "train_seconds")
+    losses = {e["epoch"]: e.get("loss") for e in epochs if is_count(e.get("epoch"))}
+    lines = ["", "## Per epoch", "", "| epoch (counted from 1) | loss | train (s) | data wait (s) "
+             "| data wait (% of train) |", "| --- | --- | --- | --- | --- |"]
+    for epoch in sorted(waits):
+        train = trained.get(epoch)
+        share = "{:.1f}".format(100 * waits[epoch] / train) if train else "/"
+        lines.append("| {} | {} | {} | {:.2f} | {} |".format(
+            epoch + 1, md(_fmt(losses.get(epoch), 4)), md(_fmt(train)), waits[epoch], share))
+    return lines
+
+
 def monitor_lines(summary: Optional[Dict[str, List[Dict[str, Any]]]]) -> List[str]:
     """Mean and maximum of every sampled figure, per rank (one rank per device)."""
     if not summary:
@@ -167,91 +222,109 @@ def not_measured_lines(metrics: Dict[str, Any]) -> List[str]:
     return lines
 
 
-FULL_COCO_IMAGES = (118287, 5000)
-"""Train and val image counts of the full COCO2017 detection set."""
-
 DATA_FACTS = (("train_images", "train images"), ("val_images", "val images"),
               ("train_annotations", "train annotations (boxes)"),
               ("val_annotations", "val annotations (boxes)"),
               ("train_images_dropped", "train images dropped (no annotations)"),
               ("boxes_dropped", "boxes dropped (invalid)"), ("num_classes", "classes"),
               ("min_size", "input min_size (px)"), ("max_size", "input max_size (px)"))
+"""Data facts chipbench knows by name, with their labels; a case's other facts show by key."""
+CAVEATS_KEY = "caveats"
+"""The key of ``result.json``'s ``data`` that holds the case's caveats (one-line texts)."""
+CAVEATS_SHOWN = 50
+"""Caveats listed at most (a forged file may hold any number)."""
 
 
-def data_note(data: Dict[str, Any]) -> str:
-    """"COCO layout, not the full COCO2017" when the image counts are not COCO2017's."""
-    counts = (data.get("train_images"), data.get("val_images"))
-    if None in counts or counts == FULL_COCO_IMAGES:
-        return ""
-    return "COCO layout, not the full COCO2017: {} train / {} val images (COCO2017 has {} / {})" \
-        .format(counts[0], counts[1], *FULL_COCO_IMAGES)
+def _fact_text(value: Any) -> str:
+    """A data fact as its table cell shows it: lists and dicts as JSON."""
+    return json.dumps(value) if isinstance(value, (dict, list)) else _fmt(value)
 
 
 def data_lines(result: Dict[str, Any]) -> List[str]:
-    """The data facts section: image and box counts, what was dropped, classes, input size."""
+    """The data facts section: the facts the case recorded, known ones under their labels
+    (:data:`DATA_FACTS`), the case's others by key; facts without a value are left out, and a
+    case's fact that repeats a known one (same label, same value) is shown once."""
     data = result.get("data")
     lines = ["", "## Data", ""]
-    if not isinstance(data, dict) or not data:
+    facts = [(label, data.get(key)) for key, label in DATA_FACTS] if isinstance(data, dict) else []
+    known = {key for key, _ in DATA_FACTS} | {CAVEATS_KEY}
+    if isinstance(data, dict):
+        facts += [(key, data[key]) for key in sorted(data, key=str) if key not in known]
+    rows: List[Tuple[str, str]] = []
+    for label, value in facts:
+        row = (md(label), md(_fact_text(value), CELL_LIMIT))
+        if value is not None and value != "" and row not in rows:
+            rows.append(row)
+    if not rows:
         return lines + ["Data facts were not recorded by this run (older chipbench, or the case "
                         "does not report them)."]
-    note = data_note(data)
-    if note:
-        lines += ["> " + md(note, TEXT_LIMIT), ""]
-    lines += ["| fact | value |", "| --- | --- |"]
-    known = [key for key, _ in DATA_FACTS]
-    for key, label in DATA_FACTS:
-        lines.append("| {} | {} |".format(label, md(_fmt(data.get(key)))))
-    for key in sorted(k for k in data if k not in known):
-        value = data[key]
-        lines.append("| {} | {} |".format(md(key), md(json.dumps(value) if isinstance(
-            value, (dict, list)) else _fmt(value), CELL_LIMIT)))
+    return lines + ["| fact | value |", "| --- | --- |"] + ["| {} | {} |".format(*r) for r in rows]
+
+
+def caveat_lines(data: Dict[str, Any]) -> List[str]:
+    """The case's caveats (``data.caveats``: what the figures rest on, e.g. a small or overlapping
+    data set, random initial weights), each verbatim on its own escaped line; none: no section."""
+    found = data.get(CAVEATS_KEY)
+    caveats = [found] if isinstance(found, str) else found if isinstance(found, list) else []
+    caveats = [c for c in caveats if c is not None and c != ""]
+    if not caveats:
+        return []
+    lines = ["", "## What these figures rest on", "", "As the case states it:", ""]
+    lines += ["- " + md(c, TEXT_LIMIT) for c in caveats[:CAVEATS_SHOWN]]
+    if len(caveats) > CAVEATS_SHOWN:
+        lines.append("- ... and {} more (result.json)".format(len(caveats) - CAVEATS_SHOWN))
     return lines
 
 
+def eval_backend(result: Dict[str, Any]) -> Any:
+    """The run's evaluation backend (the resolved one, else the configured one); None without."""
+    evaluation = (result.get("config") or {}).get("eval")
+    configured = evaluation.get("backend") if isinstance(evaluation, dict) else None
+    return (result.get("metrics") or {}).get("eval_backend") or configured
+
+
 def run_facts_lines(result: Dict[str, Any]) -> List[str]:
-    """How the figures were taken: evaluation backend and time, warm-up left out of throughput."""
-    config = result.get("config") or {}
+    """How the figures were taken: evaluation backend (where the run has one) and time, warm-up
+    left out of throughput."""
     metrics = result.get("metrics") or {}
-    evaluation = config.get("eval") or {}
-    train = config.get("train") or {}
+    train = (result.get("config") or {}).get("train") or {}
     metric = result.get("target_metric", "mAP")
-    evals = sum(1 for e in result.get("epochs", []) if e.get(metric) is not None)
-    return ["- evaluation backend: {}; evaluation time: {} s over {} evaluation(s)".format(
-                md(_fmt(metrics.get("eval_backend") or evaluation.get("backend"))),
+    evals = sum(1 for e in result.get("epochs", []) if isinstance(e, dict)
+                and e.get(metric) is not None)
+    backend = eval_backend(result)
+    return ["- {}evaluation time: {} s over {} evaluation(s)".format(
+                "evaluation backend: {}; ".format(md(_fmt(backend))) if backend else "",
                 md(_fmt(metrics.get("eval_seconds"), 1)), evals),
             "- warm-up iterations left out of p_whole/p_train/p_core: {}".format(
-                md(_fmt(train.get("throughput_skip_iters", 0))))]
+                md(_fmt(train.get("throughput_skip_iters", 0)) if isinstance(train, dict)
+                   else "/"))]
 
 
-def render(result: Dict[str, Any]) -> str:
-    """The whole ``report.md`` of one result; every text of the result is escaped for Markdown
-    (:func:`md`): a field cannot add a line, a heading or a table row, nor shift a column."""
-    general = result.get("general", {})
-    metrics = result.get("metrics", {})
-    env = result.get("environment", {})
+def head_lines(result: Dict[str, Any]) -> List[str]:
+    """Title, status, the case's one data note (its ``dataset_note``), the warnings and the case's
+    caveats: what a reader must know before any figure."""
+    metrics = result.get("metrics") or {}
     found = result.get("data")
-    data: Dict[str, Any] = found if isinstance(found, dict) else {}
     lines = ["# {} on {}".format(md(result.get("case", "?")), md(result.get("row_label", "?"))),
              ""]
-    status = result.get("status", "?")
-    lines.append("Status: **{}**{}".format(
-        md(status), " ({})".format(md(result["error"], TEXT_LIMIT)) if result.get("error") else ""))
+    lines.append("Status: **{}**{}".format(md(result.get("status", "?")), " ({})".format(
+        md(result["error"], TEXT_LIMIT)) if result.get("error") else ""))
     if result.get("dataset_note"):
         lines += ["", "> " + md(result["dataset_note"], TEXT_LIMIT)]
-    if data_note(data):
-        lines += ["", "> " + md(data_note(data), TEXT_LIMIT)]
     lines += starved_lines(metrics)
-    lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
-    for name, value, note in general.get("rows", []):
-        if "dataset" in str(name) and data_note(data):
-            note = "{}COCO layout, {} train / {} val images".format(
-                "{}; ".format(note) if note else "", data.get("train_images"),
-                data.get("val_images"))
-        lines.append("| {} | {} | {} |".format(md(name), md(value, CELL_LIMIT),
-                                               md(note, CELL_LIMIT)))
+    for warning in (data_wait_warning(result), profile_warning(result)):
+        if warning:
+            lines += ["", "> **WARNING: {}**".format(md(warning, TEXT_LIMIT))]
+    return lines + caveat_lines(found if isinstance(found, dict) else {})
+
+
+def performance_lines(result: Dict[str, Any]) -> List[str]:
+    """The performance table and the figures under it: convergence, counts, memory, times, data
+    wait, FLOPs, CPU share and what could not be measured."""
+    metrics = result.get("metrics") or {}
     metric, unit = result.get("target_metric", "mAP"), result.get("sample_unit", "images")
-    lines += ["", "## Performance indicators", "",
-              markdown_table([perf_row(result)], perf_columns(result)), ""]
+    lines = ["", "## Performance indicators", "",
+             markdown_table([perf_row(result)], perf_columns(result)), ""]
     lines += [
         "- converged: {} (target {} {}, reached {})".format(
             md(_fmt(metrics.get("converged"))), md(metric), md(_fmt(result.get("target"))),
@@ -264,12 +337,30 @@ def render(result: Dict[str, Any]) -> str:
         "- times (slowest rank): train {} s, evaluation {} s, core {} s".format(
             md(_fmt(metrics.get("train_seconds"), 1)), md(_fmt(metrics.get("eval_seconds"), 1)),
             md(_fmt(metrics.get("core_seconds"), 1)))]
+    wait = data_wait(result)
+    if wait is not None:
+        lines.append("- data wait: training waited {:.1f} s for the data loader, {:.1%} of its "
+                     "{:.1f} s (warning above {:.0%})".format(wait[0], wait[0] / wait[1], wait[1],
+                                                            DATA_WAIT_SHARE))
     if metrics.get("throughput_note"):
         lines.append("- " + md(metrics["throughput_note"], TEXT_LIMIT))
-    lines += flops_lines(metrics)
-    lines += cpu_share_lines(metrics)
-    lines += not_measured_lines(metrics)
+    return lines + flops_lines(metrics) + cpu_share_lines(metrics) + not_measured_lines(metrics)
+
+
+def render(result: Dict[str, Any]) -> str:
+    """The whole ``report.md`` of one result; every text of the result is escaped for Markdown
+    (:func:`md`): a field cannot add a line, a heading or a table row, nor shift a column."""
+    general = result.get("general", {})
+    env = result.get("environment", {})
+    lines = head_lines(result)
+    lines += ["", "## General indicators", "", "| indicator | value | note |", "| --- | --- | --- |"]
+    for name, value, note in general.get("rows", []):
+        lines.append("| {} | {} | {} |".format(md(name), md(value, CELL_LIMIT),
+                                               md(note, CELL_LIMIT)))
+    lines += performance_lines(result)
+    lines += epoch_lines(result)
     lines += data_lines(result)
+    lines += profile_lines(result)
     lines += monitor_lines(result.get("monitor_summary"))
     for name in result.get("plots", []):
         lines += ["", "![{}](plots/{})".format(md(name[:-4]), md(name))]

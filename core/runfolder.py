@@ -1,5 +1,6 @@
-"""The run folder: creating it, refusing one that holds a run already, and what a resume may read
-from one (its files are untrusted: links, FIFOs and devices are refused, naming them)."""
+"""The run folder: creating it, refusing one that holds a run already, and what a resume or a
+run's end reads from one (its files are untrusted: links, FIFOs and devices are refused, naming
+them; what they hold is checked by their records)."""
 
 import os
 import time
@@ -7,9 +8,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from chipbench import safeio
-from chipbench.context import PROGRESS_FILE, RESULT_FILE
+from chipbench.context import PROGRESS_FILE, RESULT_FILE, read_json_dict
 from chipbench.errors import UserError, user_os_error
-from chipbench.runrecords import RunSpec
+from chipbench.metrics import is_count
+from chipbench.runrecords import RunProgress, RunResult, RunSpec
 from chipbench.worker import RETURNED_DIR, SPEC_FILE
 
 
@@ -105,8 +107,36 @@ def read_spec(run_dir: Path) -> RunSpec:
     return RunSpec.from_json(spec, path)
 
 
-def earlier_record(previous: Dict[str, Any]) -> Dict[str, Any]:
-    """What a resumed run keeps of its earlier attempts' result.json: metrics, epochs, data."""
-    return {key: previous[key] for key, kind in (("metrics", dict), ("epochs", list),
-                                                  ("data", dict))
-            if isinstance(previous.get(key), kind)}
+def read_result(run_dir: Path) -> Optional[RunResult]:
+    """The ``result.json`` of a run folder to be resumed; None where it is missing, unreadable or
+    no JSON object (the resume goes on from spec.json and the checkpoint). A file that is not a
+    regular file, or one hand-edited into something ``core run`` never wrote, is refused in one
+    line, and nothing is touched."""
+    path = Path(run_dir) / RESULT_FILE
+    found = read_json_dict(path, strict=True)
+    return RunResult.from_json(found, path) if found else None
+
+
+def read_progress(run_dir: Path, metric: Optional[str] = None) -> Optional[RunProgress]:
+    """The ``progress.json`` of a run folder; None where it is missing, unreadable, or holds
+    figures a run cannot have written (the caller keeps what it recorded before)."""
+    path = Path(run_dir) / PROGRESS_FILE
+    found = read_json_dict(path)
+    try:
+        return RunProgress.from_json(found, path, metric)
+    except UserError:
+        return None
+
+
+def memory_peak_sample(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The monitor sample of the run folder (every rank's file) with the most device memory in
+    use, samples taken after the last epoch's figures included; None where there is none."""
+    from chipbench.plots import monitor_files  # where the monitor files are named
+
+    best: Optional[Dict[str, Any]] = None
+    for _, samples in monitor_files(run_dir):
+        for sample in samples:
+            used = sample.get("mem_used_bytes")
+            if is_count(used) and (best is None or used > best["mem_used_bytes"]):
+                best = sample
+    return best

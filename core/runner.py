@@ -12,15 +12,16 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from chipbench import __version__
-from chipbench.case import Case, case_package, load_case, plugin_config_dirs
+from chipbench.case import Case
+from chipbench.caseload import case_package, load_case, plugin_config_dirs
 from chipbench.config import Config
-from chipbench.context import PROGRESS_FILE, RESULT_FILE, read_json_dict, write_json_atomic
+from chipbench.context import RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.device import Device
+from chipbench.environment import versions
 from chipbench.errors import (
     ChipbenchError,
     RunFailed,
@@ -36,16 +37,17 @@ from chipbench.layers import (  # noqa: F401 - resolve_run_config: chipbench.run
     resolve_run_config,
 )
 from chipbench.manager import PluginHost, build_host
-from chipbench.metrics import gib, is_count, mem_text
 from chipbench.records import HardwareId
 from chipbench.runfolder import (  # noqa: F401 - check_run_folder: chipbench.runner's name too
     check_output,
     check_run_folder,
-    earlier_record,
     make_run_dir,
+    memory_peak_sample,
+    read_progress,
+    read_result,
     read_spec,
 )
-from chipbench.runrecords import RunSpec
+from chipbench.runrecords import Metrics, RunResult, RunSpec
 from chipbench.selection import ENV_VENDOR, select_device
 from chipbench.sentinel import (
     OOM_ADVICE,
@@ -83,18 +85,6 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [program] + argv[1:])
 
 
-def versions() -> Dict[str, str]:
-    from importlib import metadata
-
-    found = {"chipbench": __version__, "python": platform.python_version()}
-    for dist in ("torch", "torchvision", "pluggy", "pycocotools", "faster-coco-eval"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
-
-
 # --------------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------------
@@ -115,14 +105,19 @@ class RunPlan:
     sources: List[str]
     run_dir: Path
     started: float
-    previous: Optional[Dict[str, Any]] = None
-    """The earlier attempts' ``result.json`` (a resumed run), None for a new one."""
+    resuming: bool = False
+    """Whether this attempt continues an earlier one from its checkpoint."""
+    previous: Optional[RunResult] = None
+    """The earlier attempts' ``result.json`` (a resumed run whose folder holds one)."""
+    profile: bool = False
+    """``--profile``: the workers record a few iterations with torch.profiler."""
 
 
 def plan_new(case_arg: str, vendor: Optional[str], topology: Topology,
              config_name: Optional[str] = None, sets: Optional[List[str]] = None,
              data_dir: Optional[str] = None, precision: Optional[str] = None,
-             output: Optional[str] = None, announce: Callable[[str], None] = print) -> RunPlan:
+             output: Optional[str] = None, announce: Callable[[str], None] = print,
+             profile: bool = False) -> RunPlan:
     """The plan of a new run (``core run CASE ...``); the run folder is created last, once every
     input was checked."""
     started = time.time()
@@ -148,11 +143,13 @@ def plan_new(case_arg: str, vendor: Optional[str], topology: Topology,
                                          extra_dirs=shipped, announce=announce)
     case.validate(config, facade.supported_precisions())
     run_dir = make_run_dir(output, case.name, facade.vendor)
-    return RunPlan(case, host, facade, hardware, topology, config, sources, run_dir, started)
+    return RunPlan(case, host, facade, hardware, topology, config, sources, run_dir, started,
+                   profile=profile)
 
 
 def plan_resume(run_dir: str, vendor: Optional[str] = None,
-                announce: Callable[[str], None] = print) -> Optional[RunPlan]:
+                announce: Callable[[str], None] = print, profile: bool = False
+                ) -> Optional[RunPlan]:
     """The plan that continues ``run_dir`` from its last epoch checkpoint with the settings it
     started with; None (and nothing touched) when it finished already. Everything the folder
     holds is checked before anything is written: it may come from someone else."""
@@ -163,12 +160,8 @@ def plan_resume(run_dir: str, vendor: Optional[str] = None,
     spec = read_spec(folder)
     node_rank = spec.topology.get("node_rank", 0)
     check_not_running(folder, node_rank if isinstance(node_rank, int) else 0)
-    previous = read_json_dict(folder / RESULT_FILE, strict=True)
-    if previous:  # hand-edited into something core run never wrote: refused, untouched
-        from chipbench.compare import check_result
-
-        check_result(previous, folder / RESULT_FILE)
-    if previous.get("status") == "finished":
+    previous = read_result(folder)  # hand-edited into something core run never wrote: refused
+    if previous is not None and previous.status == "finished":
         return None
     if node_rank == 0 and not (
             folder / "checkpoints" / "last.pt").is_file():
@@ -191,9 +184,9 @@ def plan_resume(run_dir: str, vendor: Optional[str] = None,
     check = getattr(case, "check_resume", None)
     if check is not None and topology.node_rank == 0:
         check(folder)  # an unreadable or unsafe checkpoint: refused, nothing written
-    sources = previous.get("config_sources", [])
-    return RunPlan(case, host, facade, hardware, topology, config,
-                   sources if isinstance(sources, list) else [], folder, started, previous)
+    sources = (previous.config_sources if previous is not None else None) or []
+    return RunPlan(case, host, facade, hardware, topology, config, sources, folder, started,
+                   True, previous, profile=profile)
 
 
 class Run:
@@ -206,44 +199,32 @@ class Run:
         self.case, self.host, self.facade = plan.case, plan.host, plan.facade
         self.hardware, self.topology, self.run_dir = plan.hardware, plan.topology, plan.run_dir
         self.config, self.sources, self.previous = plan.config, plan.sources, plan.previous
-        self.result: Dict[str, Any] = {}
+        self.resuming = plan.resuming
+        self.result = RunResult()
 
     def execute(self) -> Dict[str, Any]:
-        """Prepare, run the workers and write the result; errors are recorded, then re-raised."""
+        """Prepare, run the workers and write the result; errors are recorded, then re-raised.
+        Returns the final ``result.json``."""
         english, chinese = row_labels(self.hardware, self.topology)
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))
-        self.result = {
-            "status": "running", "error": None, "case": self.case.name,
-            "vendor": self.facade.vendor, "hardware": {"label": self.hardware.label,
-                                                       "config_tag": self.hardware.config_tag},
-            "topology": self.topology.as_dict(), "row_label": english, "row_label_zh": chinese,
-            "precision": self.case.precision(self.config), "target": self.case.target(self.config),
-            "target_metric": self.case.metric_name, "sample_unit": self.case.sample_unit,
-            "config": self.config, "config_sources": self.sources,
-            "command": command_line(),
-            "started_at": started_at,
-            "run_dir": str(self.run_dir), "metrics": {}, "epochs": [],
-        }
+        self.result = RunResult(
+            status="running", error=None, case=self.case.name, vendor=self.facade.vendor,
+            hardware={"label": self.hardware.label, "config_tag": self.hardware.config_tag},
+            topology=self.topology.as_dict(), row_label=english, row_label_zh=chinese,
+            precision=self.case.precision(self.config), target=self.case.target(self.config),
+            target_metric=self.case.metric_name, sample_unit=self.case.sample_unit,
+            config=self.config, config_sources=self.sources, command=command_line(),
+            started_at=started_at, run_dir=str(self.run_dir), metrics=Metrics(), epochs=[])
         if self.previous is not None:
-            # until this attempt records more, result.json keeps what the earlier ones measured
-            self.result.update(earlier_record(self.previous))
-            resumed = self.previous.get("resumed", 0)
-            self.result["resumed"] = (resumed if isinstance(resumed, int) and resumed >= 0
-                                      else 0) + 1
-            # the run began with the first attempt: its command and start stay; each resume
-            # is listed after them
-            for key in ("command", "started_at"):
-                if isinstance(self.previous.get(key), str):
-                    self.result[key] = self.previous[key]
-            earlier = self.previous.get("resumes")
-            self.result["resumes"] = (earlier if isinstance(earlier, list) else []) + [
-                {"command": command_line(), "started_at": started_at}]
+            self.result = self.result.continuing(self.previous, command_line(), started_at)
+        elif self.resuming:  # an earlier attempt that left no readable result.json
+            self.result = self.result.continuing(RunResult(), command_line(), started_at)
         lock = RunLock(self.run_dir, self.topology.node_rank)  # a live run's folder: refused
         if lock.problem:
             self.announce("warning: cannot lock the run folder {}: {}; a run killed outright "
                           "(SIGKILL) will not be recorded, and --resume cannot tell whether it "
                           "is still going".format(self.run_dir, lock.problem))
-        self.result.update(pid=os.getpid(), host=platform.node())
+        self.result = replace(self.result, pid=os.getpid(), host=platform.node())
         try:
             self._write()
             return self._execute(lock)
@@ -258,48 +239,52 @@ class Run:
                 pass
             if lock.held:
                 start_sentinel(self.run_dir, self.topology.node_rank)
-            self.result.update(fix_hp=fix_hp(self.case, self.config),
-                               versions=dict(versions(), case=case_package(self.case),
-                                             vendor=self.host.vendor_package(self.facade.vendor)),
-                               environment=self.facade.environment_report())
+            self.result = replace(
+                self.result, fix_hp=fix_hp(self.case, self.config),
+                versions=dict(versions(self.case.packages), case=case_package(self.case),
+                              vendor=self.host.vendor_package(self.facade.vendor)),
+                environment=self.facade.environment_report())
             prepared = self.case.prepare(self.config)
-            self.result["general"] = {"rows": self.case.general_rows(
-                self.config, prepared, self.hardware.label)}
-            self.result["dataset_note"] = prepared.get("dataset_note", "")
+            self.result = replace(
+                self.result, general={"rows": self.case.general_rows(
+                    self.config, prepared, self.hardware.label)},
+                dataset_note=prepared.get("dataset_note", ""))
             spec = RunSpec(self.case.name, self.facade.vendor, self.config,
-                           self.topology.as_dict(), prepared, self.result["hardware"],
-                           self.previous is not None)
+                           self.topology.as_dict(), prepared, self.result.hardware or {},
+                           self.resuming, self.plan.profile)
             write_json_atomic(self.run_dir / SPEC_FILE, spec.to_json())
             self._write()
             for failure in self.host.notify("on_run_start", run=self._run_info()):
                 self.announce("warning: " + failure)
             self._run_workers()
-            self.result["status"] = "finished"
+            self.result = replace(self.result, status="finished")
         except KeyboardInterrupt as exc:
-            self.result.update(status="interrupted",
-                               error="interrupted ({})".format(stop_name(exc)))
+            self._record("interrupted", "interrupted ({})".format(stop_name(exc)))
             raise
         except ChipbenchError as exc:
-            self.result.update(status="failed", error=exc.one_line())
+            self._record("failed", exc.one_line())
             raise
         except OSError as exc:
             error = user_os_error(exc)
             if error is None:
                 self._record_failure(exc)
                 raise
-            self.result.update(status="failed", error=error.one_line())
+            self._record("failed", error.one_line())
             raise error from None
         except BaseException as exc:
             self._record_failure(exc)
             raise
         finally:
             self._finish()
-        return self.result
+        return self.result.to_json()
+
+    def _record(self, status: str, error: str) -> None:
+        self.result = replace(self.result, status=status, error=error)
 
     def _record_failure(self, exc: BaseException) -> None:
         TRACE.error("run failed:\n%s", traceback.format_exc())
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        self.result.update(status="failed", error="{}: {}".format(type(exc).__name__, first))
+        self._record("failed", "{}: {}".format(type(exc).__name__, first))
 
     def _run_workers(self) -> None:
         """One process in place; more, or a device restriction, through torchrun (a device
@@ -335,37 +320,38 @@ class Run:
             raise error_type(first, logs)
 
     def _finish(self) -> None:
-        progress = read_json_dict(self.run_dir / PROGRESS_FILE)
-        previous = self.previous or {}
-        if not isinstance(progress.get("epochs"), list):  # unreadable: keep the earlier record
-            progress = earlier_record(previous)
-        recorded = progress.get("metrics")
-        metrics: Dict[str, Any] = dict(recorded) if isinstance(recorded, dict) else {}
-        earlier: Any = (previous.get("metrics") or {}).get("e2e_time")
-        metrics["e2e_time"] = time.time() - self.started + (
-            earlier if is_count(earlier) else 0.0)  # resumed runs add up
-        if metrics.get("mem_used_peak_bytes") is not None:
-            metrics["mem"] = mem_text(metrics["mem_used_peak_bytes"], metrics["mem_total_bytes"])
-            metrics["mem_used_peak_gib"] = gib(metrics["mem_used_peak_bytes"])
-            metrics["mem_total_gib"] = gib(metrics["mem_total_bytes"])
-        if metrics.get("allocator_peak_bytes") is not None:
-            metrics["allocator_peak_gib"] = gib(metrics["allocator_peak_bytes"])
-        self.result["metrics"] = metrics
-        self.result["epochs"] = progress.get("epochs", [])
-        data = progress.get("data") or (self.previous or {}).get("data")
-        if data:
-            self.result["data"] = data
-        if self.topology.nnodes > 1 and not progress and self.result["status"] == "finished":
-            self.result["note"] = ("this node did not hold rank 0: the figures of the run are in "
-                                   "the run folder of the node that did; this folder holds this "
-                                   "node's logs and monitor samples")
-        self.result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        """The final result.json: the figures of progress.json (where unreadable, what the
+        earlier attempts recorded), the end-to-end time of every attempt, and the memory peak
+        of every monitor sample (those after the last epoch's figures too)."""
+        previous = self.previous or RunResult()
+        progress = read_progress(self.run_dir)
+        metrics = progress.metrics if progress is not None else previous.metrics
+        epochs = progress.epochs if progress is not None else list(previous.epochs or [])
+        earlier = previous.metrics.e2e_time or 0.0  # resumed runs add up
+        metrics = replace(metrics.with_memory_sample(memory_peak_sample(self.run_dir)),
+                          e2e_time=time.time() - self.started + earlier)
+        self.result = replace(self.result, metrics=metrics.with_memory_columns(), epochs=epochs,
+                              data=(progress.data if progress is not None else None)
+                              or previous.data or self.result.data,
+                              finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if self.plan.profile:
+            from chipbench.profiling import SUMMARY_FILE
+
+            summary = read_json_dict(self.run_dir / SUMMARY_FILE) or {
+                "error": "no profile was recorded (the run ended before its workers did)"}
+            self.result = replace(self.result, other=dict(self.result.other, profile=summary))
+        if self.topology.nnodes > 1 and progress is None and self.previous is None \
+                and self.result.status == "finished":
+            self.result = replace(self.result, note=(
+                "this node did not hold rank 0: the figures of the run are in the run folder of "
+                "the node that did; this folder holds this node's logs and monitor samples"))
         self._write()
-        for failure in self.host.notify("on_run_end", run=self._run_info(), result=self.result):
+        for failure in self.host.notify("on_run_end", run=self._run_info(),
+                                        result=self.result.to_json()):
             self.announce("warning: " + failure)
 
     def _write(self) -> None:
-        write_json_atomic(self.run_dir / RESULT_FILE, self.result)
+        write_json_atomic(self.run_dir / RESULT_FILE, self.result.to_json())
 
     def _run_info(self) -> Dict[str, Any]:
         return {"run_dir": str(self.run_dir), "case": self.case.name,

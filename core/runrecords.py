@@ -1,11 +1,18 @@
 """Typed records of a run's files, each read in one place (``from_json``: validating, one line
-naming the file for whatever it refuses) and written in one (``to_json``)."""
+naming the file for whatever it refuses) and written in one (``to_json``): ``spec.json`` here,
+``result.json`` and ``progress.json`` in :mod:`chipbench.resultrecord`."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
 from chipbench.errors import UserError
+from chipbench.resultrecord import (  # noqa: F401 - the records of every run file, from here too
+    EpochRecord,
+    Metrics,
+    RunProgress,
+    RunResult,
+)
 
 SPEC_FIX = "restore the spec.json that core run wrote, or start a new run"
 
@@ -24,9 +31,11 @@ class RunSpec:
     hardware: Dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     """Whether this attempt continues an earlier one from its checkpoint."""
+    profile: bool = False
+    """Whether the workers record a few iterations with torch.profiler (``core run --profile``)."""
 
     FIELDS = {"case": str, "vendor": str, "config": dict, "topology": dict, "prepared": dict,
-              "hardware": dict, "resume": bool}
+              "hardware": dict, "resume": bool, "profile": bool}
     REQUIRED = ("case", "vendor", "config", "topology")
 
     @classmethod

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -34,8 +35,9 @@ except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not lo
 
 from chipbench import safeio
 from chipbench.childproc import child_env, python_module_command
-from chipbench.context import PROGRESS_FILE, RESULT_FILE, read_json_dict, write_json_atomic
+from chipbench.context import RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.errors import UserError
+from chipbench.runrecords import RunResult
 
 STOP_GRACE_S = 15.0
 """How long the sentinel gives a dead run's torchrun to stop its workers before SIGKILL."""
@@ -247,36 +249,40 @@ def death_fix(run_dir: Path) -> str:
     return OOM_ADVICE + "; " + go_on
 
 
-def record_death(run_dir: Path, node_rank: int, pid: int,
-                 result: Dict[str, Any]) -> Optional[str]:
-    """Record a dead run as failed (what it measured kept) and write its report; returns the
-    one-line error (what happened; what to do), or None where the folder cannot be written."""
+def record_death(run_dir: Path, node_rank: int, pid: int, result: RunResult) -> Optional[str]:
+    """Record a dead run as failed (what it measured kept, with the memory peak of every
+    monitor sample) and write its report; returns the one-line error (what happened; what to
+    do), or None where the folder cannot be written."""
+    from chipbench.runfolder import memory_peak_sample, read_progress
+
     memory = last_memory_sample(run_dir)
-    progress = read_json_dict(Path(run_dir) / PROGRESS_FILE)
-    if isinstance(progress.get("epochs"), list) and isinstance(progress.get("metrics"), dict):
-        result["epochs"], result["metrics"] = progress["epochs"], progress["metrics"]
-        if progress.get("data"):
-            result["data"] = progress["data"]
-    result.update(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  error="{}; {}".format(death_message(pid, memory, None), death_fix(run_dir)))
+    progress = read_progress(run_dir)
+    if progress is not None:
+        result = replace(result, epochs=progress.epochs, metrics=progress.metrics,
+                         data=progress.data or result.data)
+    result = replace(result, status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     metrics=result.metrics.with_memory_sample(
+                         memory_peak_sample(run_dir)).with_memory_columns(),
+                     error="{}; {}".format(death_message(pid, memory, None), death_fix(run_dir)))
     try:  # recorded first: a batch system may end this process too, once its job has ended
-        write_json_atomic(Path(run_dir) / RESULT_FILE, result)
+        write_json_atomic(Path(run_dir) / RESULT_FILE, result.to_json())
     except OSError:
         return None
     stopped = stop_leftover_workers(run_dir, node_rank)
     if stopped:
-        result["error"] = "{}; {}".format(death_message(pid, memory, stopped), death_fix(run_dir))
+        result = replace(result, error="{}; {}".format(death_message(pid, memory, stopped),
+                                                        death_fix(run_dir)))
         try:
-            write_json_atomic(Path(run_dir) / RESULT_FILE, result)
+            write_json_atomic(Path(run_dir) / RESULT_FILE, result.to_json())
         except OSError:
             pass
     try:
         from chipbench.report import on_run_end
 
-        on_run_end(run={"run_dir": str(run_dir)}, result=result)
+        on_run_end(run={"run_dir": str(run_dir)}, result=result.to_json())
     except Exception:  # noqa: BLE001 - the result is recorded; a report is a nicety here
         pass
-    return str(result["error"])
+    return str(result.error)
 
 
 def watch(run_dir: Path, node_rank: int, pid: int) -> int:
@@ -301,7 +307,12 @@ def watch(run_dir: Path, node_rank: int, pid: int) -> int:
             if started is None or start_time(pid) != started:
                 break
             time.sleep(0.5)
-        error = record_death(run_dir, node_rank, pid, result)
+        try:
+            record = RunResult.from_json(result, Path(run_dir) / RESULT_FILE)
+        except UserError:  # not as the run wrote it: left as it is; its workers are stopped
+            stop_leftover_workers(run_dir, node_rank)
+            return 0
+        error = record_death(run_dir, node_rank, pid, record)
     finally:
         os.close(fd)
     if error:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from chipbench import safeio
-from chipbench.context import RunContext
+from chipbench.context import RunContext, write_json_atomic
 from chipbench.errors import (
     ChipbenchError,
     PluginError,
@@ -26,7 +26,7 @@ from chipbench.errors import (
     user_os_error,
 )
 from chipbench.exiting import exit_now, threads_owned_by
-from chipbench.runrecords import RunSpec
+from chipbench.runrecords import Metrics, RunSpec
 
 SPEC_FILE = "spec.json"
 TRACE = logging.getLogger("chipbench.trace")
@@ -65,9 +65,11 @@ class RunLogHandler(logging.FileHandler):
         return safeio.open_for_append(self.baseFilename, encoding=self.encoding, what="run file")
 
 
-def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str, Any]:
-    """Run the case of ``run_dir`` on this process's rank and return its final metrics."""
-    from chipbench.case import checked_metrics, load_case
+def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Optional[Metrics]:
+    """Run the case of ``run_dir`` on this process's rank; rank 0 records the case's final
+    metrics (progress.json) and returns them, the other ranks return None (their figures are
+    rank 0's to record)."""
+    from chipbench.caseload import checked_metrics, load_case
     from chipbench.monitor import DeviceMonitor
 
     run_dir = Path(run_dir)
@@ -103,6 +105,7 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
                      device=device, rank=rank, local_rank=local_rank, world_size=world_size,
                      log=log, monitor=monitor)
     case = load_case(spec["case"])
+    profiler = start_profiler(spec, run_dir, rank, device, ctx)
     try:
         try:
             with threads_owned_by("case '{}'".format(case.name)):  # named if one hangs the exit
@@ -113,17 +116,44 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Dict[str,
             raise allocation_error(case, spec["config"], exc) from None
         if world_size > 1:
             record_returned(run_dir, rank)
-        if ctx.is_main:
-            metrics = checked_metrics(case, metrics, spec_target(case, spec["config"]))
-        ctx.save_progress(final=True, metrics=metrics)
-        return metrics
+        if not ctx.is_main:
+            return None
+        final = final_metrics(case, checked_metrics(case, metrics,
+                                                    spec_target(case, spec["config"])))
+        ctx.save_progress(final=True, metrics=final.to_json())
+        return final
     finally:
+        if profiler is not None:
+            finish_profiler(profiler, run_dir, rank)
         monitor.stop()
         if world_size > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def start_profiler(spec: Dict[str, Any], run_dir: Path, rank: int, device: Any,
+                   ctx: RunContext) -> Any:
+    """``--profile``: a :class:`chipbench.profiling.StepProfiler` stepped by the case's
+    ``ctx.core_step`` (through ``ctx.on_step``); None for a run without it."""
+    if not spec.get("profile"):
+        return None
+    from chipbench.profiling import StepProfiler
+
+    profiler = StepProfiler(run_dir, rank, getattr(device, "type", "cpu"))
+    ctx.on_step = profiler.step
+    return profiler
+
+
+def finish_profiler(profiler: Any, run_dir: Path, rank: int) -> None:
+    """Stop profiling; rank 0 writes what it recorded to ``profile/summary.json`` (the runner
+    puts it into result.json)."""
+    from chipbench.profiling import SUMMARY_FILE
+
+    summary = profiler.close()
+    if rank == 0:
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
 
 
 def check_local_device(facade: Any, local_rank: int) -> None:
@@ -161,6 +191,17 @@ def check_devices_restricted(facade: Any, devices: Any) -> None:
                                                       listed),
             "report it to the plugin's authors (visible_devices_env); run without --devices "
             "meanwhile")
+
+
+def final_metrics(case: Any, metrics: Dict[str, Any]) -> Metrics:
+    """The case's final ``metrics`` (checked by ``checked_metrics``) as the record result.json
+    keeps; a figure of chipbench's of another kind (``mem_source`` a number, ``cpu_share`` a
+    list) is one line naming the case, as a plugin's fault."""
+    try:
+        return Metrics.from_json(metrics, "case '{}' run()".format(case.name))
+    except UserError as exc:
+        raise PluginError(exc.problem, "fix the case's run(): chipbench's own figures keep "
+                          "their kinds (see docs/cases.md)") from None
 
 
 def spec_target(case: Any, config: Dict[str, Any]) -> Any:

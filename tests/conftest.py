@@ -364,3 +364,47 @@ def cuda_machine(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 2**30)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+
+
+SET_CATEGORIES = [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}]
+"""The categories of :func:`write_set`'s annotation files."""
+
+
+def write_set(root: Path, images: List[Dict[str, Any]], annotations: List[Dict[str, Any]],
+              seed: int = 0) -> Path:
+    """A COCO folder whose train and val splits are ``images`` (noise PNGs) with
+    ``annotations``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    for split in ("train", "val"):
+        folder = root / "{}2017".format(split)
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            pixels = rng.randint(0, 256, size=(image["height"], image["width"], 3))
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / image["file_name"])
+    (root / "annotations").mkdir(exist_ok=True)
+    for split in ("train", "val"):
+        write_annotations(root, split, images, annotations)
+    return root
+
+
+def write_annotations(root: Path, split: str, images: List[Dict[str, Any]],
+                      annotations: List[Dict[str, Any]]) -> Path:
+    """``annotations/instances_<split>2017.json`` of ``images`` and ``annotations`` (categories
+    :data:`SET_CATEGORIES`)."""
+    path = root / "annotations" / "instances_{}2017.json".format(split)
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": SET_CATEGORIES}))
+    return path
+
+
+def unescaped_pipes(line):
+    """How many ``|`` split ``line`` into cells: one after an odd number of backslashes is text."""
+    count, backslashes = 0, 0
+    for ch in line:
+        if ch == "|" and backslashes % 2 == 0:
+            count += 1
+        backslashes = backslashes + 1 if ch == "\\" else 0
+    return count

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chipbench.case import load_case, plugin_config_dirs
+from chipbench.caseload import load_case, plugin_config_dirs
 from chipbench.cli import main
 from chipbench.errors import PluginError
 from chipbench.launcher import Topology

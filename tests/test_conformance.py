@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from chipbench import contract
 from chipbench.cli import main
 from chipbench.conformance import CHECK_NAMES, run_checks
 from chipbench.manager import build_host
 from chipbench.selection import select_device
 
 REPO = Path(__file__).resolve().parents[1]
+NOT_RUN = "not run: static mode (needs the device)"
 
 BROKEN = {  # check -> a piece of its one-line failure: one line per wrong answer
     "returns:device_count": "expected an int in 1..4096",
@@ -96,6 +98,10 @@ def test_broken_twin_fails_one_precise_line_per_check(brokenchip, capsys):
     assert set(failed) == set(BROKEN)
     for check, piece in BROKEN.items():
         assert piece in failed[check] and "\n" not in failed[check], (check, failed[check])
+    # the checks that need a device count skip, naming the rule check that failed
+    skipped = {c["check"]: c["got"] for c in report["checks"] if c["status"] == "skip"}
+    assert skipped["device_init_backend"] == skipped["device_name"] == (
+        "cannot check: device_count's answer breaks its rule (see returns:device_count)")
     assert main(["doctor", "--vendor", "brokenchip", "--static"]) == 1
     table = capsys.readouterr().out
     # the optional-hook check calls the loader hook statically too; the checks that need a
@@ -121,8 +127,14 @@ def test_simulated_metax_passes_both_front_ends(metax_machine, monkeypatch, caps
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * 2**30)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
     report = doctor_json(capsys, "--vendor", "metax", "--static")
-    rules = [c["status"] for c in report["checks"] if c["check"].startswith("returns:")]
-    assert rules and set(rules) == {"pass"}  # every answer keeps its rule
+    static_rules = [c["status"] for c in report["checks"]
+                    if c["check"].startswith("returns:") and c["got"] != NOT_RUN]
+    assert len(static_rules) == 5 and set(static_rules) == {"pass"}  # names, report, constants
+    # every answer keeps its rule: the simulated device answers the hooks that need it
+    facade = select_device(build_host(), "metax")
+    rules = run_checks(facade, only=[name for name in CHECK_NAMES if name.startswith("returns:")])
+    assert len(rules) == len(contract.DEVICE_HOOKS) and {r.status for r in rules} == {"pass"}, \
+        [r.line() for r in rules]
     assert pytest.main(["--pyargs", "chipbench.conformance", "--vendor", "metax", "--static",
                         "-p", "no:cacheprovider", "-q"]) == 0
 
@@ -130,7 +142,10 @@ def test_simulated_metax_passes_both_front_ends(metax_machine, monkeypatch, caps
 def test_simulated_cuda_passes_both_front_ends(cuda_machine, capsys):
     report = doctor_json(capsys, "--vendor", "cuda", "--static")
     got = {c["check"]: c["got"] for c in report["checks"]}
-    assert "cuda:0, cuda:1" in got["device_init_backend"]
+    assert got["device_init_backend"] == NOT_RUN
+    # the simulated device answers the checks that need it
+    (backend,) = run_checks(select_device(build_host(), "cuda"), only=["device_init_backend"])
+    assert backend.status == "pass" and "cuda:0, cuda:1" in backend.got
     assert pytest.main(["--pyargs", "chipbench.conformance", "--vendor", "cuda", "--static",
                         "-p", "no:cacheprovider", "-q"]) == 0
 

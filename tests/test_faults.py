@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chipbench.cases.retinanet import checkpoint, train
+from chipbench import checkpoints as checkpoint
+from chipbench.cases.retinanet import train
 from chipbench.cli import main
 from chipbench.errors import is_allocation_failure
 from chipbench.worker import allocation_error
@@ -108,7 +109,7 @@ def test_nan_loss_mid_run(tmp_path, monkeypatch, capsys):
 KILL_IN_SECOND_WRITE = """
 import os, signal, sys
 import torch
-from chipbench.cases.retinanet import checkpoint
+from chipbench import checkpoints as checkpoint
 from chipbench.cli import main
 from chipbench.errors import is_allocation_failure
 from chipbench.worker import allocation_error
@@ -149,7 +150,7 @@ def test_sigkill_during_checkpoint_write(tmp_path):
     (ValueError("out of memory"), False),
 ])
 def test_allocation_failures_of_any_vendor_become_one_line(exc, expected):
-    from chipbench.case import load_case
+    from chipbench.caseload import load_case
 
     assert is_allocation_failure(exc) is expected
     if expected:

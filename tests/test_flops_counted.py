@@ -17,7 +17,7 @@ from chipbench.flops import (
     training_flops_per_image,
     untouched,
 )
-from tests.test_standard_map import write_set
+from tests.conftest import write_set
 
 SIZE = 64
 

@@ -19,7 +19,7 @@ import torch
 
 import chipbench.errors
 import chipbench.runner
-from chipbench.cases.retinanet import checkpoint
+from chipbench import checkpoints as checkpoint
 from chipbench.cli import main
 from chipbench.errors import HookTimedOut, RunFailed, UserError, full_disk_error
 from chipbench.exiting import EXIT_GRACE_S

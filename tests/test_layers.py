@@ -1,7 +1,7 @@
 """The order of a run's config layers, and what a vendor's hardware file is told when a later
 layer changes one of its settings."""
 
-from chipbench.case import load_case
+from chipbench.caseload import load_case
 from chipbench.launcher import Topology
 from chipbench.layers import overridden, resolve_run_config
 from chipbench.records import HardwareId

@@ -5,7 +5,8 @@ import json
 import chipbench.runner
 from chipbench.cli import main
 from chipbench.manager import build_host
-from chipbench.monitor import DeviceMonitor, summarize
+from chipbench.monitor import DeviceMonitor
+from chipbench.monitor_samples import summarize
 from chipbench.selection import select_device
 from tests.conftest import vendor_module
 
@@ -76,3 +77,35 @@ def test_samples_carry_phase_and_host_figures(tmp_path):
     assert "workers_cpu_percent" in record
     rows = {r["figure"]: r for r in summarize([monitor.sample(), record])}
     assert rows["host memory"]["max"] >= rows["host memory"]["mean"] > 0
+
+
+def test_the_monitor_s_names_stay_where_importers_find_them():
+    """The monitor's jobs live in modules of their own (host samples, CPU share, sample files);
+    every public name is still importable from chipbench.monitor, as the same object."""
+    import chipbench.cpu_share
+    import chipbench.monitor
+    import chipbench.monitor_samples
+    import chipbench.samplers
+
+    for module, names in ((chipbench.cpu_share, ("CpuShare", "cpu_share", "reduce_cpu_share",
+                                                 "starved_warning", "machine_cores",
+                                                 "torch_threads", "STARVED_SHARE", "SHARE_RATIO")),
+                          (chipbench.monitor_samples, ("read_samples", "summarize",
+                                                       "SUMMARY_FIELDS")),
+                          (chipbench.samplers, ("HostSampler",))):
+        for name in names:
+            assert getattr(chipbench.monitor, name) is getattr(module, name), name
+    for name in ("DeviceMonitor", "hook_timeout", "ENV_HOOK_TIMEOUT", "FIGURES_OF_HOOK"):
+        assert hasattr(chipbench.monitor, name), name
+
+
+def test_the_memory_row_names_the_source_the_samples_record():
+    from chipbench.monitor_samples import summarize
+
+    rss = [{"time": 1.0, "mem_used_bytes": 2**30, "mem_source": "psutil (process RSS / machine "
+            "total)"}]
+    device = [{"time": 1.0, "mem_used_bytes": 2**30, "mem_source": "cudaMemGetInfo"}]
+    assert [r["figure"] for r in summarize(rss)] == ["process resident memory, RSS"]
+    assert [r["figure"] for r in summarize(device)] == ["device-wide memory used"]
+    assert [r["figure"] for r in summarize([{"time": 1.0, "mem_used_bytes": 1}])] == [
+        "device memory"]

@@ -3,7 +3,6 @@
 Behaviour only; speed is measured in benchmarks/, never here.
 """
 
-import contextlib
 import types
 
 import pytest
@@ -53,17 +52,17 @@ def test_loader_workers_fall_back_when_the_vendor_has_no_hook(monkeypatch):
     where a rank has fewer cores (one core stays with training)."""
     import os
 
-    from chipbench.cases.retinanet.train import loader_workers
+    from chipbench.case import RunContext
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     facade = types.SimpleNamespace(loader_workers=lambda configured, local_world_size: None)
-    ctx = types.SimpleNamespace(config={"data": {"num_workers": 2}}, world_size=1, facade=facade)
-    assert loader_workers(ctx) == 2
-    ctx.config["data"]["num_workers"] = None
+    ctx = RunContext(spec={}, config={}, run_dir=None, host=None, facade=facade,
+                     device=torch.device("cpu"))
+    assert ctx.loader_workers(2) == 2
     for cores, ranks, workers in ((64, 1, 4), (3, 1, 2), (1, 1, 0), (8, 8, 0), (16, 4, 3)):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
         ctx.world_size = ranks
-        assert loader_workers(ctx) == workers, (cores, ranks)
+        assert ctx.loader_workers(None) == workers, (cores, ranks)
 
 
 def test_loss_window_reads_the_mean_and_names_the_iterations_of_a_nan():
@@ -221,21 +220,21 @@ def test_timed_iterations_are_one_in_n_and_not_in_step_with_epochs():
 def test_core_time_sampling_waits_for_the_device_only_on_timed_iterations(core_every):
     import logging
 
-    from chipbench.cases.retinanet.engine import timed_iteration, train_one_epoch
+    from chipbench.case import RunContext
+    from chipbench.cases.retinanet.engine import TrainStep, timed_iteration, train_one_epoch
 
     timed = sum(timed_iteration(i, core_every) for i in range(10))
-    from chipbench.metrics import RunMeter
-
     model = _ToyDetector()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = [([torch.rand(3, 4, 4) for _ in range(2)], [{"labels": torch.zeros(1)}] * 2)
               for _ in range(10)]
     calls = []
-    meter = RunMeter()
-    stats = train_one_epoch(model, optimizer, loader, torch.device("cpu"), 0, meter,
-                            lambda: calls.append(meter.seen_iterations), contextlib.nullcontext,
-                            None, 0.0, None, logging.getLogger("test"), 3, 0,
-                            core_every=core_every)
+    facade = types.SimpleNamespace(synchronize=lambda device: calls.append(meter.seen_iterations))
+    ctx = RunContext(spec={}, config={}, run_dir=None, host=None, facade=facade,
+                     device=torch.device("cpu"), log=logging.getLogger("test"))
+    meter = ctx.meter
+    stats = train_one_epoch(model, optimizer, loader, ctx, 0,
+                            TrainStep(log_every=3, core_every=core_every))
     assert stats["steps"] == 10 and meter.images == 20
     assert meter.core_images == 2 * timed and (meter.core_seconds > 0) == (timed > 0)
     assert len(calls) == 2 + 2 * timed  # epoch start, twice per timed iteration, epoch end

@@ -4,7 +4,7 @@ import json
 
 from chipbench.cli import main
 from chipbench.flops import flop_counter_available
-from chipbench.report import data_note, render
+from chipbench.report import render
 
 SMALL_DATA = {"train_images": 6, "val_images": 1, "train_annotations": 14, "val_annotations": 2,
               "train_images_dropped": 1, "boxes_dropped": 3, "num_classes": 4, "min_size": 128,
@@ -22,18 +22,23 @@ def result_with(**extra):
     return base
 
 
+SMALL_SET_CAVEAT = "COCO layout, not the full COCO2017: 6 train / 1 val images"
+
+
 def test_small_coco_layout_set_is_named_with_its_counts():
-    report = render(result_with(data=SMALL_DATA))
-    assert "COCO layout, not the full COCO2017" in report
+    # the case states the caveat (data.caveats); the report shows it and the facts as recorded
+    report = render(result_with(data=dict(SMALL_DATA, caveats=[SMALL_SET_CAVEAT])))
+    assert "- " + SMALL_SET_CAVEAT in report and report.count("COCO layout") == 1
     assert "| train images | 6 |" in report and "| boxes dropped (invalid) | 3 |" in report
     assert "| train images dropped (no annotations) | 1 |" in report
     assert "| classes | 4 |" in report and "| input min_size (px) | 128 |" in report
     dataset_row = [line for line in report.splitlines() if "dataset" in line][0]
-    assert "6 train / 1 val" in dataset_row
+    assert dataset_row == "| 数据集 dataset | COCO2017 |  |"  # the case's row, nothing added
 
 
 def test_full_coco_counts_carry_no_note_and_absent_facts_are_said():
-    assert data_note(dict(SMALL_DATA, train_images=118287, val_images=5000)) == ""
+    full = render(result_with(data=dict(SMALL_DATA, train_images=118287, val_images=5000)))
+    assert "COCO layout" not in full and "What these figures rest on" not in full
     report = render(result_with())
     assert "Data facts were not recorded" in report and "COCO layout" not in report
 
@@ -115,12 +120,12 @@ def test_memory_axis_runs_from_zero_to_the_device_total():
     from chipbench.plots import memory_chart
 
     samples = [{"time": 100.0 + i, "mem_used_bytes": (10 + i) * 2**30,
-                "mem_total_bytes": 64 * 2**30} for i in range(5)]
+                "mem_total_bytes": 64 * 2**30, "mem_source": "cudaMemGetInfo"} for i in range(5)]
     _, texts = _svg(memory_chart([("rank0", samples)]))
     y_ticks = _ticks(texts, "ytick")
     assert min(y_ticks) == 0.0 and max(y_ticks) >= 64.0
     assert any(t.startswith("- - device total 64.0 GiB") for _, t, _ in texts)
-    assert "memory used (GiB)" in [t for _, t, _ in texts]
+    assert "device-wide memory used (GiB)" in [t for _, t, _ in texts]
 
 
 def test_timeline_shades_phases_and_labels_units():

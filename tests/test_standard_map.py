@@ -9,10 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from chipbench.cases.retinanet.data import CocoDetection, collate, data_facts, scoring_ground_truth
@@ -24,8 +22,7 @@ from chipbench.cases.retinanet.evaluate import (
     predict,
     shape_grouped_batches,
 )
-
-CATEGORIES = [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}]
+from tests.conftest import write_annotations, write_set
 
 IMAGES = [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
           {"id": 2, "file_name": "b.png", "width": 90, "height": 120},
@@ -53,31 +50,6 @@ DETECTIONS = [
     {"image_id": 2, "category_id": 2, "bbox": [64, 69, 21, 30], "score": 0.7},
     {"image_id": 3, "category_id": 1, "bbox": [5, 4, 39, 50], "score": 0.6},
     {"image_id": 3, "category_id": 2, "bbox": [30, 30, 20, 20], "score": 0.3}]
-
-
-def write_set(root: Path, images: List[Dict[str, Any]], annotations: List[Dict[str, Any]],
-              seed: int = 0) -> Path:
-    """A COCO folder whose train and val splits are ``images`` (noise PNGs) with
-    ``annotations``."""
-    rng = np.random.RandomState(seed)
-    for split in ("train", "val"):
-        folder = root / "{}2017".format(split)
-        folder.mkdir(parents=True, exist_ok=True)
-        for image in images:
-            pixels = rng.randint(0, 256, size=(image["height"], image["width"], 3))
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / image["file_name"])
-    (root / "annotations").mkdir(exist_ok=True)
-    for split in ("train", "val"):
-        write_annotations(root, split, images, annotations)
-    return root
-
-
-def write_annotations(root: Path, split: str, images: List[Dict[str, Any]],
-                      annotations: List[Dict[str, Any]]) -> Path:
-    path = root / "annotations" / "instances_{}2017.json".format(split)
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": CATEGORIES}))
-    return path
 
 
 def plain_pycocotools(annotation_file: Path, detections: List[Dict[str, Any]]) -> List[float]:

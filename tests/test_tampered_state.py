@@ -169,7 +169,7 @@ def edit_checkpoint(run_dir: Path, edit, weights: bool = True) -> Path:
     (a refusal that comes before they are looked at; a checkpoint of 250 MB less to write)."""
     import torch
 
-    from chipbench.cases.retinanet import checkpoint
+    from chipbench import checkpoints as checkpoint
 
     path = run_dir / "checkpoints" / "last.pt"
     state = checkpoint.unpack(torch.load(str(path), map_location="cpu", weights_only=True))

@@ -205,7 +205,7 @@ def test_a_stale_temporary_file_is_replaced_and_a_link_target_is_replaced_not_fo
 def test_checkpoint_save_and_load_never_go_through_a_link(tmp_path):
     import torch
 
-    from chipbench.cases.retinanet import checkpoint
+    from chipbench import checkpoints as checkpoint
 
     elsewhere = outside(tmp_path)
     path = tmp_path / "run" / "checkpoints" / "last.pt"

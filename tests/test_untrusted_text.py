@@ -18,7 +18,7 @@ from chipbench.hookspecs import DEVICE_HOOKS, hookimpl
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 from chipbench.report import render
 from chipbench.text import markdown_cell, number_text, shorten, shown, terminal, xml_text
-from tests.conftest import compare_result, result_folder
+from tests.conftest import compare_result, result_folder, unescaped_pipes
 
 UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 FORGED_LINE = "No fairness warnings: every run finished and converged."
@@ -33,16 +33,6 @@ def unsafe(text):
     breaks between its lines."""
     return sorted({ch for ch in text if ch != "\n"
                    and unicodedata.category(ch) in UNSAFE_CATEGORIES})
-
-
-def unescaped_pipes(line):
-    """How many ``|`` split ``line`` into cells: one after an odd number of backslashes is text."""
-    count, backslashes = 0, 0
-    for ch in line:
-        if ch == "|" and backslashes % 2 == 0:
-            count += 1
-        backslashes = backslashes + 1 if ch == "\\" else 0
-    return count
 
 
 # -- the one definition ---------------------------------------------------------------------------

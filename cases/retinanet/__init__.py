@@ -1,15 +1,22 @@
 """RetinaNet R50-FPN on COCO2017: the seed's case (FlagPerf's retinanet benchmark).
 
-Touches devices only through the hook facade (``ctx.facade``), so it runs unchanged on every vendor.
+Written against the public case API (:mod:`chipbench.case`) alone, and touches devices only
+through ``ctx`` (the vendor's hooks), so it runs unchanged on every vendor.
 """
 
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from chipbench.case import Case
-from chipbench.config import Config, load_yaml, shown
-from chipbench.errors import UserError
-from chipbench.hookspecs import PRECISIONS
+from chipbench.case import (
+    PRECISIONS,
+    Case,
+    Config,
+    RunContext,
+    UserError,
+    load_yaml,
+    read_checkpoint,
+    shown,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,6 +40,7 @@ class RetinaNetCase(Case):
                    "train.lr_steps": "lr_steps", "train.momentum": "momentum",
                    "train.weight_decay": "wd", "train.warmup_iters": "warmup_iters",
                    "train.clip_grad_norm": "clip_grad_norm"}
+    packages = ("torchvision", "pycocotools", "faster-coco-eval")
 
     def overlays(self, config: Config) -> List[Tuple[str, Config]]:
         if config["data"]["dir"] is None:
@@ -116,17 +124,19 @@ class RetinaNetCase(Case):
     def prepare(self, config: Config) -> Dict[str, Any]:
         from chipbench.cases.retinanet.data import check_data_dir
         from chipbench.cases.retinanet.model import resolve_backbone_weights
-        from chipbench.cases.retinanet.synthetic import ensure_synthetic_coco
+        from chipbench.cases.retinanet.synthetic import annotated_images, ensure_synthetic_coco
 
         data = config["data"]
         if data["dir"] is None:
             s = data["synthetic"]
             root = ensure_synthetic_coco(s["train_images"], s["val_images"], s["image_size"],
                                          s["seed"])
-            note = ("Data: the embedded synthetic COCO-format set ({} train / {} val images of "
-                    "{} px: coloured shapes on noise), not COCO2017; its figures are not "
-                    "comparable with COCO results.").format(
-                        s["train_images"], s["val_images"], s["image_size"])
+            # every 16th generated image is empty, and training keeps only annotated images
+            note = ("Data: the embedded synthetic COCO-format set ({} train images generated, {} "
+                    "with shapes and trained on / {} val images of {} px: coloured shapes on "
+                    "noise), not COCO2017; its figures are not comparable with COCO results."
+                    ).format(s["train_images"], annotated_images(s["train_images"]),
+                             s["val_images"], s["image_size"])
             dataset = "synthetic shapes (embedded, COCO format)"
         else:
             root = Path(data["dir"])
@@ -156,10 +166,8 @@ class RetinaNetCase(Case):
         ]
 
     def check_resume(self, run_dir: Path) -> None:
-        """Refuse an unreadable or unsafe ``checkpoints/last.pt`` before anything is written."""
-        from chipbench.cases.retinanet.checkpoint import load
-
-        load(Path(run_dir) / "checkpoints" / "last.pt")
+        """Refuse an unreadable, unsafe or altered checkpoint before anything is written."""
+        read_checkpoint(run_dir)
 
     def memory_hint(self, config: Config) -> Tuple[str, str]:
         """What failed to fit in memory, and the settings that make it smaller."""
@@ -168,7 +176,7 @@ class RetinaNetCase(Case):
     def target(self, config: Config) -> Any:
         return config["target"]["mAP"]
 
-    def run(self, ctx: Any) -> Dict[str, Any]:
+    def run(self, ctx: RunContext) -> Dict[str, Any]:
         from chipbench.cases.retinanet.train import train_and_evaluate
 
         return train_and_evaluate(ctx)

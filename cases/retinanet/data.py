@@ -23,10 +23,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from chipbench import safeio
-from chipbench.config import shown
-from chipbench.errors import UserError
-from chipbench.metrics import is_number
+from chipbench.case import UserError, is_number, safeio, shown
 
 SPLITS = ("train", "val")
 
@@ -444,39 +441,11 @@ def convert_target(annotations: List[Dict[str, Any]], image_id: int, width: int,
             "image_id": torch.tensor(image_id, dtype=torch.int64)}
 
 
-def annotation_count(dataset: "CocoDetection") -> int:
-    """Annotations of the images that ``dataset`` uses: a training set's boxes kept, an
-    evaluation set's ground truth as scored (:func:`scoring_ground_truth`)."""
-    coco = dataset.scoring_coco if dataset.scoring_coco is not None else dataset.coco
-    return sum(len(coco.imgToAnns.get(i, [])) for i in dataset.ids)
-
-
-def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes: int,
-               config: Dict[str, Any], world_size: int) -> Dict[str, Any]:
-    """What the run trains and evaluates on (``result.json``'s ``data``); refuses a batch size
-    that the training images of one process cannot fill."""
-    batch = config["train"]["batch_size"]
-    per_process = -(-len(train_set) // world_size)
-    if batch > per_process:
-        raise UserError(
-            "train.batch_size {} is larger than the {} usable training image(s) each of the {} "
-            "process(es) gets from {}".format(batch, per_process, world_size,
-                                              train_set.annotation_file),
-            "set --set train.batch_size={} or less, or use more data".format(per_process))
-    return {"train_images": len(train_set), "val_images": len(val_set),
-            "train_annotations": annotation_count(train_set),
-            "val_annotations": annotation_count(val_set),
-            "train_images_dropped": train_set.images_listed - len(train_set),
-            "boxes_dropped": train_set.boxes_dropped + val_set.boxes_not_scored,
-            "train_boxes_dropped": train_set.boxes_dropped,
-            "val_boxes_dropped": val_set.boxes_not_scored,
-            "val_invalid_boxes_scored": val_set.invalid_boxes_scored,
-            "num_classes": num_classes, "min_size": config["model"]["min_size"],
-            "max_size": config["model"]["max_size"], "batch_size": batch,
-            "train_file": str(train_set.annotation_file), "val_file": str(val_set.annotation_file)}
-
-
 def collate(batch: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> Tuple[tuple, ...]:
     """``(images, targets)``: detection batches are tuples, not stacked tensors (images differ in
     size)."""
     return tuple(zip(*batch))
+
+
+# the run's data facts live in facts.py; this name stays importable from here
+from chipbench.cases.retinanet.facts import data_facts  # noqa: E402,F401

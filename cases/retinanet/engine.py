@@ -2,39 +2,20 @@
 
 Timing as docs/metrics.md defines it: an iteration's forward + backward + optimizer step is
 opened and closed by the vendor's synchronize hook (``core`` time), on every iteration or every
-``train.core_every``-th; the iterations' whole wall time, data loading included, is ``train`` time.
+``train.core_every``-th; the iterations' whole wall time, data loading included, is ``train``
+time, and the part of it spent waiting for batches is ``data`` time.
 """
 
-import contextlib
 import math
 import random
 import sys
 import time
-from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple, cast
+from dataclasses import dataclass
+from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple, cast
 
 import torch
 
-from chipbench.contract import PRECISION_TABLE
-from chipbench.errors import UserError
-from chipbench.metrics import RunMeter
-
-AUTOCAST_DTYPES = {p.name: getattr(torch, p.autocast) for p in PRECISION_TABLE if p.autocast}
-"""The dtype autocast computes in, per precision (:data:`chipbench.contract.PRECISION_TABLE`)."""
-
-
-def autocast_factory(device: torch.device, precision: str) -> Callable[[], Any]:
-    """A no-argument factory of the autocast context of ``precision`` (a null one for fp32)."""
-    dtype = AUTOCAST_DTYPES.get(precision)
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_grad_scaler(facade: Any, device: torch.device, precision: str) -> Optional[Any]:
-    """A dynamic loss scaler for fp16 training (the vendor's, else torch's); None for fp32 and
-    bf16."""
-    return facade.grad_scaler(device, precision)
-
+from chipbench.case import RunContext, UserError, flops_per_trained_image
 
 OPTIMIZER_IMPLEMENTATION = ("fused", "foreach")
 """Settings of a torch optimizer that choose its implementation, not its arithmetic."""
@@ -83,85 +64,104 @@ def progress_bar(epoch: int, step: int, total: int, loss: float, images_per_s: f
         epoch, "#" * filled, "." * (20 - filled), step, total, loss, images_per_s)
 
 
-def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
-                    device: torch.device, epoch: int, meter: RunMeter,
-                    synchronize: Callable[[], None], autocast: Callable[[], Any],
-                    scaler: Optional[Any], clip_grad_norm: float, warmup: Optional[Any],
-                    log: Any, log_every: int, max_iters: int, bar: bool = False,
-                    core_every: int = 1, precision: str = "fp32") -> Dict[str, float]:
-    """Train ``model`` for one epoch; returns the mean loss and the last learning rate.
+@dataclass
+class TrainStep:
+    """How each training iteration runs: the recipe's settings that stay fixed over the run."""
 
-    The forward + backward + step of one in ``core_every`` iterations (:func:`timed_iteration`) is
-    timed as core time, between two calls of ``synchronize``; the other iterations never wait for
-    the device, so the host queues their work while the device runs. The loss is summed on the
-    device and read back every ``log_every`` iterations and at the end of the epoch, where a
-    non-finite loss stops the run naming the iterations; the epoch's train time ends with one
-    more ``synchronize``. ``bar`` redraws a progress bar on the terminal (stderr) after every
-    iteration, showing the loss last read.
+    precision: str = "fp32"
+    scaler: Optional[Any] = None
+    """fp16's dynamic loss scaler (``ctx.grad_scaler``); None for fp32 and bf16."""
+    clip_grad_norm: float = 0.0
+    """Clip the gradients' norm to this (0: no clipping)."""
+    core_every: int = 1
+    """Time the core interval on 1 in this many iterations (:func:`timed_iteration`)."""
+    max_iters: int = 0
+    """Stop after this many iterations over the whole run (0: no limit)."""
+    log_every: int = 0
+    """Read the loss back and log it every this many iterations (0: at the epoch's end only)."""
+    bar: bool = False
+    """Redraw a progress bar on the terminal (stderr) after every iteration."""
+
+
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
+                    ctx: RunContext, epoch: int, step: TrainStep,
+                    warmup: Optional[Any] = None) -> Dict[str, float]:
+    """Train ``model`` for one epoch on ``ctx``'s device; returns the mean loss and the last
+    learning rate.
+
+    Batches come through ``ctx.batches`` (the wait for each is the meter's data time). The
+    forward + backward + step of one in ``step.core_every`` iterations (:func:`timed_iteration`)
+    is timed as core time by ``ctx.core_step``, between two synchronizations; the other
+    iterations never wait for the device, so the host queues their work while the device runs.
+    The loss is summed on the device and read back every ``step.log_every`` iterations and at
+    the end of the epoch, where a non-finite loss stops the run naming the iterations; the
+    epoch's train time ends with one more synchronization. ``warmup`` steps after every
+    iteration.
     """
     model.train()
-    window = LossWindow(epoch, meter.seen_iterations, precision)
+    meter = ctx.meter
+    window = LossWindow(epoch, meter.seen_iterations, step.precision)
     steps, shown, core_rate = 0, float("nan"), float("nan")
-    synchronize()
+    ctx.synchronize()
     last = time.perf_counter()
     counted = False
-    for images, targets in loader:
-        if max_iters and meter.seen_iterations >= max_iters:
-            break
-        timed = timed_iteration(meter.seen_iterations, core_every)
-        images = [image.to(device, non_blocking=True) for image in images]
-        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        if timed:
-            synchronize()
-        core_start = time.perf_counter()
-        with autocast():
-            loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            optimizer.step()
-        if timed:
-            synchronize()
-        now = time.perf_counter()
-        counted = meter.counting()
-        meter.add_iteration(len(images), now - core_start if timed else None)
-        if timed:
-            core_rate = len(images) / max(now - core_start, 1e-9)
+    for images, targets in ctx.batches(loader, step.max_iters):
+        timed = timed_iteration(meter.seen_iterations, step.core_every)
+        images = [image.to(ctx.device, non_blocking=True) for image in images]
+        targets = [{k: v.to(ctx.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        with ctx.core_step(len(images), timed) as core:
+            loss, loss_dict = _step(model, optimizer, images, targets, ctx, step)
+        counted = core.counted
+        if core.seconds is not None:
+            core_rate = len(images) / max(core.seconds, 1e-9)
         if counted:
-            meter.train_seconds += now - last
-        last_start, last = last, now
+            meter.train_seconds += core.end - last
+        last_start, last = last, core.end
         if warmup is not None:
             warmup.step()
         window.add(loss, loss_dict)
         steps += 1
-        if log_every and steps % log_every == 0:
+        if step.log_every and steps % step.log_every == 0:
             mean = window.read(meter.seen_iterations)
             shown = mean
-            log.info("epoch %d [%d/%d] loss %.4f lr %.5f %.1f img/s (core)", epoch, steps,
-                     len(loader), mean, optimizer.param_groups[0]["lr"], core_rate)
-        if bar:
+            ctx.log.info("epoch %d [%d/%d] loss %.4f lr %.5f %.1f img/s (core)", epoch, steps,
+                         len(loader), mean, optimizer.param_groups[0]["lr"], core_rate)
+        if step.bar:
             sys.stderr.write("\r" + progress_bar(epoch, steps, len(loader), shown,
-                                                 len(images) / max(now - last_start, 1e-9)))
+                                                 len(images) / max(core.end - last_start, 1e-9)))
             sys.stderr.flush()
-    synchronize()  # the device's queued work belongs to this epoch's train time
+    ctx.synchronize()  # the device's queued work belongs to this epoch's train time
     if counted:
         meter.train_seconds += time.perf_counter() - last
     if window.count:
         window.read(meter.seen_iterations)
-    if bar:
+    if step.bar:
         sys.stderr.write("\r" + " " * 78 + "\r")
     return {"loss": window.read_sum / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
             "steps": steps}
+
+
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: List[Any],
+          targets: List[Any], ctx: RunContext, step: TrainStep
+          ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One forward + backward + optimizer step; the loss and its parts (not read back)."""
+    with ctx.autocast(step.precision):
+        loss_dict = model(images, targets)
+        loss = cast(torch.Tensor, sum(loss_dict.values()))
+    optimizer.zero_grad(set_to_none=True)
+    if step.scaler is not None:
+        step.scaler.scale(loss).backward()
+        if step.clip_grad_norm:
+            step.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), step.clip_grad_norm)
+        step.scaler.step(optimizer)
+        step.scaler.update()
+    else:
+        loss.backward()
+        if step.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), step.clip_grad_norm)
+        optimizer.step()
+    return loss, loss_dict
 
 
 class LossWindow:
@@ -214,10 +214,9 @@ def trained_flops_per_image(model: torch.nn.Module, dataset: Any,
     padded shape is found from its images' sizes in the annotations (no image is read); each of
     the most frequent shapes is counted on real images of its first batch, the tallest and the
     widest, which the transform pads to that very shape
-    (:func:`chipbench.flops.flops_per_trained_image`). The model and every random stream are left
+    (``chipbench.case.flops_per_trained_image``). The model and every random stream are left
     as they were."""
     from chipbench.cases.retinanet.evaluate import detection_transform, padded_shape
-    from chipbench.flops import flops_per_trained_image
 
     transform = detection_transform(min_size, max_size)
     by_size: Dict[Tuple[int, int], Tuple[int, int]] = {}

@@ -104,7 +104,7 @@ def coco_stats(coco_gt: Any, results: List[Dict[str, Any]], image_ids: Sequence[
             from faster_coco_eval import COCO as FastCOCO
             from faster_coco_eval import COCOeval_faster as COCOeval
         except ImportError as exc:
-            from chipbench.errors import UserError
+            from chipbench.case import UserError
 
             raise UserError("eval.backend faster_coco_eval cannot be imported ({})".format(exc),
                             "pip install faster-coco-eval, or --set eval.backend=auto") from None

@@ -15,8 +15,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from chipbench import safeio
-from chipbench.errors import UserError, user_os_error
+from chipbench.case import UserError, safeio, user_os_error
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from chipbench.errors import UserError
+from chipbench.case import UserError
 
 try:
     import fcntl
@@ -38,6 +38,11 @@ GENERATOR_VERSION = 1
 COMPLETE_MARKER = "COMPLETE.json"
 EMPTY_EVERY = 16
 """Every 16th image holds no object, so the loader's drop-empty rule is exercised."""
+
+
+def annotated_images(count: int) -> int:
+    """How many of ``count`` generated images hold objects (training uses only those)."""
+    return count - count // EMPTY_EVERY
 
 
 def default_cache_root() -> Path:

@@ -4,24 +4,22 @@ Flat on purpose (torchvision's detection references are the model): every step o
 recipe is visible here, and every device call goes through ``ctx`` (the vendor's hooks).
 """
 
-import os
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from chipbench.case import RunContext, RunMeter, UserError
 from chipbench.cases.retinanet import MEMORY_SETTINGS, checkpoint, resized_batches
 from chipbench.cases.retinanet.batching import GroupedBatchSampler, aspect_ratio_groups
-from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate, data_facts
+from chipbench.cases.retinanet.data import CocoDetection, coco_paths, collate
 from chipbench.cases.retinanet.engine import (
-    autocast_factory,
-    load_optimizer_state,
-    make_grad_scaler,
+    TrainStep,
     make_sgd,
     train_one_epoch,
     trained_flops_per_image,
@@ -33,12 +31,8 @@ from chipbench.cases.retinanet.evaluate import (
     resolve_backend,
     shape_grouped_batches,
 )
+from chipbench.cases.retinanet.facts import data_facts
 from chipbench.cases.retinanet.model import build_retinanet, step_memory_floor
-from chipbench.context import PROGRESS_FILE, RESULT_FILE, RunContext, read_json_dict
-from chipbench.errors import ChipbenchError, UserError
-from chipbench.flops import figures as flops_figures
-from chipbench.flops import run_start_facts
-from chipbench.metrics import RunMeter
 
 
 def seed_everything(ctx: RunContext, seed: int, deterministic: bool, autotune: bool) -> None:
@@ -48,33 +42,12 @@ def seed_everything(ctx: RunContext, seed: int, deterministic: bool, autotune: b
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    ctx.facade.configure(ctx.device, deterministic, autotune)
+    ctx.configure(deterministic, autotune)
 
 
-DEFAULT_LOADER_WORKERS = 4
-"""The seed's loader workers per process, where neither the config nor the vendor chooses."""
-
-
-def loader_workers(ctx: RunContext) -> int:
-    """``data.num_workers``, or (null) the vendor's choice from the host's cores.
-
-    The vendor's ``device_loader_workers`` hook also budgets its compute threads for the workers
-    (the CPU vendor: threads + workers never exceed the cores). A vendor without the hook gets the
-    configured count, or for null the seed's 4 capped at the cores per rank less one.
-    """
-    configured = ctx.config["data"]["num_workers"]
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size) or 1)
-    chosen = ctx.facade.loader_workers(configured, local_world_size)
-    if chosen is not None:
-        return chosen
-    if configured is not None:
-        return int(configured)
-    cores = (os.cpu_count() or 1) // max(1, local_world_size)
-    return max(0, min(DEFAULT_LOADER_WORKERS, cores - 1))
-
-
-def build_loaders(ctx: RunContext, data_dir: Path):
-    """Training loader (grouped, distributed sampling) and this rank's evaluation shard.
+def build_loaders(ctx: RunContext, data_dir: Path, workers: int = 0):
+    """Training loader (grouped, distributed sampling) and this rank's evaluation shard, each with
+    ``workers`` loader processes (``ctx.loader_workers``).
 
     Workers are started anew each epoch (not persistent): their seeds then come from the main
     process's RNG, which checkpoints restore, so a resumed run sees the same flips.
@@ -87,7 +60,6 @@ def build_loaders(ctx: RunContext, data_dir: Path):
                                  shuffle=True, seed=cfg["train"]["seed"])
     groups = aspect_ratio_groups(train_set.aspect_ratios(), cfg["data"]["aspect_ratio_group_factor"])
     pin = bool(cfg["data"]["pin_memory"]) and ctx.device.type != "cpu"
-    workers = loader_workers(ctx)
     ctx.log.info("data loader: %d worker process(es) per rank, %d compute thread(s)", workers,
                  torch.get_num_threads())
     extra: Dict[str, Any] = {"prefetch_factor": 2} if workers else {}
@@ -111,10 +83,10 @@ def build_loaders(ctx: RunContext, data_dir: Path):
 
 
 def evaluate(ctx: RunContext, model: torch.nn.Module, val_set: CocoDetection, val_loader: Any,
-             autocast: Any) -> Dict[str, Any]:
+             precision: str) -> Dict[str, Any]:
     """Sharded inference, one gather, one COCOeval on rank 0; every rank gets the figures and the
     name of the evaluation backend that computed them (``eval_backend``: ``auto`` resolved)."""
-    results = predict(model, val_loader, ctx.device, autocast)
+    results = predict(model, val_loader, ctx.device, lambda: ctx.autocast(precision))
     gathered = ctx.all_gather(results)
     scores: Optional[Dict[str, Any]] = None
     if ctx.is_main:
@@ -123,64 +95,6 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, val_set: CocoDetection, va
         scores = dict(coco_bbox_map(val_set.scoring_coco, merged, val_set.ids, backend),
                       eval_backend=resolve_backend(backend))
     return ctx.broadcast(scores)
-
-
-def save_checkpoint(ctx: RunContext, state: Dict[str, Any]) -> None:
-    """Write ``checkpoints/last.pt`` whole before it replaces the previous one (rank 0)."""
-    checkpoint.save(state, ctx.checkpoint_path)
-
-
-def rng_state() -> Dict[str, Any]:
-    """This process's RNG states as tensors and plain containers (a checkpoint loads them with
-    ``weights_only=True``)."""
-    # the legacy (tuple) form, which numpy returns by default; its stubs also allow a dict
-    name, keys, pos, has_gauss, cached = cast(tuple, np.random.get_state())[:5]
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [str(name), [int(k) for k in keys], int(pos), int(has_gauss),
-                      float(cached)]}
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def run_record(run_dir: Path) -> Tuple[List[Any], str, bool]:
-    """The epochs a run folder records before its checkpoint is applied: ``progress.json``'s
-    (written after each epoch's checkpoint: at most one epoch behind it), else, where that is
-    missing or unreadable, ``result.json``'s (written when an attempt ends: it may lag more);
-    with the file's name and whether it is ``progress.json``."""
-    progress = read_json_dict(Path(run_dir) / PROGRESS_FILE).get("epochs")
-    if isinstance(progress, list):
-        return progress, PROGRESS_FILE, True
-    result = read_json_dict(Path(run_dir) / RESULT_FILE).get("epochs")
-    return (result if isinstance(result, list) else []), RESULT_FILE, False
-
-
-def resume_state(ctx: RunContext) -> Optional[Dict[str, Any]]:
-    """On a resume, rank 0's checkpoint on every rank, checked against the run: its epoch
-    within ``train.epochs`` and its epochs those the run folder records
-    (:func:`checkpoint.check_fits_run`); None for a new run. A refusal is rank 0's one line,
-    raised on every rank (no rank is left waiting in a collective)."""
-    if not ctx.spec.get("resume"):
-        return None
-    state: Optional[Dict[str, Any]] = None
-    refused = None
-    if ctx.is_main and ctx.checkpoint_path.is_file():
-        try:
-            state = checkpoint.load(ctx.checkpoint_path)
-            checkpoint.check_fits_run(state, ctx.checkpoint_path, ctx.config["train"]["epochs"],
-                                      *run_record(ctx.run_dir))
-        except UserError as exc:
-            state, refused = None, (exc.problem, exc.fix)
-    state, refused = ctx.broadcast((state, refused))
-    if refused is not None:
-        raise UserError(*refused)
-    return state
 
 
 def evaluated_after(epochs_done: int, eval_cfg: Dict[str, Any]) -> bool:
@@ -198,9 +112,8 @@ def check_step_fits(ctx: RunContext, train_set: CocoDetection) -> None:
              for info in train_set.coco.imgs.values()]
     floor = step_memory_floor(sizes, cfg["model"]["min_size"], cfg["model"]["max_size"],
                               cfg["train"]["batch_size"], cfg["train"]["precision"])
-    try:
-        total = ctx.facade.memory_query(ctx.device).total_bytes
-    except ChipbenchError:  # a broken memory hook: the monitor warns about it and counts it
+    total = ctx.memory_total_bytes()
+    if total is None:  # a broken memory hook: the monitor warns about it and counts it
         return
     if floor > total:
         raise UserError("cannot allocate memory for {} (the input batch and the first "
@@ -213,86 +126,57 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     """The seed's recipe: SGD + warm-up + MultiStepLR, evaluation every epoch, stop at target."""
     cfg, train_cfg = ctx.config, ctx.config["train"]
     prepared = ctx.spec["prepared"]
-    state = resume_state(ctx)  # first: a checkpoint that does not fit costs no model build
+    # first: a checkpoint that does not fit costs no model build
+    state = ctx.load_checkpoint(train_cfg["epochs"], "train.epochs")
     seed_everything(ctx, train_cfg["seed"] + ctx.rank, train_cfg["deterministic"],
                     bool(train_cfg["autotune"]))
+    workers = ctx.loader_workers(cfg["data"]["num_workers"])
     train_set, val_set, sampler, train_loader, val_loader = build_loaders(
-        ctx, Path(prepared["data_dir"]))
+        ctx, Path(prepared["data_dir"]), workers)
     num_classes = max(train_set.coco.getCatIds() or [0]) + 1
     ctx.data = data_facts(train_set, val_set, num_classes, cfg, ctx.world_size)
-    if ctx.is_main and train_set.boxes_dropped:
-        ctx.log.warning("warning: %d invalid box(es) in %s dropped from training: not 4 finite "
-                        "numbers, under 1 px, or outside the image", train_set.boxes_dropped,
-                        train_set.annotation_file.name)
-    if ctx.is_main and val_set.invalid_boxes_scored:
-        ctx.log.warning("note: %d box(es) in %s under 1 px or outside the image are scored as "
-                        "the file gives them (the standard COCO score, as pycocotools gives it)",
-                        val_set.invalid_boxes_scored, val_set.annotation_file.name)
-    if ctx.is_main and val_set.boxes_not_scored:
-        ctx.log.warning("warning: %d box(es) in %s are not 4 finite numbers: left out of the "
-                        "ground truth that mAP is scored against", val_set.boxes_not_scored,
-                        val_set.annotation_file.name)
+    warn_about_boxes(ctx, train_set, val_set)
     check_step_fits(ctx, train_set)
     weights = prepared.get("backbone_weights_path")
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
                             cfg["model"]["trainable_backbone_layers"]).to(ctx.device)
+    precision = train_cfg["precision"]
     perf: Dict[str, Any] = {}  # FLOPs of the training step per trained image, the vendor's peak
     if ctx.is_main:  # counted before DDP wraps the model, on this rank's batches of epoch 1
         sampler.set_epoch(0)
-        perf = run_start_facts(ctx.facade, ctx.device, train_cfg["precision"],
-                               *trained_flops_per_image(model, train_set, train_loader.batch_sampler,
-                                                        ctx.device, cfg["model"]["min_size"],
-                                                        cfg["model"]["max_size"]))
+        perf = ctx.flops_facts(precision, *trained_flops_per_image(
+            model, train_set, train_loader.batch_sampler, ctx.device, cfg["model"]["min_size"],
+            cfg["model"]["max_size"]))
     if train_cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     bare_model = model
-    if ctx.distributed:
-        ids = [ctx.device.index] if ctx.device.type != "cpu" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    model = ctx.distributed(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_sgd(params, train_cfg["lr"], train_cfg["momentum"],
                          train_cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=train_cfg["lr_steps"],
                                                      gamma=train_cfg["lr_gamma"])
-    precision = train_cfg["precision"]
-    autocast = autocast_factory(ctx.device, precision)
-    scaler = make_grad_scaler(ctx.facade, ctx.device, precision)
-    meter = RunMeter(skip_iters=train_cfg["throughput_skip_iters"])
+    scaler = ctx.grad_scaler(precision)
+    ctx.meter = RunMeter(skip_iters=train_cfg["throughput_skip_iters"])
     start_epoch = 0
     if state is not None:
-        try:
-            bare_model.load_state_dict(state["model"])
-            load_optimizer_state(optimizer, state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            meter = RunMeter.from_state(state["meter"])
-            ctx.epochs = list(state["epochs"])
-            set_rng_state(state["rng"][ctx.rank % len(state["rng"])])
-            start_epoch = state["epoch"] + 1
-        except (RuntimeError, KeyError, TypeError, ValueError, IndexError,
-                ZeroDivisionError) as exc:  # another model's, or another run's checkpoint
-            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise UserError("checkpoint {} does not fit this run ({}: {})".format(
-                ctx.checkpoint_path, type(exc).__name__, detail),
-                "resume the run that wrote it, or start a new run") from None
-        ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, state["epoch"])
+        start_epoch = checkpoint.restore(ctx, state, bare_model, optimizer, scheduler, scaler)
+        ctx.log.info("resumed from %s after epoch %d", ctx.checkpoint_path, start_epoch - 1)
         del state
     ctx.save_progress(final=False)  # the data facts, and the checkpoint's epochs on a resume
-    ctx.facade.memory_reset_peak(ctx.device)
+    ctx.reset_memory_peak()
     target = cfg["target"]["mAP"]
     metrics: Dict[str, Any] = dict(ctx.epochs[-1]) if ctx.epochs else {}
     ctx.log.info("training %s: %d train / %d val images, %d classes, %d iterations per epoch, "
                  "%s, %d process(es)", "retinanet", len(train_set), len(val_set), num_classes,
                  len(train_loader), precision, ctx.world_size)
-
-    def phase(name: str) -> None:  # what the monitor's samples are labelled with
-        if ctx.monitor is not None:
-            ctx.monitor.set_phase(name)
+    step = TrainStep(precision=precision, scaler=scaler, clip_grad_norm=train_cfg["clip_grad_norm"],
+                     core_every=train_cfg["core_every"], max_iters=train_cfg["max_iters"],
+                     log_every=cfg["run"]["log_every"], bar=ctx.is_main and sys.stderr.isatty())
 
     def iterations_spent() -> bool:
-        return bool(train_cfg["max_iters"]) and meter.seen_iterations >= train_cfg["max_iters"]
+        return bool(train_cfg["max_iters"]) and ctx.meter.seen_iterations >= train_cfg["max_iters"]
 
     for epoch in range(start_epoch, train_cfg["epochs"]):
         if metrics.get("converged") or iterations_spent():
@@ -304,52 +188,70 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
             if warmup_iters > 0:
                 warmup = torch.optim.lr_scheduler.LinearLR(
                     optimizer, start_factor=train_cfg["warmup_factor"], total_iters=warmup_iters)
-        phase("train")
-        stats = train_one_epoch(model, optimizer, train_loader, ctx.device, epoch, meter,
-                                ctx.synchronize, autocast, scaler, train_cfg["clip_grad_norm"],
-                                warmup, ctx.log, cfg["run"]["log_every"], train_cfg["max_iters"],
-                                bar=ctx.is_main and sys.stderr.isatty(),
-                                core_every=train_cfg["core_every"],
-                                precision=train_cfg["precision"])
+        ctx.phase("train")
+        stats = train_one_epoch(model, optimizer, train_loader, ctx, epoch, step, warmup)
         scheduler.step()
         last_epoch = epoch + 1 == train_cfg["epochs"] or iterations_spent()
         scores: Dict[str, float] = {}
         if evaluated_after(epoch + 1, cfg["eval"]) or last_epoch:
-            phase("eval")
+            ctx.phase("eval")
             ctx.synchronize()
             eval_start = time.perf_counter()
-            scores = evaluate(ctx, bare_model, val_set, val_loader, autocast)  # no DDP sync
+            scores = evaluate(ctx, bare_model, val_set, val_loader, precision)  # no DDP sync
             ctx.synchronize()
-            meter.eval_seconds += time.perf_counter() - eval_start
-        metrics = ctx.epoch_counters(meter)
-        metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
-                        "lr": stats["lr"]})
-        metrics.update(scores)  # an epoch without evaluation has no mAP
-        metrics.update(flops_figures(perf, metrics.get("p_core"), ctx.world_size))
-        metrics["converged"] = bool(metrics.get("mAP", 0.0) >= target)
-        notes = []
-        if train_cfg["throughput_skip_iters"]:
-            notes.append("the first {} iterations are left out of p_whole, p_train and "
-                         "p_core".format(train_cfg["throughput_skip_iters"]))
-        if train_cfg["core_every"] > 1:
-            notes.append("p_core is timed on 1 in {} iterations ({} of {} images)".format(
-                train_cfg["core_every"], metrics["core_images"], metrics["images"]))
-        if notes:
-            metrics["throughput_note"] = "; ".join(notes)
+            ctx.meter.eval_seconds += time.perf_counter() - eval_start
+        metrics = epoch_metrics(ctx, epoch, stats, scores, perf)
         ctx.log.info("epoch %d done: loss %.4f, %s, %.1f img/s train, %.1f img/s core", epoch,
                      stats["loss"], "mAP {:.4f} (target {:.2f})".format(metrics["mAP"], target)
                      if "mAP" in metrics else "not evaluated", metrics.get("p_train") or 0.0,
                      metrics.get("p_core") or 0.0)
-        states = ctx.all_gather(rng_state())  # every rank's RNG; also the epoch-end meeting point
-        if ctx.is_main and cfg["run"]["checkpoint"]:  # the checkpoint first, then the record of
-            phase("checkpoint")                          # the epoch: they agree
-            save_checkpoint(ctx, {"model": bare_model.state_dict(),
-                                  "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(),
-                                  "scaler": scaler.state_dict() if scaler is not None else None,
-                                  "meter": meter.state(), "epoch": epoch, "rng": states,
-                                  "epochs": ctx.epochs + [dict(metrics, epoch=epoch)]})
+        states = ctx.all_gather(checkpoint.rng_state())  # also the epoch-end meeting point
+        if cfg["run"]["checkpoint"]:  # the checkpoint first, then the record of the epoch:
+            ctx.phase("checkpoint")     # they agree
+            ctx.save_checkpoint(checkpoint.case_state(bare_model, optimizer, scheduler, scaler,
+                                                      states), epoch, metrics)
         ctx.epoch_end(epoch, metrics)
         ctx.log.info("epoch %d recorded%s", epoch,
                      " (checkpoint and progress.json)" if cfg["run"]["checkpoint"] else "")
     return metrics
+
+
+def epoch_metrics(ctx: RunContext, epoch: int, stats: Dict[str, Any], scores: Dict[str, float],
+                  perf: Dict[str, Any]) -> Dict[str, Any]:
+    """An epoch's figures over all ranks: counters, loss, mAP where evaluated, FLOPs and MFU, and
+    a note of what the throughputs leave out."""
+    train_cfg = ctx.config["train"]
+    metrics = ctx.epoch_counters()
+    metrics.update({"epoch": epoch, "epochs": epoch + 1, "loss": stats["loss"],
+                    "lr": stats["lr"]})
+    metrics.update(scores)  # an epoch without evaluation has no mAP
+    metrics.update(ctx.flops_figures(perf, metrics.get("p_core")))
+    metrics["converged"] = bool(metrics.get("mAP", 0.0) >= ctx.config["target"]["mAP"])
+    notes = []
+    if train_cfg["throughput_skip_iters"]:
+        notes.append("the first {} iterations are left out of p_whole, p_train and "
+                     "p_core".format(train_cfg["throughput_skip_iters"]))
+    if train_cfg["core_every"] > 1:
+        notes.append("p_core is timed on 1 in {} iterations ({} of {} images)".format(
+            train_cfg["core_every"], metrics["core_images"], metrics["images"]))
+    if notes:
+        metrics["throughput_note"] = "; ".join(notes)
+    return metrics
+
+
+def warn_about_boxes(ctx: RunContext, train_set: CocoDetection, val_set: CocoDetection) -> None:
+    """Tell (rank 0) of boxes training drops and boxes evaluation scores as given or leaves out."""
+    if not ctx.is_main:
+        return
+    if train_set.boxes_dropped:
+        ctx.log.warning("warning: %d invalid box(es) in %s dropped from training: not 4 finite "
+                        "numbers, under 1 px, or outside the image", train_set.boxes_dropped,
+                        train_set.annotation_file.name)
+    if val_set.invalid_boxes_scored:
+        ctx.log.warning("note: %d box(es) in %s under 1 px or outside the image are scored as "
+                        "the file gives them (the standard COCO score, as pycocotools gives it)",
+                        val_set.invalid_boxes_scored, val_set.annotation_file.name)
+    if val_set.boxes_not_scored:
+        ctx.log.warning("warning: %d box(es) in %s are not 4 finite numbers: left out of the "
+                        "ground truth that mAP is scored against", val_set.boxes_not_scored,
+                        val_set.annotation_file.name)

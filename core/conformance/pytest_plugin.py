@@ -6,7 +6,7 @@ package is not read for ``--pyargs``, so its options would be unknown). Importin
 Being a ``pytest11`` plugin, it is loaded in every pytest session of an environment where
 chipbench is installed, a vendor's own test suite included. So its options have names no one else
 uses: ``--chipbench-vendor`` (default: ``$CHIPBENCH_VENDOR``, else auto-detection),
-``--chipbench-static`` (leave out the checks that run work on the device or start processes) and
+``--chipbench-static`` (only the checks that need no device; the others are listed as not run) and
 ``--chipbench-alloc-mib``. The short names ``--vendor``, ``--static`` and ``--alloc-mib`` are added
 too, after the project's own conftest.py files have added theirs, and only where they are free: a
 suite whose conftest.py has its own ``--vendor`` keeps it. The checks run once per session;
@@ -43,8 +43,8 @@ OPTIONS: Tuple[Tuple[str, str, Dict[str, Any]], ...] = (
     ("vendor", "chipbench_vendor",
      dict(default=None, metavar="NAME", help="vendor plugin to check (default: auto)")),
     ("static", "chipbench_static",
-     dict(action="store_true", help="only checks that run no work on the device and start no "
-          "process")),
+     dict(action="store_true", help="only the checks that need no device (the others are "
+          "listed as not run)")),
     ("alloc-mib", "chipbench_alloc_mib",
      dict(type=_alloc_mib, default=64, metavar="MIB", help="test allocation in MiB")),
 )

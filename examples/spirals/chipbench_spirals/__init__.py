@@ -2,16 +2,16 @@
 MLP, held-out accuracy as the target. Installed on its own; found through the entry-point group
 ``chipbench.cases`` (``core cases`` lists it; ``core run spirals`` runs it).
 
-Like every case it touches devices only through ``ctx`` (the vendor's hooks), so it runs unchanged
-on every vendor, in one process or many under torchrun.
+Like every case it imports only the public case API (:mod:`chipbench.case`) and touches devices
+only through ``ctx`` (the vendor's hooks), so it runs unchanged on every vendor, in one process or
+many under torchrun. It needs no loader workers: its batches are slices of tensors already on the
+device.
 """
 
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from chipbench.case import Case
-from chipbench.config import Config
-from chipbench.errors import UserError
+from chipbench.case import Case, Config, RunContext, UserError
 
 
 class SpiralsCase(Case):
@@ -51,7 +51,7 @@ class SpiralsCase(Case):
     def target(self, config: Config) -> Any:
         return config["target"]["accuracy"]
 
-    def run(self, ctx: Any) -> Dict[str, Any]:
+    def run(self, ctx: RunContext) -> Dict[str, Any]:
         from chipbench_spirals.train import train_and_evaluate
 
         return train_and_evaluate(ctx)

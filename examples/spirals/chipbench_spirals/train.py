@@ -2,11 +2,11 @@
 
 import math
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import torch
 
-from chipbench.metrics import RunMeter
+from chipbench.case import RunContext
 
 
 def spirals(points: int, turns: float, noise: float, seed: int
@@ -22,12 +22,13 @@ def spirals(points: int, turns: float, noise: float, seed: int
 
 
 def build_model(hidden: int) -> torch.nn.Module:
+    """A 2-``hidden``-``hidden``-3 MLP with ReLUs."""
     return torch.nn.Sequential(torch.nn.Linear(2, hidden), torch.nn.ReLU(),
                                torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
                                torch.nn.Linear(hidden, 3))
 
 
-def evaluate(ctx: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def evaluate(ctx: RunContext, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Accuracy over every rank's shard of the held-out points."""
     with torch.no_grad():
         shard = slice(ctx.rank, None, ctx.world_size)
@@ -36,7 +37,7 @@ def evaluate(ctx: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
     return sum(r for r, _ in counts) / max(sum(n for _, n in counts), 1)
 
 
-def train_and_evaluate(ctx: Any) -> Dict[str, Any]:
+def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     """Adam on shuffled per-rank shards; evaluate every epoch; stop at the target accuracy."""
     threads = torch.get_num_threads()
     if ctx.device.type == "cpu":
@@ -47,46 +48,43 @@ def train_and_evaluate(ctx: Any) -> Dict[str, Any]:
         torch.set_num_threads(threads)  # a single-process run shares the `core run` process
 
 
-def _train(ctx: Any) -> Dict[str, Any]:
+def index_batches(indices: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """``indices`` in consecutive batches of ``batch_size`` (the last one may be smaller)."""
+    for first in range(0, len(indices), batch_size):
+        yield indices[first:first + batch_size]
+
+
+def _train(ctx: RunContext) -> Dict[str, Any]:
     cfg, train = ctx.config, ctx.config["train"]
     torch.manual_seed(train["seed"])
     data = cfg["data"]
     x, y = spirals(data["train_points"], data["turns"], data["noise"], data["seed"])
     vx, vy = spirals(data["val_points"], data["turns"], data["noise"], data["seed"] + 1)
+    ctx.data = {"train_points": len(x), "val_points": len(vx), "classes": 3}
     x, y, vx, vy = (t.to(ctx.device) for t in (x, y, vx, vy))
-    model = build_model(cfg["model"]["hidden"]).to(ctx.device)
-    bare = model
-    if ctx.distributed:
-        ids = [ctx.device.index] if ctx.device.type != "cpu" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    bare = build_model(cfg["model"]["hidden"]).to(ctx.device)
+    model = ctx.distributed(bare)
     optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"])
-    meter = RunMeter()
-    ctx.facade.memory_reset_peak(ctx.device)
+    ctx.reset_memory_peak()
     metrics: Dict[str, Any] = {}
     for epoch in range(train["epochs"]):
         start = time.perf_counter()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
         mine = order[ctx.rank::ctx.world_size].to(ctx.device)
         losses = []
-        for first in range(0, len(mine), train["batch_size"]):
-            index = mine[first:first + train["batch_size"]]
-            ctx.synchronize()
-            core_start = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            ctx.synchronize()
-            meter.add_iteration(len(index), time.perf_counter() - core_start)
+        for index in ctx.batches(index_batches(mine, train["batch_size"]), train["max_iters"]):
+            with ctx.core_step(len(index)):
+                loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
             losses.append(loss.item())
-            if train["max_iters"] and meter.seen_iterations >= train["max_iters"]:
-                break
-        meter.train_seconds += time.perf_counter() - start
+        ctx.meter.train_seconds += time.perf_counter() - start
         eval_start = time.perf_counter()
         accuracy = evaluate(ctx, bare, vx, vy)
         ctx.synchronize()
-        meter.eval_seconds += time.perf_counter() - eval_start
-        metrics = ctx.epoch_counters(meter)
+        ctx.meter.eval_seconds += time.perf_counter() - eval_start
+        metrics = ctx.epoch_counters()
         metrics.update({"epoch": epoch, "epochs": epoch + 1, "accuracy": accuracy,
                         "loss": sum(losses) / max(len(losses), 1),
                         "converged": accuracy >= cfg["target"]["accuracy"]})
@@ -94,6 +92,6 @@ def _train(ctx: Any) -> Dict[str, Any]:
                      accuracy, cfg["target"]["accuracy"])
         ctx.epoch_end(epoch, metrics)
         if metrics["converged"] or (train["max_iters"] and
-                                    meter.seen_iterations >= train["max_iters"]):
+                                    ctx.meter.seen_iterations >= train["max_iters"]):
             break
     return metrics
