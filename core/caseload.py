@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.case import Case
 from chipbench.config import shown
+from chipbench.environment import distribution_names
 from chipbench.errors import (
     PluginError,
     UserError,
@@ -76,9 +77,7 @@ def contract_problem(case: Case) -> str:
     if type(case).run is Case.run:
         return "it does not define run()"
     packages = getattr(case, "packages", ())
-    if not isinstance(packages, (tuple, list)) or not all(
-            isinstance(name, str) and name.strip() and not any(c.isspace() for c in name)
-            for name in packages):
+    if not distribution_names(packages):
         return "its packages {} are not a tuple of distribution names".format(shown(packages))
     for attribute in ("name", "title", "metric_name", "sample_unit"):
         value = getattr(case, attribute, None)

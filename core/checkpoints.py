@@ -22,7 +22,8 @@ from chipbench import safeio
 from chipbench.config import shown
 from chipbench.context import CHECKPOINT_FILE, RecordedEpochs
 from chipbench.errors import UserError, full_disk_error
-from chipbench.metrics import FIGURES, RunMeter, finite, is_count
+from chipbench.metrics import RunMeter, finite, is_count
+from chipbench.resultrecord import Metrics
 
 FORMAT = "chipbench-checkpoint-1"
 
@@ -209,8 +210,13 @@ def check_run_state(state: Any, path: Path) -> None:
             or not all(isinstance(e, dict) for e in epochs):
         raise _refuse(path, "says epoch {} with a record of epochs {}, not 0 to {}".format(
             epoch, shown(numbers if isinstance(epochs, list) else epochs), epoch))
-    whole = {key for key, value in RunMeter().state().items() if _is_int(value)}
+    fields = RunMeter().state()
+    whole = {key for key, value in fields.items() if _is_int(value)}
     meter = state["meter"]
+    unknown = sorted(str(key) for key in meter if key not in fields)
+    if unknown:
+        raise _refuse(path, "has meter {}, which no chipbench meter holds".format(
+            shown(", ".join(unknown))))
     for key, value in meter.items():
         if not is_count(value) or (key in whole and not _is_int(value)):
             raise _refuse(path, "has meter {} {}, not a {} of 0 or more".format(
@@ -219,11 +225,11 @@ def check_run_state(state: Any, path: Path) -> None:
         if low in meter and high in meter and meter[low] > meter[high]:
             raise _refuse(path, "has meter {} {} over {} {}".format(
                 low, meter[low], high, meter[high]))
-    for record in epochs:
-        bad = [key for key in FIGURES if record.get(key) is not None and not is_count(record[key])]
-        if bad:
-            raise _refuse(path, "records {} {} for epoch {}, not a count of 0 or more".format(
-                bad[0], shown(record[bad[0]]), record["epoch"]))
+    for record in epochs:  # the rule of every record of an epoch's figures
+        bad = Metrics.problem(record, strict=True)
+        if bad is not None:
+            raise _refuse(path, "records {} {} for epoch {}, not {}".format(
+                bad[0], shown(bad[1]), record["epoch"], bad[2]))
 
 
 def comparable(records: Any) -> Any:

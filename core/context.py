@@ -20,8 +20,9 @@ from chipbench.device import Device
 from chipbench.errors import ChipbenchError, HookTimedOut, PluginError, UserError
 from chipbench.manager import PluginHost
 from chipbench.metrics import RunMeter, finite, reduce_ranks, throughput
-from chipbench.text import shown
 
+DATA_WAIT_PHASE = "data wait"
+"""The monitor's phase while training waits for the data loader (:meth:`RunContext.batches`)."""
 RESULT_FILE = "result.json"
 PROGRESS_FILE = "progress.json"
 CHECKPOINT_FILE = Path("checkpoints") / "last.pt"
@@ -198,14 +199,22 @@ class RunContext:
     def batches(self, loader: Iterable[Any], max_iters: int = 0) -> Iterator[Any]:
         """The batches of ``loader``, each wait for one (starting the loader's workers, then
         every ``next()``) added to the meter's ``data_seconds``; none is fetched once the run's
-        ``max_iters`` iterations (0: no limit) are done."""
+        ``max_iters`` iterations (0: no limit) are done. While it waits, the monitor's samples are
+        labelled with the phase :data:`DATA_WAIT_PHASE` (the timeline shades them)."""
+        monitor = self.monitor
         start = time.perf_counter()
         iterator = iter(loader)
         while not (max_iters and self.meter.seen_iterations >= max_iters):
+            phase = getattr(monitor, "phase", None)
+            if phase is not None:
+                monitor.phase = DATA_WAIT_PHASE
             try:
                 batch = next(iterator)
             except StopIteration:
                 return
+            finally:
+                if phase is not None:
+                    monitor.phase = phase
             self.meter.add_data_wait(time.perf_counter() - start)
             yield batch
             start = time.perf_counter()
@@ -359,13 +368,14 @@ class RunContext:
             self.monitor.sample("epoch_end")
         if not self.is_main:
             return
-        from chipbench.resultrecord import bad_figure
+        from chipbench.resultrecord import Metrics
 
-        bad = bad_figure(metrics)
-        if bad is not None:  # the record's rule, said where the case broke it
-            raise PluginError("case '{}' passed {} = {} to ctx.epoch_end(), expected {}".format(
-                self.spec["case"], bad[0], shown(bad[1]), bad[2]),
-                "fix the case's figures (see docs/cases.md)")
+        try:  # the record's rule, said where the case broke it
+            Metrics.from_json(metrics, "case '{}' ctx.epoch_end()".format(self.spec["case"]),
+                              strict=True)
+        except UserError as exc:
+            raise PluginError(exc.problem, "fix the case's figures: chipbench's own keep their "
+                              "kinds (see docs/cases.md)") from None
         self.epochs.append(dict(metrics, epoch=epoch))
         self.save_progress(final=False)
         for failure in self.host.notify("on_epoch_end", run=self.run_info(), epoch=epoch,

@@ -37,6 +37,15 @@ CORE_PACKAGES = ("torch", "torchvision", "pluggy")
 itself runs on. A case's own packages (pycocotools for RetinaNet) come from the case."""
 
 
+def distribution_names(packages: Any) -> bool:
+    """Whether ``packages`` (a case's ``Case.packages``) is a tuple or list of distribution
+    names: non-empty texts without spaces. The rule of case discovery and of the version
+    report."""
+    return isinstance(packages, (list, tuple)) and all(
+        isinstance(name, str) and name.strip() and not any(c.isspace() for c in name)
+        for name in packages)
+
+
 def versions(packages: Sequence[str] = ()) -> Dict[str, str]:
     """Versions for ``result.json``: chipbench, Python, :data:`CORE_PACKAGES`, then each
     distribution in ``packages`` (the case's, ``Case.packages``), "not installed" where absent."""
@@ -45,8 +54,7 @@ def versions(packages: Sequence[str] = ()) -> Dict[str, str]:
     from chipbench import __version__
     from chipbench.errors import PluginError
 
-    if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) and p.strip()
-                                                          for p in packages):
+    if not distribution_names(packages):
         raise PluginError("the case's packages must be a list of distribution names, got {!r:.200}"
                           .format(packages), "give Case.packages as e.g. ('pycocotools',)")
     found = {"chipbench": __version__, "python": platform.python_version()}

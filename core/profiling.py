@@ -118,6 +118,8 @@ class StepProfiler:
             self._profile.step()
 
     def _ready(self, profile: Any) -> None:
+        if self.steps < SKIP_ITERATIONS + WARMUP_ITERATIONS + ACTIVE_ITERATIONS:
+            return  # the run ended while recording: a partial profile is no profile
         tmp = self.trace.with_name(self.trace.name + ".tmp")
         os.close(safeio.create_exclusive(tmp, "profiler trace"))
         profile.export_chrome_trace(str(tmp))
@@ -127,7 +129,7 @@ class StepProfiler:
             for e in profile.key_averages())
         first = SKIP_ITERATIONS + WARMUP_ITERATIONS + 1
         self.summary = {
-            "iterations": [first, min(self.steps, first + ACTIVE_ITERATIONS - 1)],
+            "iterations": [first, first + ACTIVE_ITERATIONS - 1],
             "trace": "{}/{}".format(PROFILE_DIR, self.trace.name),
             "sorted_by": "own device time" if by_device else "own host time",
             "device_activity": str(self.activity).split(".")[-1] if self.activity else None,
@@ -142,8 +144,8 @@ class StepProfiler:
         if self.summary is not None:
             return self.summary
         needed = SKIP_ITERATIONS + WARMUP_ITERATIONS + ACTIVE_ITERATIONS
-        return {"error": "the run trained {} iteration(s); profiling needs {} (the first {} are "
-                         "skipped, {} warms the profiler up)".format(
+        return {"error": "{} training iteration(s) ended through ctx.core_step; profiling needs {} "
+                         "(the first {} are skipped, {} warms the profiler up)".format(
                              self.steps, needed, SKIP_ITERATIONS, WARMUP_ITERATIONS)}
 
 

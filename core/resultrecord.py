@@ -173,17 +173,33 @@ class Metrics(JsonRecord):
 
     @classmethod
     def from_json(cls, data: Any, source: Source, name: str = "metrics",
-                  metric: Optional[str] = None) -> "Metrics":
+                  metric: Optional[str] = None, strict: bool = False) -> "Metrics":
         """The figures ``data`` read from ``source`` (``name``: where they are in it). Refused in
-        one line: what :func:`bad_figure` finds, a ``converged`` that is not true or false."""
+        one line: what :func:`bad_figure` finds, a ``converged`` that is not true or false;
+        ``strict`` (figures a case hands chipbench, which it writes and renders): any figure of
+        chipbench's of another kind too (a file read back keeps such a value as read)."""
         if not isinstance(data, dict):
             raise refused(source, name, data, "a dict")
-        bad = bad_figure(data, metric)
+        bad = cls.problem(data, metric, strict)
         if bad is not None:
             raise refused(source, "{}.{}".format(name, bad[0]), bad[1], bad[2])
-        if data.get("converged") is not None and not isinstance(data["converged"], bool):
-            raise refused(source, name + ".converged", data["converged"], "true or false")
         return cls._typed_from(data)
+
+    @classmethod
+    def problem(cls, data: Dict[str, Any], metric: Optional[str] = None, strict: bool = False
+                ) -> Optional[Tuple[str, Any, str]]:
+        """The first figure of ``data`` that :meth:`from_json` refuses, as (key, value, what it
+        must be); None where it takes them all."""
+        bad = bad_figure(data, metric)
+        if bad is not None:
+            return bad
+        if data.get("converged") is not None and not isinstance(data["converged"], bool):
+            return "converged", data["converged"], "true or false"
+        for name in cls.json_fields() if strict else ():
+            value = data.get(name)
+            if value is not None and not of_kind(value, cls.KINDS[name]):
+                return name, value, _expected(cls.KINDS[name])
+        return None
 
     def with_memory_columns(self) -> "Metrics":
         """These figures with the seed's ``mem`` cell and the GiB figures of the byte counts."""
@@ -222,9 +238,10 @@ class EpochRecord(Metrics):
 
     @classmethod
     def from_json(cls, data: Any, source: Source, name: str = "epochs[0]",
-                  metric: Optional[str] = None) -> "EpochRecord":
+                  metric: Optional[str] = None, strict: bool = False) -> "EpochRecord":
         """The epoch ``data`` read from ``source``; refused in one line where it is no dict
-        (``metric`` is not checked in epochs)."""
+        (``metric`` and ``strict`` are not applied to epochs read back: the run checked each
+        epoch's figures when the case handed them over, and a file keeps what it holds)."""
         if not isinstance(data, dict):
             raise refused(source, name, data, "a dict")
         return cls._typed_from(data)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from chipbench.case import Case
 from chipbench.caseload import case_package, load_case, plugin_config_dirs
 from chipbench.config import Config
-from chipbench.context import RESULT_FILE, read_json_dict, write_json_atomic
+from chipbench.context import CHECKPOINT_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.device import Device
 from chipbench.environment import versions
 from chipbench.errors import (
@@ -164,7 +164,7 @@ def plan_resume(run_dir: str, vendor: Optional[str] = None,
     if previous is not None and previous.status == "finished":
         return None
     if node_rank == 0 and not (
-            folder / "checkpoints" / "last.pt").is_file():
+            folder / CHECKPOINT_FILE).is_file():
         raise UserError("{} has no checkpoint to resume from".format(run_dir),
                         "a run writes checkpoints/last.pt after each epoch; start a new run")
     if vendor and vendor != spec.vendor:
@@ -334,11 +334,8 @@ class Run:
                               data=(progress.data if progress is not None else None)
                               or previous.data or self.result.data,
                               finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        if self.plan.profile:
-            from chipbench.profiling import SUMMARY_FILE
-
-            summary = read_json_dict(self.run_dir / SUMMARY_FILE) or {
-                "error": "no profile was recorded (the run ended before its workers did)"}
+        summary = self._profile()
+        if summary is not None:
             self.result = replace(self.result, other=dict(self.result.other, profile=summary))
         if self.topology.nnodes > 1 and progress is None and self.previous is None \
                 and self.result.status == "finished":
@@ -349,6 +346,20 @@ class Run:
         for failure in self.host.notify("on_run_end", run=self._run_info(),
                                         result=self.result.to_json()):
             self.announce("warning: " + failure)
+
+    def _profile(self) -> Optional[Dict[str, Any]]:
+        """result.json's ``profile``: this attempt's (``--profile``), else an earlier attempt's
+        (a resumed run's throughput still counts the profiled iterations); None where no attempt
+        profiled, or on a node without rank 0 (that node's folder holds no figures)."""
+        from chipbench.profiling import SUMMARY_FILE
+
+        if self.topology.node_rank != 0:
+            return None
+        if self.plan.profile:
+            return read_json_dict(self.run_dir / SUMMARY_FILE) or {
+                "error": "no profile was recorded: the workers ended before they wrote one"}
+        earlier = self.previous.other.get("profile") if self.previous is not None else None
+        return earlier if isinstance(earlier, dict) else None
 
     def _write(self) -> None:
         write_json_atomic(self.run_dir / RESULT_FILE, self.result.to_json())

@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not lo
 
 from chipbench import safeio
 from chipbench.childproc import child_env, python_module_command
-from chipbench.context import RESULT_FILE, read_json_dict, write_json_atomic
+from chipbench.context import CHECKPOINT_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.errors import UserError
 from chipbench.runrecords import RunResult
 
@@ -244,7 +244,7 @@ OOM_ADVICE = ("if `dmesg` names the out-of-memory killer, give each process less
 def death_fix(run_dir: Path) -> str:
     """What to do about a run that died: the OOM killer's trace, and how to go on."""
     go_on = ("`core run --resume {}` continues from its last epoch checkpoint".format(run_dir)
-             if (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+             if (Path(run_dir) / CHECKPOINT_FILE).is_file()
              else "it left no checkpoint to resume from: start it again")
     return OOM_ADVICE + "; " + go_on
 

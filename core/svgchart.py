@@ -15,7 +15,8 @@ from chipbench.metrics import is_number
 from chipbench.text import VALUE_LIMIT, shorten, xml_text
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-PHASE_COLOURS = {"eval": "#f4d03f", "checkpoint": "#a9cce3", "setup": "#d5d8dc"}
+PHASE_COLOURS = {"eval": "#f4d03f", "checkpoint": "#a9cce3", "setup": "#d5d8dc",
+                 "data wait": "#f5b7b1"}
 WIDTH = 720
 LEFT, RIGHT, TOP, BOTTOM = 64, 220, 28, 44
 PANEL_HEIGHT = 220

@@ -21,6 +21,7 @@ from chipbench.errors import (
     PluginError,
     RunFailed,
     UserError,
+    describe_exception,
     interrupt_on_stop_signals,
     is_allocation_failure,
     user_os_error,
@@ -105,8 +106,9 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Optional[
                      device=device, rank=rank, local_rank=local_rank, world_size=world_size,
                      log=log, monitor=monitor)
     case = load_case(spec["case"])
-    profiler = start_profiler(spec, run_dir, rank, device, ctx)
+    profiler = None
     try:
+        profiler = start_profiler(spec, run_dir, rank, device, ctx)
         try:
             with threads_owned_by("case '{}'".format(case.name)):  # named if one hangs the exit
                 metrics = case.run(ctx)
@@ -124,7 +126,7 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Optional[
         return final
     finally:
         if profiler is not None:
-            finish_profiler(profiler, run_dir, rank)
+            finish_profiler(profiler, run_dir, rank, log)
         monitor.stop()
         if world_size > 1:
             import torch.distributed as dist
@@ -146,14 +148,23 @@ def start_profiler(spec: Dict[str, Any], run_dir: Path, rank: int, device: Any,
     return profiler
 
 
-def finish_profiler(profiler: Any, run_dir: Path, rank: int) -> None:
+def finish_profiler(profiler: Any, run_dir: Path, rank: int, log: logging.Logger) -> None:
     """Stop profiling; rank 0 writes what it recorded to ``profile/summary.json`` (the runner
-    puts it into result.json)."""
+    puts it into result.json). A failure here (a full disk, a link in the run folder) is
+    recorded as the profile's error and logged: it never replaces the run's own outcome."""
     from chipbench.profiling import SUMMARY_FILE
 
-    summary = profiler.close()
-    if rank == 0:
+    try:
+        summary = profiler.close()
+    except Exception as exc:  # noqa: BLE001 - the trace export: disk, links, torch
+        summary = {"error": "the profile could not be written: {}".format(
+            describe_exception(exc))}
+    if rank != 0:
+        return
+    try:
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    except (OSError, ChipbenchError) as exc:
+        log.warning("warning: the profile summary could not be written: %s", exc)
 
 
 def check_local_device(facade: Any, local_rank: int) -> None:
@@ -198,7 +209,7 @@ def final_metrics(case: Any, metrics: Dict[str, Any]) -> Metrics:
     keeps; a figure of chipbench's of another kind (``mem_source`` a number, ``cpu_share`` a
     list) is one line naming the case, as a plugin's fault."""
     try:
-        return Metrics.from_json(metrics, "case '{}' run()".format(case.name))
+        return Metrics.from_json(metrics, "case '{}' run()".format(case.name), strict=True)
     except UserError as exc:
         raise PluginError(exc.problem, "fix the case's run(): chipbench's own figures keep "
                           "their kinds (see docs/cases.md)") from None

@@ -161,6 +161,27 @@ def test_batches_measure_the_wait_for_each_batch(tmp_path):
     assert 0.2 <= ctx.meter.data_seconds < 0.2 + 0.04 * 4
 
 
+def test_the_monitor_labels_its_samples_of_the_data_wait(tmp_path):
+    """While training waits for a batch the monitor's phase is "data wait" (the timeline shades
+    it); the case's own phase comes back for the step."""
+    class Monitor:
+        phase = "train"
+
+    seen = []
+
+    class Loader:
+        def __iter__(self):
+            for index in range(3):
+                seen.append(monitor.phase)
+                yield index
+
+    monitor = Monitor()
+    ctx = make_ctx(tmp_path, monitor=monitor)
+    during_steps = [monitor.phase for _batch in ctx.batches(Loader())]
+    assert seen == ["data wait"] * 3 and during_steps == ["train"] * 3
+    assert monitor.phase == "train"
+
+
 def test_batches_count_no_wait_of_skipped_iterations_and_fetch_nothing_past_max_iters(tmp_path):
     ctx = make_ctx(tmp_path, meter=RunMeter(skip_iters=2))
     loader = SlowLoader(10, 0.03)
@@ -415,3 +436,45 @@ def test_the_embedded_set_s_note_states_what_the_facts_count():
               "model": {"backbone_weights": "none"}}
     note = CASE.prepare(config)["dataset_note"]
     assert "32 train images generated, 30 with shapes and trained on / 8 val images" in note
+
+
+def _tampered_checkpoint(tmp_path, change):
+    """A checkpoint the run wrote after epoch 0, then changed by ``change(state)``."""
+    from chipbench.checkpoints import load, save
+
+    ctx = run_state_ctx(tmp_path, resume=False)
+    ctx.meter.add_iteration(4, 0.5)
+    ctx.save_checkpoint({"weights": torch.zeros(1)}, 0, {"loss": 0.5, "images": 4})
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = load(path)
+    change(state)
+    save(state, path)
+    return run_state_ctx(tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda s: s["meter"].update(foo=1), "has meter 'foo', which no chipbench meter holds"),
+    (lambda s: s["epochs"][0].update(e2e_time=-5), "records e2e_time -5 for epoch 0"),
+    (lambda s: s["epochs"][0].update(converged="yes"), "records converged 'yes' for epoch 0"),
+])
+def test_a_tampered_checkpoint_is_refused_naming_it_not_the_case(tmp_path, change, fragment):
+    """The run state in a checkpoint is held to the rules of the records it becomes: a refusal
+    names the checkpoint and says to restore it (never a traceback, never the case's fault)."""
+    ctx = _tampered_checkpoint(tmp_path, change)
+    with pytest.raises(UserError) as refused:
+        ctx.load_checkpoint()
+    line = refused.value.one_line()
+    assert fragment in line and "last.pt" in line and "restore the checkpoints/last.pt" in line
+
+
+def test_epoch_figures_of_the_wrong_kind_are_the_case_s_fault(tmp_path):
+    from chipbench.errors import PluginError
+
+    ctx = run_state_ctx(tmp_path, resume=False)
+    with pytest.raises(PluginError) as refused:
+        ctx.epoch_end(0, {"loss": 0.1, "converged": np.float64(0.95) >= 0.9})
+    line = refused.value.one_line()
+    assert "case 'test' ctx.epoch_end()" in line and "converged" in line
+    assert "progress.json" not in line
+    with pytest.raises(PluginError, match="flops_per_image is 'abc'"):
+        ctx.epoch_end(0, {"loss": 0.1, "flops_per_image": "abc"})

@@ -46,12 +46,17 @@ def test_a_profiled_loop_writes_a_chrome_trace_and_ranks_operators(tmp_path):
     assert not list(tmp_path.glob("profile/*.tmp")), "no temporary file is left"
 
 
-def test_too_few_iterations_says_how_many_are_needed(tmp_path):
+@pytest.mark.parametrize("iterations", [2, NEEDED - 1])
+def test_too_few_iterations_record_no_partial_profile(tmp_path, iterations):
+    """A run that ends before the recorded iterations are all done (even while recording) has
+    no profile, only the reason."""
     profiler = StepProfiler(tmp_path, 0, "cpu")
-    _train(profiler, 2)
+    _train(profiler, iterations)
     summary = profiler.close()
-    assert "trained 2 iteration(s)" in summary["error"]
-    assert str(NEEDED) in summary["error"]
+    assert set(summary) == {"error"}
+    assert "{} training iteration(s)".format(iterations) in summary["error"]
+    assert "needs {}".format(NEEDED) in summary["error"]
+    assert not (tmp_path / "profile" / "trace-rank0.json").exists()
 
 
 def test_a_device_without_profiler_activity_is_profiled_on_the_host():

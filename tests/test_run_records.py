@@ -304,7 +304,7 @@ def _finish_in(run_dir, progress, monitor, previous=None):
     plan = RunPlan(case=SimpleNamespace(name="retinanet"),
                    host=SimpleNamespace(notify=lambda *args, **kwargs: []),
                    facade=SimpleNamespace(vendor="cpu"), hardware=None,
-                   topology=SimpleNamespace(nnodes=1), config={}, sources=[], run_dir=run_dir,
+                   topology=SimpleNamespace(nnodes=1, node_rank=0), config={}, sources=[], run_dir=run_dir,
                    started=0.0, resuming=previous is not None, previous=previous)
     run = Run(plan)
     run.result = RunResult(status="finished", case="retinanet", metrics=Metrics(), epochs=[])
@@ -375,3 +375,35 @@ def test_a_negative_case_metric_is_a_figure_in_the_record_as_in_the_case_check()
     assert RunResult.from_json(data, "/runs/a/result.json").metrics.to_json()["mAP"] == -0.25
     assert bad_figure({"mAP": -0.25}, "mAP") is None
     assert bad_figure({"images": -1}, "mAP")[0] == "images"
+
+
+def test_a_case_s_final_figure_of_another_kind_is_refused_naming_the_case():
+    """A figure of chipbench's that the case returns as another kind would break the report
+    later (a text where a number is divided): the worker refuses it in one line naming the case."""
+    from chipbench.errors import PluginError
+    from chipbench.worker import final_metrics
+
+    case = SimpleNamespace(name="flawed")
+    with pytest.raises(PluginError, match="case 'flawed' run\\(\\): metrics.flops_per_image is "
+                                          "'abc'"):
+        final_metrics(case, {"images": 4, "flops_per_image": "abc"})
+    assert final_metrics(case, {"images": 4, "flops_per_image": 1e9}).flops_per_image == 1e9
+
+
+def test_a_resumed_run_keeps_the_earlier_attempt_s_profile(tmp_path):
+    """The meter of a resumed run still counts the profiled iterations: the profile (and so the
+    warning that the throughput is not comparable) stays in result.json."""
+    from chipbench.runner import Run
+
+    profile = {"iterations": [4, 6], "top_ops": []}
+    previous = RunResult.from_json(dict(full_result(), profile=profile), "result.json")
+    run = Run.__new__(Run)
+    run.plan = SimpleNamespace(profile=False)
+    run.topology = SimpleNamespace(node_rank=0)
+    run.previous, run.run_dir = previous, tmp_path
+    assert run._profile() == profile
+    run.previous = RunResult.from_json(full_result(), "result.json")
+    assert run._profile() is None
+    run.topology = SimpleNamespace(node_rank=1)
+    run.plan = SimpleNamespace(profile=True)
+    assert run._profile() is None  # the rank-0 node's folder has it

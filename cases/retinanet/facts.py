@@ -18,9 +18,10 @@ def annotation_count(dataset: "CocoDetection") -> int:
 
 
 def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes: int,
-               config: Dict[str, Any], world_size: int) -> Dict[str, Any]:
+               config: Dict[str, Any], world_size: int, caveats: bool = True) -> Dict[str, Any]:
     """What the run trains and evaluates on (``result.json``'s ``data``, with its ``caveats``:
-    :func:`data_caveats`); refuses a batch size that the training images of one process cannot
+    :func:`data_caveats`, where ``caveats``: rank 0 alone writes them, and finding shared files
+    reads every image's size); refuses a batch size that the training images of one process cannot
     fill."""
     batch = config["train"]["batch_size"]
     per_process = -(-len(train_set) // world_size)
@@ -41,7 +42,7 @@ def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes
             "num_classes": num_classes, "min_size": config["model"]["min_size"],
             "max_size": config["model"]["max_size"], "batch_size": batch,
             "train_file": str(train_set.annotation_file), "val_file": str(val_set.annotation_file),
-            "caveats": data_caveats(train_set, val_set, config)}
+            "caveats": data_caveats(train_set, val_set, config) if caveats else []}
 
 
 COCO2017_IMAGES = (118287, 5000)

@@ -1,5 +1,11 @@
 """The check of what the device facade adds to each hook called in the timed training loop:
-less than :data:`OVERHEAD_LIMIT_US` over a direct call of the vendor's own function."""
+less than :data:`OVERHEAD_LIMIT_US` over pluggy's own call of the hook.
+
+The baseline is pluggy's call, not the vendor's bare function: pluggy's dispatch is the price of
+hooks at all (about 1.5 us per call on Python 3.11 and 2.5-3 us on Python 3.8 on a 2-core AMD
+EPYC without AVX-512, 2026-12-07), the same for every vendor, and it grows on a slow CPU or an old
+Python; what the facade adds (the answer's rule, the attribution of an exception) is chipbench's
+own, and that is what must stay small. Pluggy's cost is reported beside it."""
 
 import functools
 import time
@@ -43,11 +49,12 @@ def _added_us(facade_call: Callable[[], Any], direct_call: Callable[[], Any]) ->
 
 @needs_device
 def check_overhead(subject: Subject) -> str:
-    """Each hook called in the timed training loop costs < 5 us more through the facade
-    (its rule included) than a direct call of the vendor's function (hooks that themselves take
-    over 10 us are not timed: noise would swamp 5 us)."""
+    """Each hook called in the timed training loop costs < 5 us more through the facade (its
+    rule included) than pluggy's own call of it (hooks that themselves take over 10 us are not
+    timed: noise would swamp 5 us)."""
     facade = subject.facade
     added: Dict[str, float] = {}
+    pluggy: Dict[str, float] = {}
     untimed = []
     for hook in (h for h in DEVICE_HOOKS if RULE[h].hot):
         kwargs = hook_kwargs(subject, hook)
@@ -57,18 +64,22 @@ def check_overhead(subject: Subject) -> str:
             untimed.append(hook)
             continue
         via = functools.partial(facade._call, hook, **kwargs)
-        added[hook] = _added_us(via, direct)
+        dispatch = functools.partial(getattr(facade.host.pm.hook, hook), **kwargs)
+        added[hook] = _added_us(via, dispatch)
         for _ in range(OVERHEAD_TRIES - 1):
             if added[hook] < OVERHEAD_LIMIT_US:
                 break
-            added[hook] = min(added[hook], _added_us(via, direct))
+            added[hook] = min(added[hook], _added_us(via, dispatch))
+        pluggy[hook] = _added_us(dispatch, direct)
     if not added:
         raise CheckSkipped("every hook takes over {:.0f} us".format(TIMED_HOOK_LIMIT_S * 1e6))
     slow = {h: us for h, us in added.items() if us >= OVERHEAD_LIMIT_US}
     worst = max(added, key=lambda h: added[h])
     if slow:
-        raise CheckFailed("the facade to add < {} us per call".format(OVERHEAD_LIMIT_US),
+        raise CheckFailed("the facade to add < {} us per call over pluggy's".format(
+            OVERHEAD_LIMIT_US),
                           ", ".join("{} +{:.1f} us".format(h, us) for h, us in slow.items()))
-    return "at most +{:.1f} us ({}); {} hooks timed{}".format(
-        added[worst], worst, len(added),
+    return "at most +{:.1f} us ({}) over pluggy's call (itself +{:.1f} us over the bare " \
+        "function); {} hooks timed{}".format(
+        added[worst], worst, max(pluggy.values()), len(added),
         ", not timed: " + ", ".join(untimed) if untimed else "")
