@@ -198,8 +198,8 @@ def monitor_lines(summary: Optional[Dict[str, List[Dict[str, Any]]]]) -> List[st
     if not summary:
         return []
     lines = ["", "## Monitor", "", "Sampled every `run.monitor_interval_s` through the vendor's "
-             "hooks (device) and psutil (host); the timeline plot shades the evaluation and "
-             "checkpoint phases.", "", "| rank | figure | mean | max | samples |",
+             "hooks (device) and psutil (host); the timeline plot shades the evaluation, "
+             "checkpoint and data-wait phases.", "", "| rank | figure | mean | max | samples |",
              "| --- | --- | --- | --- | --- |"]
     for rank in sorted(summary, key=lambda r: int(r[4:]) if r[4:].isdigit() else 0):
         for row in summary[rank]:
