@@ -4,9 +4,9 @@ The profiler skips the first iterations (allocator and autotuning warm-up), warm
 records :data:`ACTIVE_ITERATIONS`. Each rank writes a Chrome trace (open it in Perfetto or
 chrome://tracing) into the run folder's ``profile/``; rank 0's operators, ranked by their own
 device time (host time where the device has no profiler activity), become the report's top-ops
-table. It needs no vendor code: the device's activity is torch's own for its device type (CUDA,
-which MetaX's and AMD's torch builds present too, XPU, MTIA, HPU or the PrivateUse1 backend), and
-the host's activity is always recorded.
+table. It needs no vendor code: the device's activity is the one torch's profiler has for the
+device type (or for the PrivateUse1 backend), where it has one, and the host's activity is always
+recorded.
 
 A profiled run's throughput includes the profiler's overhead for those iterations: the report and
 ``core compare`` say so.
@@ -124,16 +124,15 @@ class StepProfiler:
         os.close(safeio.create_exclusive(tmp, "profiler trace"))
         profile.export_chrome_trace(str(tmp))
         os.replace(str(tmp), str(self.trace))
-        by_device = self.activity is not None and any(
-            _device_ms(e, own=True) > 0
-            for e in profile.key_averages())
+        events = list(profile.key_averages())  # aggregated anew on every call: once here
+        by_device = self.activity is not None and any(_device_ms(e, own=True) > 0 for e in events)
         first = SKIP_ITERATIONS + WARMUP_ITERATIONS + 1
         self.summary = {
             "iterations": [first, first + ACTIVE_ITERATIONS - 1],
             "trace": "{}/{}".format(PROFILE_DIR, self.trace.name),
             "sorted_by": "own device time" if by_device else "own host time",
             "device_activity": str(self.activity).split(".")[-1] if self.activity else None,
-            "top_ops": top_operators(profile.key_averages(), by_device),
+            "top_ops": top_operators(events, by_device),
         }
 
     def close(self) -> Dict[str, Any]:
