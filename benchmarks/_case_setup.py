@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from chipbench.config import load_yaml, resolve
 from chipbench.plugins import cpu
+from chipbench.run.config import load_yaml, resolve
 
 CONFIGS = Path(__file__).resolve().parents[1] / "cases" / "retinanet" / "configs"
 

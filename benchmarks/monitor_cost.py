@@ -31,12 +31,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str, size: int) -> float:
     """p_core of one short run; ``interval`` None switches the sampling thread off."""
-    import chipbench.monitor
+    import chipbench.measure.monitor
     from chipbench.cli import main
 
-    original = chipbench.monitor.DeviceMonitor._loop
+    original = chipbench.measure.monitor.DeviceMonitor._loop
     if interval is None:
-        chipbench.monitor.DeviceMonitor._loop = lambda self: None  # type: ignore
+        chipbench.measure.monitor.DeviceMonitor._loop = lambda self: None  # type: ignore
     try:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             code = main(["run", "retinanet", "--vendor", vendor, "--output", str(folder),
@@ -47,7 +47,7 @@ def one_run(folder: Path, iters: int, interval: Optional[float], vendor: str, si
                          "--set", "model.max_size={}".format(size),
                          "--set", "run.monitor_interval_s={}".format(interval or 2.0)])
     finally:
-        chipbench.monitor.DeviceMonitor._loop = original
+        chipbench.measure.monitor.DeviceMonitor._loop = original
     if code != 0:
         raise SystemExit("run failed with exit code {}".format(code))
     return json.loads((folder / "result.json").read_text())["metrics"]["p_core"]
@@ -58,9 +58,9 @@ def sample_cpu_seconds(vendor: str, count: int = 50) -> float:
     a bound on the monitor's cost that training noise cannot blur."""
     import time
 
-    from chipbench.manager import build_host
-    from chipbench.monitor import DeviceMonitor
-    from chipbench.selection import select_device
+    from chipbench.host.manager import build_host
+    from chipbench.host.selection import select_device
+    from chipbench.measure.monitor import DeviceMonitor
 
     facade = select_device(build_host(), vendor)
     device = facade.init_backend(0)

@@ -27,13 +27,13 @@ The contract:
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from chipbench import safeio
-from chipbench.config import Config, load_yaml, shown
-from chipbench.context import RunContext
 from chipbench.errors import UserError, user_os_error
-from chipbench.flops import flops_per_trained_image
 from chipbench.hookspecs import PRECISIONS
-from chipbench.metrics import RunMeter, is_number
+from chipbench.measure.flops import flops_per_trained_image
+from chipbench.measure.metrics import RunMeter, is_number
+from chipbench.run.config import Config, load_yaml, shown
+from chipbench.run.context import RunContext
+from chipbench.util import safeio
 
 CASE_API_VERSION = "1.0"
 """This API's version, ``"major.minor"`` (see the module's docstring)."""
@@ -128,7 +128,7 @@ def read_checkpoint(run_dir: Path) -> Dict[str, Any]:
     (tensors and plain data only, bounded) and checked; a one-line :class:`UserError` where it is
     missing, unreadable, unsafe or altered. For :meth:`Case.check_resume`; a worker uses
     ``ctx.load_checkpoint()``."""
-    from chipbench import checkpoints
+    from chipbench.run import checkpoints
 
     path = checkpoints.checkpoint_path(Path(run_dir))
     state = checkpoints.load(path)

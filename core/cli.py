@@ -32,8 +32,8 @@ from chipbench.errors import (
     stop_name,
     user_os_error,
 )
-from chipbench.exiting import exit_now
-from chipbench.streams import (  # noqa: F401 - emit: chipbench.cli's name too
+from chipbench.util.exiting import exit_now
+from chipbench.util.streams import (  # noqa: F401 - emit: chipbench.cli's name too
     check_working_folder,
     emit,
     open_standard_streams,
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def console_main() -> None:
     """The ``core`` and ``chipbench`` console scripts (and ``python -m chipbench``): :func:`main`,
-    then a quick exit (:func:`chipbench.exiting.exit_now`)."""
+    then a quick exit (:func:`chipbench.util.exiting.exit_now`)."""
     exit_now(main())
 
 

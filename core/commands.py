@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
 from chipbench.errors import ChipbenchError, UserError
-from chipbench.metrics import is_number
-from chipbench.streams import emit, print_err
-from chipbench.text import VALUE_LIMIT, terminal, terminal_table
+from chipbench.measure.metrics import is_number
+from chipbench.util.streams import emit, print_err
+from chipbench.util.text import VALUE_LIMIT, terminal, terminal_table
 
 if TYPE_CHECKING:
-    from chipbench.device import Device
+    from chipbench.host.device import Device
 
 
 # --------------------------------------------------------------------------------------------------
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 def cmd_vendors(args: argparse.Namespace) -> int:
     """Table of every vendor plugin: origin, availability, reason, priority, the one auto picks."""
-    from chipbench.manager import build_host
-    from chipbench.selection import choose_vendor
+    from chipbench.host.manager import build_host
+    from chipbench.host.selection import choose_vendor
 
     host = build_host()
     try:
@@ -55,8 +55,8 @@ def cmd_vendors(args: argparse.Namespace) -> int:
 
 
 def _selected(args: argparse.Namespace) -> Device:
-    from chipbench.manager import build_host
-    from chipbench.selection import select_device
+    from chipbench.host.manager import build_host
+    from chipbench.host.selection import select_device
 
     return select_device(build_host(), args.vendor, announce=print_err)
 
@@ -83,7 +83,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def info_lines(report: Dict[str, Any]) -> List[str]:
     """``core info``'s lines: ``key: value``, lists and mappings on one line, each device on its
     own. Keys and values are the vendor's answers: escaped and cut
-    (:func:`chipbench.text.terminal`), so that each stays on its line."""
+    (:func:`chipbench.util.text.terminal`), so that each stays on its line."""
     def one(value: Any) -> str:
         if isinstance(value, dict):
             return ", ".join("{}={}".format(terminal(k, VALUE_LIMIT), one(v))
@@ -116,8 +116,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_cases(args: argparse.Namespace) -> int:
     """Table of every case: name, origin, title, hardware configs found (the case's own and those
     shipped by vendor plugins), broken ones with their reason."""
-    from chipbench.caseload import discover_cases, plugin_config_dirs
-    from chipbench.manager import build_host
+    from chipbench.host.manager import build_host
+    from chipbench.run.caseload import discover_cases, plugin_config_dirs
 
     host = build_host()
     rows = []
@@ -145,9 +145,9 @@ def cmd_cases(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a case and print the seed's performance table."""
-    from chipbench.launcher import Topology
-    from chipbench.report import perf_columns, perf_row, text_table
-    from chipbench.runner import Run, plan_new, plan_resume
+    from chipbench.outputs.report import perf_columns, perf_row, text_table
+    from chipbench.run.launcher import Topology
+    from chipbench.run.runner import Run, plan_new, plan_resume
 
     topology = Topology(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
                         node_rank=args.node_rank, master_addr=args.master_addr,
@@ -212,7 +212,7 @@ def refuse_with_resume(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare run folders: the seed's table with ratios and the fairness warnings."""
-    from chipbench.compare import as_json, as_text, comparison, metric_of, write_charts
+    from chipbench.outputs.compare import as_json, as_text, comparison, metric_of, write_charts
 
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise UserError("--plots {} is a file".format(args.plots),

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 from chipbench import __version__
 from chipbench.conformance import Result, run_checks
-from chipbench.text import VALUE_LIMIT, terminal
+from chipbench.util.text import VALUE_LIMIT, terminal
 
 
 def run_doctor(facade: Any, alloc_mib: int = 64, live: bool = True) -> List[Result]:
@@ -31,7 +31,7 @@ def as_json(vendor: str, results: List[Result]) -> str:
 
 def as_table(vendor: str, results: List[Result]) -> str:
     """The results as a terminal table: status, check, what was seen (and expected, on failure).
-    What a check saw is the plugin's answer: escaped and cut (:func:`chipbench.text.terminal`),
+    What a check saw is the plugin's answer: escaped and cut (:func:`chipbench.util.text.terminal`),
     so that it stays on its row."""
     checks = [terminal(r.check, VALUE_LIMIT) for r in results]
     width = max(len(c) for c in checks) if checks else 5

@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any, Iterator, List, Optional, Tuple, Type, Union
 
-from chipbench.text import LINE_LIMIT, shorten, terminal
+from chipbench.util.text import LINE_LIMIT, shorten, terminal
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -37,7 +37,7 @@ class ChipbenchError(Exception):
     def one_line(self) -> str:
         """The problem and its fix as one line, as the CLI prints it: line breaks as spaces,
         other control characters escaped (a value read from a file or a plugin's answer may hold
-        any), each part cut to :data:`chipbench.text.LINE_LIMIT` characters at most."""
+        any), each part cut to :data:`chipbench.util.text.LINE_LIMIT` characters at most."""
         text = _line_part(self.problem)
         if self.fix:
             text = "{}; {}".format(text.rstrip("."), _line_part(self.fix))
@@ -58,7 +58,7 @@ class PluginError(ChipbenchError):
 
 class HookTimedOut(PluginError):
     """A vendor hook that observes a run (memory, samples) did not answer in time: the run goes
-    on without the figures it gives (:class:`chipbench.monitor.DeviceMonitor` bounds them)."""
+    on without the figures it gives (:class:`chipbench.measure.monitor.DeviceMonitor` bounds them)."""
 
 
 class RunFailed(ChipbenchError):
@@ -241,7 +241,7 @@ def plugin_fault(exc: BaseException) -> bool:
 
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` on one line (pluggy's reasons span lines), control characters escaped and
-    cut to :data:`chipbench.text.LINE_LIMIT` characters (a plugin's message may hold anything):
+    cut to :data:`chipbench.util.text.LINE_LIMIT` characters (a plugin's message may hold anything):
     how chipbench names a failure of plugin or case code, everywhere."""
     text = " ".join(line.strip() for line in exception_text(exc).splitlines() if line.strip())
     text = terminal(text, LINE_LIMIT)

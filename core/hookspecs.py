@@ -6,8 +6,8 @@ is a ``firstresult`` call answered by that one vendor. *Lifecycle hooks* are cal
 (vendors and observers such as the built-in reporter) and their results are ignored.
 
 Devices are passed and returned as ``torch.device`` objects, never bare ints (torch reads an int as
-CUDA). Callers never use ``pm.hook`` directly: they go through :class:`chipbench.device.Device` and
-:class:`chipbench.manager.PluginHost`, which check the returned types.
+CUDA). Callers never use ``pm.hook`` directly: they go through :class:`chipbench.host.device.Device` and
+:class:`chipbench.host.manager.PluginHost`, which check the returned types.
 
 Implementations name their arguments exactly as the specs below do, and may take a subset of them.
 Each spec says the API version (:data:`chipbench.API_VERSION`) it appeared in; hooks marked
@@ -271,8 +271,8 @@ def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
 
 
 # What each hook must answer, which hooks are required and what chipbench does without the optional
-# ones: the rules in chipbench.contract, the one definition that runs and the conformance kit share.
-from chipbench.contract import (  # noqa: E402, F401 - re-exported: the public names of the contract
+# ones: the rules in chipbench.host.contract, the one definition that runs and the conformance kit share.
+from chipbench.host.contract import (  # noqa: E402, F401 - re-exported: the public names of the contract
     DEVICE_HOOKS,
     LIFECYCLE_HOOKS,
     OPTIONAL_HOOKS,

@@ -99,7 +99,7 @@ def cuda_build_family(version: Optional[str], hip: Optional[str], cuda: Optional
 
 def torch_cuda_build_family() -> str:
     """:func:`cuda_build_family` of the installed torch (imports torch only where it is one)."""
-    from chipbench.environment import installed_torch_version
+    from chipbench.measure.environment import installed_torch_version
 
     version = installed_torch_version()
     if not version:

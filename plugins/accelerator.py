@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
+from chipbench.measure.environment import installed_torch_version
 from chipbench.plugins._tools import CUDA_TYPE_OWNERS, hardware_tag, torch_cuda_build_family
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 

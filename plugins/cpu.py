@@ -430,7 +430,7 @@ def peak_cache_path() -> Path:
 
 def _read_peak_cache() -> Dict[str, Any]:
     """The cached peaks (key -> FLOP/s); empty where the file is missing or not as written."""
-    from chipbench import safeio
+    from chipbench.util import safeio
 
     try:
         found = safeio.read_json(peak_cache_path(), PEAK_CACHE_LIMIT, what="cache file")
@@ -441,7 +441,7 @@ def _read_peak_cache() -> Dict[str, Any]:
 
 def cached_peak(precision: str) -> Optional[float]:
     """The peak cached for this CPU and settings (:func:`_peak_cache_key`), or None."""
-    from chipbench.metrics import is_number
+    from chipbench.measure.metrics import is_number
 
     value = _read_peak_cache().get(_peak_cache_key(precision))
     return float(value) if is_number(value) and 1e6 <= value <= 1e18 else None
@@ -449,7 +449,7 @@ def cached_peak(precision: str) -> Optional[float]:
 
 def _cache_peak(precision: str, flops: float) -> None:
     """Remember ``flops`` as this CPU's peak; a cache that cannot be written is skipped."""
-    from chipbench import safeio
+    from chipbench.util import safeio
 
     peaks = _read_peak_cache()
     peaks[_peak_cache_key(precision)] = flops

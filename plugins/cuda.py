@@ -13,8 +13,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
+from chipbench.measure.environment import installed_torch_version
 from chipbench.plugins._tools import (
     cuda_build_family,
     cuda_like_configure,

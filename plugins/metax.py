@@ -15,9 +15,9 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from chipbench.contract import PRECISION
-from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
+from chipbench.host.contract import PRECISION
+from chipbench.measure.environment import installed_torch_version
 from chipbench.plugins._tools import (
     cuda_like_configure,
     cuda_like_grad_scaler,

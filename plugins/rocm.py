@@ -24,9 +24,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from chipbench.contract import PRECISION
-from chipbench.environment import installed_torch_version
 from chipbench.hookspecs import hookimpl
+from chipbench.host.contract import PRECISION
+from chipbench.measure.environment import installed_torch_version
 from chipbench.plugins._tools import (
     cuda_build_family,
     cuda_like_configure,

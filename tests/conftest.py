@@ -201,8 +201,8 @@ def vendor_answering(backend: str, registers: Optional[str] = None) -> Any:
     import torch.distributed as dist
 
     import chipbench.plugins.cpu as cpu
-    from chipbench.manager import build_host
-    from chipbench.selection import select_device
+    from chipbench.host.manager import build_host
+    from chipbench.host.selection import select_device
 
     def init_backend(local_rank):
         if registers and not hasattr(dist.Backend, registers.upper()):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from chipbench.cli import main
-from chipbench.manager import build_host
-from chipbench.selection import select_device
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
 from tests.conftest import tiny, write_distribution, write_tool
 
 GIB = 2**30

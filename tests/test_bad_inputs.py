@@ -141,7 +141,7 @@ def remove_image(p: Paths, monkeypatch: Any) -> None:
 
 
 def checkpoint_of_another_model(p: Paths, monkeypatch: Any) -> None:
-    from chipbench import checkpoints as checkpoint
+    from chipbench.run import checkpoints as checkpoint
 
     path = p.run / "checkpoints" / "last.pt"
     state = checkpoint.load(path)

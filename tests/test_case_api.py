@@ -20,8 +20,8 @@ from PIL import Image
 
 import chipbench.case as case_api
 from chipbench.case import Case, RunContext, RunMeter, UserError, read_checkpoint
-from chipbench.context import write_json_atomic
-from chipbench.metrics import FIGURES, MAXED, reduce_ranks
+from chipbench.measure.metrics import FIGURES, MAXED, reduce_ranks
+from chipbench.run.context import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_PACKAGES = {  # folder: the case's own package (its import name)
@@ -62,11 +62,11 @@ def test_cases_import_only_the_public_case_api_and_their_own_package(folder):
 
 def test_the_import_check_sees_internal_imports(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import chipbench.metrics\nfrom chipbench import safeio\n"
+    source.write_text("import chipbench.measure.metrics\nfrom chipbench.util import safeio\n"
                       "from chipbench.case import Case\nimport chipbench_spirals\n"
-                      "def f():\n    from chipbench.flops import figures\n")
-    assert chipbench_imports(source) == ["chipbench.metrics", "chipbench", "chipbench.case",
-                                         "chipbench.flops"]
+                      "def f():\n    from chipbench.measure.flops import figures\n")
+    assert chipbench_imports(source) == ["chipbench.measure.metrics", "chipbench.util", "chipbench.case",
+                                         "chipbench.measure.flops"]
 
 
 def test_every_exported_name_exists_and_the_version_is_major_minor():
@@ -89,7 +89,7 @@ def test_every_method_of_the_case_contract_is_a_documented_base_method():
 
 
 def test_case_packages_must_be_distribution_names(tmp_path):
-    from chipbench.caseload import contract_problem
+    from chipbench.run.caseload import contract_problem
 
     (tmp_path / "defaults.yaml").write_text("run: {}\n")
 
@@ -107,8 +107,8 @@ def test_case_packages_must_be_distribution_names(tmp_path):
 
 
 def test_an_outside_case_s_memory_hint_is_checked():
-    from chipbench.caseload import guard_case
     from chipbench.errors import PluginError
+    from chipbench.run.caseload import guard_case
 
     class Odd(Case):
         name = "odd"
@@ -440,7 +440,7 @@ def test_the_embedded_set_s_note_states_what_the_facts_count():
 
 def _tampered_checkpoint(tmp_path, change):
     """A checkpoint the run wrote after epoch 0, then changed by ``change(state)``."""
-    from chipbench.checkpoints import load, save
+    from chipbench.run.checkpoints import load, save
 
     ctx = run_state_ctx(tmp_path, resume=False)
     ctx.meter.add_iteration(4, 0.5)

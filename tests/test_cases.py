@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from chipbench.caseload import load_case, plugin_config_dirs
 from chipbench.cli import main
 from chipbench.errors import PluginError
-from chipbench.launcher import Topology
-from chipbench.manager import build_host
-from chipbench.runner import resolve_run_config
-from chipbench.selection import select_device
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
+from chipbench.run.caseload import load_case, plugin_config_dirs
+from chipbench.run.launcher import Topology
+from chipbench.run.runner import resolve_run_config
 
 TINY = ["--set", "train.max_iters=1", "--set", "data.synthetic.train_images=8",
         "--set", "data.synthetic.val_images=4", "--set", "data.synthetic.image_size=64",

@@ -169,7 +169,7 @@ def test_quick_exit_keeps_what_a_normal_exit_would_write(tmp_path):
     log = tmp_path / "log.txt"
     script = (
         "import atexit, logging, sys, threading, time\n"
-        "from chipbench.exiting import exit_now\n"
+        "from chipbench.util.exiting import exit_now\n"
         "logging.basicConfig(filename={!r}, level=logging.INFO)\n"
         "atexit.register(lambda: sys.stdout.write(' atexit'))\n"
         "threading.Thread(target=lambda: (time.sleep(0.3), sys.stdout.write(' thread'))).start()\n"
@@ -190,7 +190,7 @@ def test_console_script_exit_code_and_output_through_a_pipe():
 
 
 def test_the_recorded_command_is_one_a_user_can_type_again(monkeypatch):
-    from chipbench.runner import command_line
+    from chipbench.run.runner import command_line
 
     monkeypatch.setattr("sys.argv", ["/site-packages/chipbench/__main__.py", "run", "--resume",
                                      "runs/a b"])

@@ -1,7 +1,7 @@
 import pytest
 
-from chipbench.config import flatten, load_yaml, merge, parse_set, resolve
 from chipbench.errors import UserError
+from chipbench.run.config import flatten, load_yaml, merge, parse_set, resolve
 
 DEFAULTS = {"train": {"lr": 0.01, "batch_size": 16, "steps": [16, 22], "amp": False},
             "data": {"dir": None}}

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from chipbench import contract
 from chipbench.cli import main
 from chipbench.conformance import CHECK_NAMES, run_checks
-from chipbench.manager import build_host
-from chipbench.selection import select_device
+from chipbench.host import contract
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_RUN = "not run: static mode (needs the device)"
@@ -221,7 +221,7 @@ def test_another_plugin_s_broken_configs_do_not_fail_this_vendor(tmp_path, capsy
     """A plugin (here an observer) whose case_config_dirs answers garbage: the cpu vendor's
     conformance does not fail for it, and a cpu run warns and goes on."""
     from chipbench import hookimpl
-    from chipbench.manager import PluginHost
+    from chipbench.host.manager import PluginHost
 
     class Shipper:
         @hookimpl

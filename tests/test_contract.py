@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from chipbench import contract, hookspecs
+from chipbench import hookspecs
 from chipbench.conformance import run_checks
 from chipbench.conformance.checks import CheckFailed, Subject
 from chipbench.errors import PluginError
-from chipbench.manager import build_host
+from chipbench.host import contract
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
 from chipbench.records import HardwareId, MemoryInfo
-from chipbench.selection import select_device
-from chipbench.worker import check_devices_restricted
+from chipbench.run.worker import check_devices_restricted
 from tests.conftest import vendor_module, write_distribution
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "vendor-plugins.md"
@@ -106,7 +107,7 @@ def test_good_answers_pass_both():
 
 def test_the_guide_s_hooks_table_is_the_contract():
     text = GUIDE.read_text(encoding="utf-8")
-    assert contract.markdown_table() in text, "paste chipbench.contract.markdown_table() there"
+    assert contract.markdown_table() in text, "paste chipbench.host.contract.markdown_table() there"
 
 
 def test_a_new_line_in_a_label_fails_doctor_as_it_fails_runs(capsys):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.cuda
 @pytest.fixture(scope="module")
 def gpu():
     """The cuda vendor's record; skips the module's tests where it is not available here."""
-    from chipbench.manager import build_host
+    from chipbench.host.manager import build_host
 
     record = build_host().record("cuda")
     if record is None or not record.info.available:

@@ -163,7 +163,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_torchrun_root_cause_is_one_line(tmp_path):
-    from chipbench.runner import torchrun_root_cause
+    from chipbench.run.runner import torchrun_root_cause
 
     log = tmp_path / "torchrun.log"
     log.write_text(textwrap.dedent("""\
@@ -187,7 +187,7 @@ def test_torchrun_root_cause_is_one_line(tmp_path):
 
 
 SUMMARY = """\
-    chipbench.worker FAILED
+    chipbench.run.worker FAILED
     ------------------------------------------------------------
     Failures:
     [1]:
@@ -229,7 +229,7 @@ SUMMARY = """\
 ])
 def test_torchrun_root_cause_blames_the_killed_rank_not_its_echo(tmp_path, other_time, other_code,
                                                                  other_traceback, expected):
-    from chipbench.runner import torchrun_root_cause
+    from chipbench.run.runner import torchrun_root_cause
 
     log = tmp_path / "torchrun.log"
     log.write_text(textwrap.dedent(SUMMARY.format(other_time=other_time, other_code=other_code,
@@ -303,7 +303,7 @@ def test_hanging_rank_fails_the_run_after_timeout(tmp_path, tiny_data):
 @pytest.mark.distributed
 @pytest.mark.oldstack_skip
 def test_devices_reach_workers_through_the_vendor_variable(tmp_path, tiny_data, capsys):
-    from chipbench.manager import build_host
+    from chipbench.host.manager import build_host
 
     if build_host().record("fakechip") is None:
         pytest.skip("examples/fakechip is not installed (tox installs it)")

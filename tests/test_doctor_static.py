@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from chipbench import contract
 from chipbench.cli import main
 from chipbench.conformance import CHECKS, run_checks
 from chipbench.conformance.subject import (
@@ -18,9 +17,10 @@ from chipbench.conformance.subject import (
     NOT_RUN_STATIC_WORK,
     device_free,
 )
-from chipbench.manager import build_host
+from chipbench.host import contract
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
 from chipbench.records import VendorInfo
-from chipbench.selection import select_device
 from tests.conftest import vendor_module, write_tool
 
 DEVICE_FREE_CHECKS = {name for name, fn in CHECKS if device_free(fn)}

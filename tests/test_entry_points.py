@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from chipbench.manager import build_host, iter_entry_points
+from chipbench.host.manager import build_host, iter_entry_points
 from tests.conftest import write_distribution
 
 
@@ -114,7 +114,7 @@ def test_strict_mode_names_every_broken_plugin(acme_and_broken, monkeypatch):
 
 def test_vendor_by_distribution_name_points_at_the_plugin(acme_and_broken):
     from chipbench.errors import UserError
-    from chipbench.selection import select_device
+    from chipbench.host.selection import select_device
 
     with pytest.raises(UserError) as err:
         select_device(build_host(), "broken-chipbench")

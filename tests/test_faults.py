@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from chipbench import checkpoints as checkpoint
 from chipbench.cases.retinanet import train
 from chipbench.cli import main
 from chipbench.errors import is_allocation_failure
-from chipbench.worker import allocation_error
+from chipbench.run import checkpoints as checkpoint
+from chipbench.run.worker import allocation_error
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--vendor", "cpu", "--set", "data.synthetic.train_images=8",
@@ -109,10 +109,10 @@ def test_nan_loss_mid_run(tmp_path, monkeypatch, capsys):
 KILL_IN_SECOND_WRITE = """
 import os, signal, sys
 import torch
-from chipbench import checkpoints as checkpoint
+from chipbench.run import checkpoints as checkpoint
 from chipbench.cli import main
 from chipbench.errors import is_allocation_failure
-from chipbench.worker import allocation_error
+from chipbench.run.worker import allocation_error
 real_save, calls = torch.save, []
 def save(obj, handle, *args, **kwargs):
     calls.append(1)
@@ -150,7 +150,7 @@ def test_sigkill_during_checkpoint_write(tmp_path):
     (ValueError("out of memory"), False),
 ])
 def test_allocation_failures_of_any_vendor_become_one_line(exc, expected):
-    from chipbench.caseload import load_case
+    from chipbench.run.caseload import load_case
 
     assert is_allocation_failure(exc) is expected
     if expected:

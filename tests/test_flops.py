@@ -2,9 +2,9 @@
 
 import pytest
 
-from chipbench.flops import figures, flop_counter_available, peak_flops, training_flops_per_image
-from chipbench.manager import build_host
-from chipbench.selection import select_device
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
+from chipbench.measure.flops import figures, flop_counter_available, peak_flops, training_flops_per_image
 
 
 def test_training_flops_match_a_count_by_hand():

@@ -11,7 +11,7 @@ import torch
 
 from chipbench.cases.retinanet.data import CocoDetection
 from chipbench.cases.retinanet.engine import trained_flops_per_image
-from chipbench.flops import (
+from chipbench.measure.flops import (
     flop_counter_available,
     flops_per_trained_image,
     training_flops_per_image,

@@ -18,21 +18,21 @@ import pytest
 import torch
 
 import chipbench.errors
-import chipbench.runner
-from chipbench import checkpoints as checkpoint
+import chipbench.run.runner
 from chipbench.cli import main
 from chipbench.errors import HookTimedOut, RunFailed, UserError, full_disk_error
-from chipbench.exiting import EXIT_GRACE_S
-from chipbench.launcher import (
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
+from chipbench.measure.monitor import ENV_HOOK_TIMEOUT, DeviceMonitor, hook_timeout
+from chipbench.run import checkpoints as checkpoint
+from chipbench.run.launcher import (
     Topology,
     check_rendezvous_host,
     join_failure,
     last_exception,
     rendezvous_host,
 )
-from chipbench.manager import build_host
-from chipbench.monitor import ENV_HOOK_TIMEOUT, DeviceMonitor, hook_timeout
-from chipbench.selection import select_device
+from chipbench.util.exiting import EXIT_GRACE_S
 from tests.conftest import TINY_DATA, vendor_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_torchrun_workers_with_a_thread_left_running_exit_too(tmp_path):
 EXIT_WITH_THREADS = '''
 import sys, threading
 from concurrent.futures import ThreadPoolExecutor
-from chipbench.exiting import exit_now
+from chipbench.util.exiting import exit_now
 pool = ThreadPoolExecutor(2)
 assert pool.submit(sum, [1, 2]).result() == 3  # idle workers: released, not waited for
 if sys.argv[1] == "stuck":
@@ -236,7 +236,7 @@ def test_slow_memory_and_sample_hooks_cost_a_run_figures_not_time(tmp_path, monk
         built.add(slow, "sluggish", "test")
         return built
 
-    monkeypatch.setattr(chipbench.runner, "build_host", host)
+    monkeypatch.setattr(chipbench.run.runner, "build_host", host)
     out = tmp_path / "run"
     started = time.monotonic()
     assert main(["run", "retinanet", "--vendor", "sluggish", "--output", str(out)] + TINY) == 0

@@ -1,10 +1,10 @@
 """The order of a run's config layers, and what a vendor's hardware file is told when a later
 layer changes one of its settings."""
 
-from chipbench.caseload import load_case
-from chipbench.launcher import Topology
-from chipbench.layers import overridden, resolve_run_config
 from chipbench.records import HardwareId
+from chipbench.run.caseload import load_case
+from chipbench.run.launcher import Topology
+from chipbench.run.layers import overridden, resolve_run_config
 
 HARDWARE = HardwareId(label="ACX1", config_tag="X1")
 

@@ -8,9 +8,9 @@ import pytest
 
 from chipbench.errors import PluginError, UserError
 from chipbench.hookspecs import hookimpl
-from chipbench.manager import build_host
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
-from chipbench.selection import select_device
 from tests.conftest import vendor_module
 
 BUILTINS = ["metax", "cuda", "rocm", "accelerator", "cpu"]
@@ -97,7 +97,7 @@ def test_a_broken_vendor_answer_is_found_by_its_vendor_name():
     """A plugin registered as 'acme_plugin' whose vendor_detect names vendor 'acme' with a bool
     priority: ``--vendor acme`` says the plugin is broken and why, not "unknown vendor"."""
     from chipbench.errors import UserError
-    from chipbench.selection import choose_vendor
+    from chipbench.host.selection import choose_vendor
 
     info = VendorInfo(name="acme", device_type="cpu", priority=True, available=True)
     host = build_host(load_entry_points=False)
@@ -222,7 +222,7 @@ def test_impossible_answers_are_refused_in_runs_too(hook, answer, call, fragment
 
 def test_environment_report_cannot_overwrite_chipbench_s_own_facts(monkeypatch, capsys):
     from chipbench.cli import main
-    from chipbench.manager import PluginHost
+    from chipbench.host.manager import PluginHost
 
     real = PluginHost.load_all
 
@@ -407,7 +407,7 @@ def test_a_plugin_printing_while_it_loads_does_not_corrupt_stdout(monkeypatch, c
     import json
 
     from chipbench.cli import main
-    from chipbench.manager import PluginHost
+    from chipbench.host.manager import PluginHost
 
     def chatty():
         print("hello from chatty's driver probe")
@@ -427,8 +427,8 @@ def test_a_plugin_printing_while_it_loads_does_not_corrupt_stdout(monkeypatch, c
 
 
 def test_a_slow_vendor_detect_is_named_in_a_warning(monkeypatch, capsys):
-    import chipbench.manager as manager
-    from chipbench.manager import PluginHost
+    import chipbench.host.manager as manager
+    from chipbench.host.manager import PluginHost
 
     monkeypatch.setattr(manager, "SLOW_DETECT_S", 0.0)  # every detect counts as slow here
     real = PluginHost.load_all
@@ -458,7 +458,7 @@ def test_torch_s_import_is_not_counted_against_a_plugin_s_detect_time(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr
     limit = float(probe.stdout) / 2
-    script = ("import sys, chipbench.manager as m\n"
+    script = ("import sys, chipbench.host.manager as m\n"
               "m.SLOW_DETECT_S = {}\n"
               "assert 'torch' not in sys.modules\n"
               "host = m.build_host(load_entry_points=False)\n"

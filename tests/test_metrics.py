@@ -1,6 +1,6 @@
 import pytest
 
-from chipbench.metrics import RunMeter, mem_text, reduce_ranks, throughput
+from chipbench.measure.metrics import RunMeter, mem_text, reduce_ranks, throughput
 
 
 def test_meter_skips_first_iterations():

@@ -2,12 +2,12 @@
 
 import json
 
-import chipbench.runner
+import chipbench.run.runner
 from chipbench.cli import main
-from chipbench.manager import build_host
-from chipbench.monitor import DeviceMonitor
-from chipbench.monitor_samples import summarize
-from chipbench.selection import select_device
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
+from chipbench.measure.monitor import DeviceMonitor
+from chipbench.measure.monitor_samples import summarize
 from tests.conftest import vendor_module
 
 TINY = ["--set", "train.max_iters=1", "--set", "data.synthetic.train_images=4",
@@ -27,7 +27,7 @@ def host_with(module, name):
 def test_wrong_type_from_memory_hook_is_warned_counted_and_reported(tmp_path, monkeypatch,
                                                                      capsys):
     liar = vendor_module("liar", device_memory_query=lambda device: "12 GiB")
-    monkeypatch.setattr(chipbench.runner, "build_host", host_with(liar, "liar"))
+    monkeypatch.setattr(chipbench.run.runner, "build_host", host_with(liar, "liar"))
     out = tmp_path / "run"
     assert main(["run", "retinanet", "--vendor", "liar", "--output", str(out)] + TINY) == 0
     err = capsys.readouterr().err
@@ -81,26 +81,26 @@ def test_samples_carry_phase_and_host_figures(tmp_path):
 
 def test_the_monitor_s_names_stay_where_importers_find_them():
     """The monitor's jobs live in modules of their own (host samples, CPU share, sample files);
-    every public name is still importable from chipbench.monitor, as the same object."""
-    import chipbench.cpu_share
-    import chipbench.monitor
-    import chipbench.monitor_samples
-    import chipbench.samplers
+    every public name is still importable from chipbench.measure.monitor, as the same object."""
+    import chipbench.measure.cpu_share
+    import chipbench.measure.monitor
+    import chipbench.measure.monitor_samples
+    import chipbench.measure.samplers
 
-    for module, names in ((chipbench.cpu_share, ("CpuShare", "cpu_share", "reduce_cpu_share",
+    for module, names in ((chipbench.measure.cpu_share, ("CpuShare", "cpu_share", "reduce_cpu_share",
                                                  "starved_warning", "machine_cores",
                                                  "torch_threads", "STARVED_SHARE", "SHARE_RATIO")),
-                          (chipbench.monitor_samples, ("read_samples", "summarize",
+                          (chipbench.measure.monitor_samples, ("read_samples", "summarize",
                                                        "SUMMARY_FIELDS")),
-                          (chipbench.samplers, ("HostSampler",))):
+                          (chipbench.measure.samplers, ("HostSampler",))):
         for name in names:
-            assert getattr(chipbench.monitor, name) is getattr(module, name), name
+            assert getattr(chipbench.measure.monitor, name) is getattr(module, name), name
     for name in ("DeviceMonitor", "hook_timeout", "ENV_HOOK_TIMEOUT", "FIGURES_OF_HOOK"):
-        assert hasattr(chipbench.monitor, name), name
+        assert hasattr(chipbench.measure.monitor, name), name
 
 
 def test_the_memory_row_names_the_source_the_samples_record():
-    from chipbench.monitor_samples import summarize
+    from chipbench.measure.monitor_samples import summarize
 
     rss = [{"time": 1.0, "mem_used_bytes": 2**30, "mem_source": "psutil (process RSS / machine "
             "total)"}]

@@ -72,6 +72,27 @@ def test_distribution_installs_chipbench_only():
     assert scripts == {"core": "chipbench.cli:console_main", "chipbench": "chipbench.cli:console_main"}
 
 
+def test_every_package_folder_is_in_the_distribution():
+    """setup.cfg lists packages by hand (its folders are not named after the import name), so a
+    package folder missing from that list would be absent from a wheel while an editable install
+    still finds it."""
+    import configparser
+
+    root = Path(__file__).resolve().parents[1]
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    mapping = dict(line.split(" = ") for line in config["options"]["package_dir"].split("\n")
+                   if line.strip())
+    folders = set()
+    for name, folder in mapping.items():
+        for init in (root / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(root / folder)
+            if "__pycache__" not in relative.parts:
+                folders.add(".".join((name,) + relative.parts))
+    assert folders == listed
+
+
 def test_public_surface():
     from chipbench import HardwareId, MemoryInfo, VendorInfo, hookimpl  # noqa: F401
 

@@ -121,7 +121,7 @@ def test_data_num_workers_is_a_count_or_null():
     """The case's own defaults pass its validation; null (the vendor chooses) and a count pass,
     anything else is refused naming the key."""
     from chipbench.cases.retinanet import RetinaNetCase
-    from chipbench.config import load_yaml
+    from chipbench.run.config import load_yaml
 
     for good in (None, 0, 3):
         config = load_yaml(RetinaNetCase.config_dir / "defaults.yaml")

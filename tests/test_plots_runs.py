@@ -7,7 +7,7 @@ from xml.etree import ElementTree
 import pytest
 
 from chipbench.cli import main
-from chipbench.plots import LEFT, RIGHT, WIDTH, epochs_chart, memory_chart, timeline_chart
+from chipbench.outputs.plots import LEFT, RIGHT, WIDTH, epochs_chart, memory_chart, timeline_chart
 from tests.conftest import compare_result, result_folder
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from chipbench.profiling import (  # noqa: E402
+from chipbench.measure.profiling import (  # noqa: E402
     ACTIVE_ITERATIONS,
     SKIP_ITERATIONS,
     WARMUP_ITERATIONS,
@@ -108,7 +108,7 @@ def test_core_run_profile_writes_a_trace_a_top_ops_table_and_warns(tmp_path, cap
 
 
 def test_an_unprofiled_run_has_no_profile():
-    from chipbench.profiling import profile_lines, profile_warning
+    from chipbench.measure.profiling import profile_lines, profile_warning
 
     assert profile_warning({"metrics": {}}) is None and profile_lines({}) == []
     lines = profile_lines({"profile": {"error": "the run trained 2 iteration(s)\n# forged"}})

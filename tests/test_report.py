@@ -3,8 +3,8 @@
 import json
 
 from chipbench.cli import main
-from chipbench.flops import flop_counter_available
-from chipbench.report import render
+from chipbench.measure.flops import flop_counter_available
+from chipbench.outputs.report import render
 
 SMALL_DATA = {"train_images": 6, "val_images": 1, "train_annotations": 14, "val_annotations": 2,
               "train_images_dropped": 1, "boxes_dropped": 3, "num_classes": 4, "min_size": 128,
@@ -100,7 +100,7 @@ def _ticks(texts, kind):
 
 
 def test_epoch_chart_has_ticks_units_target_and_legend_off_the_data():
-    from chipbench.plots import RIGHT, WIDTH, epochs_chart
+    from chipbench.outputs.plots import RIGHT, WIDTH, epochs_chart
 
     epochs = [{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.2, "mAP": 0.2},
               {"epoch": 2, "loss": 0.9, "mAP": 0.31}]
@@ -117,7 +117,7 @@ def test_epoch_chart_has_ticks_units_target_and_legend_off_the_data():
 
 
 def test_memory_axis_runs_from_zero_to_the_device_total():
-    from chipbench.plots import memory_chart
+    from chipbench.outputs.plots import memory_chart
 
     samples = [{"time": 100.0 + i, "mem_used_bytes": (10 + i) * 2**30,
                 "mem_total_bytes": 64 * 2**30, "mem_source": "cudaMemGetInfo"} for i in range(5)]
@@ -129,7 +129,7 @@ def test_memory_axis_runs_from_zero_to_the_device_total():
 
 
 def test_timeline_shades_phases_and_labels_units():
-    from chipbench.plots import phase_bands, timeline_chart
+    from chipbench.outputs.plots import phase_bands, timeline_chart
 
     phases = ["setup", "train", "train", "eval", "eval", "train", "checkpoint", "train"]
     samples = [{"time": 10.0 + 2 * i, "phase": p, "util_percent": 50.0 + i,
@@ -146,7 +146,7 @@ def test_timeline_shades_phases_and_labels_units():
 
 
 def test_nice_ticks_cover_the_range():
-    from chipbench.plots import nice_ticks, tick_text
+    from chipbench.outputs.plots import nice_ticks, tick_text
 
     ticks = nice_ticks(0.0, 0.37)
     assert ticks[0] == 0.0 and ticks[-1] >= 0.37 and len(ticks) <= 8

@@ -6,9 +6,9 @@ import unicodedata
 
 import pytest
 
-from chipbench.environment import CORE_PACKAGES, versions
 from chipbench.errors import PluginError
-from chipbench.report import CAVEATS_SHOWN, DATA_WAIT_SHARE, render
+from chipbench.measure.environment import CORE_PACKAGES, versions
+from chipbench.outputs.report import CAVEATS_SHOWN, DATA_WAIT_SHARE, render
 from tests.conftest import unescaped_pipes
 
 

@@ -9,11 +9,11 @@ import time
 import pytest
 import torch  # imported before the load starts: the test times the measurement
 
-from chipbench import flops
 from chipbench.cli import main
-from chipbench.flops import MFU_UNRELIABLE, checked_mfu, figures
+from chipbench.measure import flops
+from chipbench.measure.flops import MFU_UNRELIABLE, checked_mfu, figures
+from chipbench.outputs.report import render
 from chipbench.plugins import cpu
-from chipbench.report import render
 from tests.conftest import compare_result, result_folder
 
 HOG = "import time\nwhile True:\n    pass\n"
@@ -44,7 +44,7 @@ def busy_cpu():
 
 
 class Facade:
-    """The part of the device facade :func:`chipbench.flops.peak_flops` uses, on the cpu vendor."""
+    """The part of the device facade :func:`chipbench.measure.flops.peak_flops` uses, on the cpu vendor."""
 
     vendor = "cpu"
 

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from chipbench.cli import main
-from chipbench.manager import build_host
-from chipbench.selection import select_device
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
 from tests.conftest import write_tool
 
 ROCM_VERSION, HIP_VERSION = "2.5.1+rocm6.2", "6.2.41133-dd7f95766"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from chipbench import runner, sentinel
 from chipbench.cli import main
-from chipbench.sentinel import (
+from chipbench.run import runner, sentinel
+from chipbench.run.sentinel import (
     RunLock,
     check_not_running,
     death_fix,
@@ -53,7 +53,7 @@ def recorded_epochs(out: Path) -> list:
 
 def hold_lock_elsewhere(run_dir: Path) -> subprocess.Popen:
     """Another process that takes the run's lock and keeps it until killed."""
-    code = ("import sys, time\nfrom chipbench.sentinel import RunLock\n"
+    code = ("import sys, time\nfrom chipbench.run.sentinel import RunLock\n"
             "RunLock(sys.argv[1], 0)\nprint('held', flush=True)\ntime.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
                             text=True)
@@ -128,7 +128,7 @@ def test_a_run_that_drops_its_own_lock_is_not_taken_for_dead(tmp_path):
     code = textwrap.dedent("""
         import json, os, platform, sys, time
         from pathlib import Path
-        from chipbench.sentinel import RunLock, lock_path, start_sentinel
+        from chipbench.run.sentinel import RunLock, lock_path, start_sentinel
         run_dir = Path(sys.argv[1])
         lock = RunLock(run_dir, 0)
         result = run_dir / "result.json"

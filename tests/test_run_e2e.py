@@ -54,7 +54,7 @@ def test_run_folder_contents(tiny_run):
 
 
 def test_example_plugin_runs_the_case(tmp_path):
-    from chipbench.manager import build_host
+    from chipbench.host.manager import build_host
 
     if build_host().record("fakechip") is None:
         pytest.skip("examples/fakechip is not installed (tox installs it)")

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from chipbench.errors import UserError
-from chipbench.manager import build_host
-from chipbench.resultrecord import (
+from chipbench.host.manager import build_host
+from chipbench.run.resultrecord import (
     RESULT_KEYS,
     STATUSES,
     EpochRecord,
@@ -20,8 +20,8 @@ from chipbench.resultrecord import (
     RunProgress,
     RunResult,
 )
-from chipbench.runfolder import read_spec
-from chipbench.runrecords import RunSpec
+from chipbench.run.runfolder import read_spec
+from chipbench.run.runrecords import RunSpec
 from tests.conftest import compare_result
 
 GOOD = {"case": "retinanet", "vendor": "cpu", "config": {"train": {}}, "topology": {},
@@ -295,7 +295,7 @@ def test_a_memory_sample_above_the_peak_replaces_it():
 def _finish_in(run_dir, progress, monitor, previous=None):
     """``Run._finish`` of a run (whose workers ended) in ``run_dir`` holding ``progress`` and the
     monitor files ``monitor`` (name -> samples); returns the result.json it writes."""
-    from chipbench.runner import Run, RunPlan
+    from chipbench.run.runner import Run, RunPlan
 
     (run_dir / "monitor").mkdir(parents=True)
     (run_dir / "progress.json").write_text(json.dumps(progress))
@@ -351,7 +351,7 @@ def test_an_unreadable_progress_keeps_the_earlier_attempts_figures(tmp_path):
 
 
 def test_the_shared_run_records_the_highest_memory_sample(tiny_run):
-    from chipbench.monitor import read_samples
+    from chipbench.measure.monitor import read_samples
 
     result = json.loads((tiny_run / "result.json").read_text())
     samples = [s for path in (tiny_run / "monitor").glob("rank*.jsonl")
@@ -368,7 +368,7 @@ def test_records_share_one_writer():
 def test_a_negative_case_metric_is_a_figure_in_the_record_as_in_the_case_check():
     """One rule for the case's metric: a finite number of either sign, where the run checks what
     run() returned and where compare and --resume read result.json."""
-    from chipbench.resultrecord import bad_figure
+    from chipbench.run.resultrecord import bad_figure
 
     data = full_result()
     data["metrics"]["mAP"] = -0.25
@@ -381,7 +381,7 @@ def test_a_case_s_final_figure_of_another_kind_is_refused_naming_the_case():
     """A figure of chipbench's that the case returns as another kind would break the report
     later (a text where a number is divided): the worker refuses it in one line naming the case."""
     from chipbench.errors import PluginError
-    from chipbench.worker import final_metrics
+    from chipbench.run.worker import final_metrics
 
     case = SimpleNamespace(name="flawed")
     with pytest.raises(PluginError, match="case 'flawed' run\\(\\): metrics.flops_per_image is "
@@ -393,7 +393,7 @@ def test_a_case_s_final_figure_of_another_kind_is_refused_naming_the_case():
 def test_a_resumed_run_keeps_the_earlier_attempt_s_profile(tmp_path):
     """The meter of a resumed run still counts the profiled iterations: the profile (and so the
     warning that the throughput is not comparable) stays in result.json."""
-    from chipbench.runner import Run
+    from chipbench.run.runner import Run
 
     profile = {"iterations": [4, 6], "top_ops": []}
     previous = RunResult.from_json(dict(full_result(), profile=profile), "result.json")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chipbench.childproc import BOOTSTRAP, python_module_command
+from chipbench.run.childproc import BOOTSTRAP, python_module_command
 from tests.conftest import INTERRUPTER, tiny, write_distribution
 
 # modules that chipbench, its sentinel, torchrun or the workers import, and Python's own runpy

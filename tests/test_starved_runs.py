@@ -12,8 +12,8 @@ from typing import Iterator, Optional
 import pytest
 
 from chipbench.cli import main
-from chipbench.monitor import SHARE_RATIO, STARVED_SHARE, CpuShare, reduce_cpu_share, starved_warning
-from chipbench.report import render
+from chipbench.measure.monitor import SHARE_RATIO, STARVED_SHARE, CpuShare, reduce_cpu_share, starved_warning
+from chipbench.outputs.report import render
 from tests.conftest import TINY_DATA, compare_result, result_folder
 
 REPO = Path(__file__).resolve().parents[1]

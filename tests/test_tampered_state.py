@@ -169,7 +169,7 @@ def edit_checkpoint(run_dir: Path, edit, weights: bool = True) -> Path:
     (a refusal that comes before they are looked at; a checkpoint of 250 MB less to write)."""
     import torch
 
-    from chipbench import checkpoints as checkpoint
+    from chipbench.run import checkpoints as checkpoint
 
     path = run_dir / "checkpoints" / "last.pt"
     state = checkpoint.unpack(torch.load(str(path), map_location="cpu", weights_only=True))
@@ -280,7 +280,7 @@ def test_a_checkpoint_one_epoch_ahead_of_its_record_resumes(tiny_run, tmp_path, 
 
 @pytest.mark.parametrize("key", ["train..lr", ".train.lr", "train.lr.", "train. lr", "..", "."])
 def test_set_keys_with_empty_names_are_refused(key, tmp_path, capsys):
-    from chipbench.config import parse_set
+    from chipbench.run.config import parse_set
 
     with pytest.raises(UserError) as caught:
         parse_set(["{}=0.05".format(key)])
@@ -293,7 +293,7 @@ def test_set_keys_with_empty_names_are_refused(key, tmp_path, capsys):
 
 
 def test_set_keys_of_single_dots_still_parse():
-    from chipbench.config import parse_set
+    from chipbench.run.config import parse_set
 
     assert parse_set([" train.lr =0.05", "data.dir=/a..b"]) == {
         "train": {"lr": 0.05}, "data": {"dir": "/a..b"}}
@@ -312,7 +312,7 @@ def test_set_keys_of_single_dots_still_parse():
 ])
 def test_devices_listed_twice_negative_or_malformed_are_refused(devices, procs, fragment,
                                                                 tmp_path, capsys):
-    from chipbench.launcher import Topology
+    from chipbench.run.launcher import Topology
 
     with pytest.raises(UserError) as caught:
         Topology(nproc_per_node=procs, devices=devices)
@@ -325,7 +325,7 @@ def test_devices_listed_twice_negative_or_malformed_are_refused(devices, procs, 
 
 
 def test_devices_are_passed_on_plainly():
-    from chipbench.launcher import Topology
+    from chipbench.run.launcher import Topology
 
     assert Topology(nproc_per_node=2, devices=" 4, 05 ").devices == "4,5"
     uuid = "GPU-8f3c2a1e-0000-1111-2222-333344445555"

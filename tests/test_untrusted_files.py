@@ -18,11 +18,11 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from chipbench import safeio
 from chipbench.cli import main
-from chipbench.config import MAX_YAML_NODES, load_yaml
-from chipbench.context import read_json_dict, write_json_atomic
 from chipbench.errors import UserError
+from chipbench.run.config import MAX_YAML_NODES, load_yaml
+from chipbench.run.context import read_json_dict, write_json_atomic
+from chipbench.util import safeio
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECIOUS = "a file of the user's, outside the run folder\n"
@@ -155,15 +155,15 @@ def test_progress_json_that_is_a_folder_is_named_itself(resumable, tmp_path, cap
 
 
 def test_an_untouched_run_folder_passes_the_check(resumable):
-    from chipbench.runner import check_run_folder
+    from chipbench.run.runner import check_run_folder
 
     check_run_folder(resumable)  # what core run wrote is never refused
 
 
 def test_every_writer_refuses_a_link_without_the_resume_check(tmp_path):
     """The primitives themselves: a folder linked while a run goes on is not written through."""
-    from chipbench.sentinel import RunLock
-    from chipbench.worker import RunLogHandler, record_error
+    from chipbench.run.sentinel import RunLock
+    from chipbench.run.worker import RunLogHandler, record_error
 
     elsewhere = outside(tmp_path)
     victim = elsewhere / "victim.txt"
@@ -205,7 +205,7 @@ def test_a_stale_temporary_file_is_replaced_and_a_link_target_is_replaced_not_fo
 def test_checkpoint_save_and_load_never_go_through_a_link(tmp_path):
     import torch
 
-    from chipbench import checkpoints as checkpoint
+    from chipbench.run import checkpoints as checkpoint
 
     elsewhere = outside(tmp_path)
     path = tmp_path / "run" / "checkpoints" / "last.pt"

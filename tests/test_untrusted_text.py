@@ -15,9 +15,9 @@ import chipbench.plugins.cpu as cpu_plugin
 from chipbench.cli import main
 from chipbench.errors import UserError, user_os_error
 from chipbench.hookspecs import DEVICE_HOOKS, hookimpl
+from chipbench.outputs.report import render
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
-from chipbench.report import render
-from chipbench.text import markdown_cell, number_text, shorten, shown, terminal, xml_text
+from chipbench.util.text import markdown_cell, number_text, shorten, shown, terminal, xml_text
 from tests.conftest import compare_result, result_folder, unescaped_pipes
 
 UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
@@ -261,7 +261,7 @@ def vendor(name, reason, **hooks):
 def forging_vendors(monkeypatch):
     """``forger``, whose environment report holds terminal escapes and line breaks in its keys
     and values, and ``liar``, whose reason does (chipbench refuses it: its error is shown)."""
-    from chipbench.manager import PluginHost
+    from chipbench.host.manager import PluginHost
 
     forger = vendor("forger", "fine | forged", hardware_id=lambda: HardwareId("F|X", "FX"),
                     environment_report=lambda: {

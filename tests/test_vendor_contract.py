@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from chipbench.device import Device
 from chipbench.hookspecs import DEVICE_HOOKS
-from chipbench.manager import build_host
+from chipbench.host.device import Device
+from chipbench.host.manager import build_host
+from chipbench.host.selection import select_device
 from chipbench.records import HardwareId
-from chipbench.selection import select_device
 from tests.conftest import vendor_module, write_tool
 
 
@@ -99,7 +99,7 @@ def test_a_local_rank_beyond_the_visible_devices_is_one_line(cuda_machine, monke
     the count and the fix, before the vendor's set_device fails in its own words. Processes of a
     CPU-type vendor share the one host device, so any local rank runs there."""
     from chipbench.errors import UserError
-    from chipbench.worker import check_local_device
+    from chipbench.run.worker import check_local_device
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     facade = select_device(build_host(load_entry_points=False), "cuda")
@@ -175,7 +175,7 @@ def test_answers_outside_the_contract_from_optional_hooks_are_refused(peak):
     reports the peak's refusal as its MFU note instead of failing."""
     from chipbench.conformance import run_checks
     from chipbench.errors import PluginError
-    from chipbench.flops import peak_flops
+    from chipbench.measure.flops import peak_flops
 
     host = build_host(load_entry_points=False)
     host.add(vendor_module("claims", device_configure=lambda device, deterministic, autotune: True,

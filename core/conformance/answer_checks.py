@@ -4,7 +4,6 @@ optional hooks a vendor implements."""
 
 from typing import Callable, Optional
 
-from chipbench.config import shown
 from chipbench.conformance.subject import (
     DEVICE_FREE_HOOKS,
     CheckFailed,
@@ -13,7 +12,8 @@ from chipbench.conformance.subject import (
     hook_kwargs,
     needs_device,
 )
-from chipbench.contract import LOSS_SCALED_PRECISIONS, OPTIONAL_DEVICE_HOOKS, RULE
+from chipbench.host.contract import LOSS_SCALED_PRECISIONS, OPTIONAL_DEVICE_HOOKS, RULE
+from chipbench.run.config import shown
 
 
 def returns(hook: str) -> Callable[[Subject], str]:
@@ -62,8 +62,8 @@ def check_collective_backend(subject: Subject) -> str:
     """collective_backend names what init_process_group can take, as every run checks it:
     backends torch.distributed knows (or the vendor registers in init_backend, asked after it
     where live) and this torch has built in."""
-    from chipbench.device import unknown_backends
     from chipbench.errors import PluginError
+    from chipbench.host.device import unknown_backends
 
     backend = subject.obeys("collective_backend")
     if subject.live:

@@ -43,8 +43,8 @@ from chipbench.conformance.subject import (  # noqa: F401 - chipbench.conformanc
     needs_device,
     runs_work,
 )
-from chipbench.contract import DEVICE_HOOKS
 from chipbench.errors import describe_exception, plugin_fault
+from chipbench.host.contract import DEVICE_HOOKS
 
 CHECKS: Tuple[Tuple[str, Callable[[Subject], str]], ...] = (
     ("vendor_detect", check_vendor_detect),

@@ -9,9 +9,9 @@ def check_shipped_configs(subject: Subject) -> str:
     defaults (no unknown keys, no bad YAML)."""
     import re
 
-    from chipbench.caseload import discover_cases, plugin_config_dirs
-    from chipbench.config import load_yaml, resolve
     from chipbench.errors import ChipbenchError
+    from chipbench.run.caseload import discover_cases, plugin_config_dirs
+    from chipbench.run.config import load_yaml, resolve
 
     host, shipped = subject.facade.host, []
     mine = [host.vendor_plugin_name(subject.info.name)]  # another plugin's configs are its own

@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Dict
 
 from chipbench.conformance.subject import CheckFailed, CheckSkipped, Subject, hook_kwargs, needs_device
-from chipbench.contract import DEVICE_HOOKS, RULE
+from chipbench.host.contract import DEVICE_HOOKS, RULE
 
 OVERHEAD_LIMIT_US = 5.0
 """What the facade may add to a hook call, in microseconds."""

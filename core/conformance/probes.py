@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from chipbench.childproc import child_env, python_module_command
+from chipbench.run.childproc import child_env, python_module_command
 
 TIMEOUT_S = 120
 PROBES = "chipbench.conformance.probes"
@@ -48,8 +48,8 @@ def free_port() -> int:
 
 
 def _count(vendor: str) -> None:
-    from chipbench.manager import build_host
-    from chipbench.selection import select_device
+    from chipbench.host.manager import build_host
+    from chipbench.host.selection import select_device
 
     print("CHIPBENCH_COUNT", select_device(build_host(), vendor).count())
 
@@ -61,8 +61,8 @@ def _all_reduce_worker(rank: int, world: int, vendor: str, backend: str, port: i
     import torch
     import torch.distributed as dist
 
-    from chipbench.manager import build_host
-    from chipbench.selection import select_device
+    from chipbench.host.manager import build_host
+    from chipbench.host.selection import select_device
 
     facade = select_device(build_host(), vendor)
     device = facade.init_backend(rank)

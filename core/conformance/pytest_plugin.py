@@ -101,8 +101,8 @@ def conformance_results(request: pytest.FixtureRequest) -> Dict[str, Result]:
     """Every check's :class:`chipbench.conformance.Result`, by check name."""
     from chipbench.conformance import run_checks
     from chipbench.errors import ChipbenchError
-    from chipbench.manager import build_host
-    from chipbench.selection import select_device
+    from chipbench.host.manager import build_host
+    from chipbench.host.selection import select_device
 
     try:
         facade = select_device(build_host(), request.config.getoption("chipbench_vendor"))

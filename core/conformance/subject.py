@@ -14,9 +14,9 @@ static mode asks it too, and leaves out only the checks that run work on it or s
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Set, TypeVar
 
-from chipbench.config import shown
-from chipbench.contract import RULE
+from chipbench.host.contract import RULE
 from chipbench.records import VendorInfo
+from chipbench.run.config import shown
 
 NOT_RUN_STATIC = "not run: static mode (needs the device)"
 """What a check that needs the device says in static mode."""
@@ -128,7 +128,7 @@ class Subject:
 
     def obeys(self, hook: str, **kwargs: Any) -> Any:
         """Call ``hook`` without the facade and hold its answer to the hook's rule (the rule
-        every run applies: :mod:`chipbench.contract`)."""
+        every run applies: :mod:`chipbench.host.contract`)."""
         answer = self.raw(hook, **kwargs)
         problem = RULE[hook].problem(answer, self.info)
         if problem:
