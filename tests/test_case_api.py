@@ -11,7 +11,7 @@ import shutil
 import time
 import types
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ from PIL import Image
 import chipbench.case as case_api
 from chipbench.case import Case, RunContext, RunMeter, UserError, read_checkpoint
 from chipbench.measure.metrics import FIGURES, MAXED, reduce_ranks
-from chipbench.run.context import write_json_atomic
+from chipbench.run.runfiles import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_PACKAGES = {  # folder: the case's own package (its import name)
@@ -389,13 +389,14 @@ def write_coco(root: Path, split: str, names: List[str], crowd: int = 0, seed: i
          "categories": [{"id": 1, "name": "thing"}]}))
 
 
-def facts_of(root: Path, config: Dict[str, Any]) -> Dict[str, Any]:
+def facts_of(root: Path, config: Dict[str, Any], weights: Optional[str] = "/w/resnet50.pth"
+             ) -> Dict[str, Any]:
     from chipbench.cases.retinanet.data import CocoDetection, coco_paths
     from chipbench.cases.retinanet.facts import data_facts
 
     train = CocoDetection(*coco_paths(root, "train"), train=True)
     val = CocoDetection(*coco_paths(root, "val"), train=False)
-    return data_facts(train, val, 2, config, 1)
+    return data_facts(train, val, 2, config, 1, weights)
 
 
 CONFIG = {"train": {"batch_size": 1}, "model": {"min_size": 64, "max_size": 64,
@@ -418,8 +419,7 @@ def test_caveats_name_shared_images_crowds_a_small_val_set_and_a_partial_coco(tm
     shutil.copy(str(tmp_path / "train2017" / "b.png"), str(tmp_path / "val2017" / "b.png"))
     (tmp_path / "val2017" / "d.png").unlink()
     (tmp_path / "val2017" / "d.png").symlink_to(tmp_path / "train2017" / "c.png")
-    caveats = facts_of(tmp_path, dict(CONFIG, model=dict(CONFIG["model"], backbone_weights="none"),
-                                      data={"dir": None}))["caveats"]
+    caveats = facts_of(tmp_path, dict(CONFIG, data={"dir": None}), weights=None)["caveats"]
     assert caveats[0].startswith("2 of the 3 val images are also training images")
     assert any(c.startswith("backbone trained from random init") for c in caveats)
     assert not any(c.startswith("COCO layout") for c in caveats)  # the embedded set: its note

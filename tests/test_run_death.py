@@ -240,3 +240,27 @@ def gone(pid: int) -> bool:
         return b"zombie" in Path("/proc/{}/status".format(pid)).read_bytes().lower()
     except OSError:
         return True
+
+
+def test_a_dead_run_whose_result_was_edited_is_recorded_and_the_edit_kept(tmp_path):
+    """A run killed after its result.json was edited into something no run writes: the sentinel
+    keeps that file aside and records the death in a new result.json made from spec.json,
+    instead of leaving the run "running" for ever."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    spec = {"case": "retinanet", "vendor": "cpu", "config": {"train": {"epochs": 1}},
+            "topology": {"nnodes": 1, "nproc_per_node": 1}}
+    edited = {"case": "retinanet", "status": "running", "pid": dead.pid,
+              "host": platform.node(), "metrics": {"p_train": "fast"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "result.json").write_text(json.dumps(edited))
+    lock_path(tmp_path, 0).write_text("")
+    out = subprocess.run([sys.executable, "-m", "chipbench.run.sentinel", str(tmp_path), "0",
+                          str(dead.pid)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert json.loads((tmp_path / "result.refused.json").read_text()) == edited
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "failed" and result["vendor"] == "cpu"
+    assert result["config"] == spec["config"] and "killed" in result["error"]
+    assert "p_train" in result["note"] and "result.refused.json" in result["note"]
+    assert "killed" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -21,7 +21,7 @@ from chipbench.run.resultrecord import (
     RunResult,
 )
 from chipbench.run.runfolder import read_spec
-from chipbench.run.runrecords import RunSpec
+from chipbench.run.specrecord import RunSpec
 from tests.conftest import compare_result
 
 GOOD = {"case": "retinanet", "vendor": "cpu", "config": {"train": {}}, "topology": {},

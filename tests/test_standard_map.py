@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from chipbench.cases.retinanet.data import CocoDetection, collate, data_facts, scoring_ground_truth
+from chipbench.cases.retinanet.data import CocoDetection, collate, scoring_ground_truth
 from chipbench.cases.retinanet.evaluate import (
     COCO_STAT_NAMES,
     coco_bbox_map,
@@ -22,6 +22,7 @@ from chipbench.cases.retinanet.evaluate import (
     predict,
     shape_grouped_batches,
 )
+from chipbench.cases.retinanet.facts import data_facts
 from tests.conftest import write_annotations, write_set
 
 IMAGES = [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
@@ -99,7 +100,7 @@ def test_data_facts_count_what_is_scored_and_what_training_drops(tmp_path):
     val = CocoDetection(root / "val2017", root / "annotations" / "instances_val2017.json",
                         train=False)
     config = {"train": {"batch_size": 1}, "model": {"min_size": 64, "max_size": 64}}
-    facts = data_facts(train, val, 3, config, 1)
+    facts = data_facts(train, val, 3, config, 1, None)
     assert facts["train_boxes_dropped"] == 2 and facts["val_boxes_dropped"] == 0
     assert facts["val_invalid_boxes_scored"] == 2 and facts["boxes_dropped"] == 2
     assert facts["val_annotations"] == len(ANNOTATIONS) == len(val.scoring_coco.anns)

@@ -21,7 +21,7 @@ import pytest
 from chipbench.cli import main
 from chipbench.errors import UserError
 from chipbench.run.config import MAX_YAML_NODES, load_yaml
-from chipbench.run.context import read_json_dict, write_json_atomic
+from chipbench.run.runfiles import read_json_dict, write_json_atomic
 from chipbench.util import safeio
 
 ROOT = Path(__file__).resolve().parents[1]

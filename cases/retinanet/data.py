@@ -445,7 +445,3 @@ def collate(batch: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> Tuple[
     """``(images, targets)``: detection batches are tuples, not stacked tensors (images differ in
     size)."""
     return tuple(zip(*batch))
-
-
-# the run's data facts live in facts.py; this name stays importable from here
-from chipbench.cases.retinanet.facts import data_facts  # noqa: E402,F401

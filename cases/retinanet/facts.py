@@ -18,10 +18,12 @@ def annotation_count(dataset: "CocoDetection") -> int:
 
 
 def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes: int,
-               config: Dict[str, Any], world_size: int, caveats: bool = True) -> Dict[str, Any]:
+               config: Dict[str, Any], world_size: int, backbone_weights: Optional[str],
+               caveats: bool = True) -> Dict[str, Any]:
     """What the run trains and evaluates on (``result.json``'s ``data``, with its ``caveats``:
     :func:`data_caveats`, where ``caveats``: rank 0 alone writes them, and finding shared files
-    reads every image's size); refuses a batch size that the training images of one process cannot
+    reads every image's size); ``backbone_weights`` is the file the model's backbone starts from
+    (None: random init). Refuses a batch size that the training images of one process cannot
     fill."""
     batch = config["train"]["batch_size"]
     per_process = -(-len(train_set) // world_size)
@@ -42,7 +44,7 @@ def data_facts(train_set: "CocoDetection", val_set: "CocoDetection", num_classes
             "num_classes": num_classes, "min_size": config["model"]["min_size"],
             "max_size": config["model"]["max_size"], "batch_size": batch,
             "train_file": str(train_set.annotation_file), "val_file": str(val_set.annotation_file),
-            "caveats": data_caveats(train_set, val_set, config) if caveats else []}
+            "caveats": data_caveats(train_set, val_set, config, backbone_weights) if caveats else []}
 
 
 COCO2017_IMAGES = (118287, 5000)
@@ -53,7 +55,7 @@ it by 0.2 points or more)."""
 
 
 def data_caveats(train_set: "CocoDetection", val_set: "CocoDetection",
-                 config: Dict[str, Any]) -> List[str]:
+                 config: Dict[str, Any], backbone_weights: Optional[str]) -> List[str]:
     """What the figures rest on that a reader must know (the report shows each line as it is):
     val images that are training images too, a val set too small for mAP to mean much, a
     backbone trained from random init, crowd regions, and a COCO-layout set that is not the full
@@ -67,9 +69,10 @@ def data_caveats(train_set: "CocoDetection", val_set: "CocoDetection",
     if len(val_set) < SMALL_VAL_IMAGES:
         caveats.append("val set of {} images (under {}): mAP over so few images is a coarse "
                        "figure, not one to rank runs by".format(len(val_set), SMALL_VAL_IMAGES))
-    if str((config.get("model") or {}).get("backbone_weights")).strip().lower() == "none":
-        caveats.append("backbone trained from random init (model.backbone_weights none): mAP is "
-                       "not comparable with ImageNet-initialised RetinaNet results")
+    if not backbone_weights:  # what the model was built from, not what a setting says
+        caveats.append("backbone trained from random init (no backbone weights file: "
+                       "model.backbone_weights none): mAP is not comparable with "
+                       "ImageNet-initialised RetinaNet results")
     crowd_val, crowd_train = crowd_regions(val_set), crowd_regions(train_set)
     if crowd_val or crowd_train:
         caveats.append("{} crowd region(s) (iscrowd 1) in the val annotations, {} in the train "

@@ -134,11 +134,11 @@ def train_and_evaluate(ctx: RunContext) -> Dict[str, Any]:
     train_set, val_set, sampler, train_loader, val_loader = build_loaders(
         ctx, Path(prepared["data_dir"]), workers)
     num_classes = max(train_set.coco.getCatIds() or [0]) + 1
-    ctx.data = data_facts(train_set, val_set, num_classes, cfg, ctx.world_size,
+    weights = prepared.get("backbone_weights_path")
+    ctx.data = data_facts(train_set, val_set, num_classes, cfg, ctx.world_size, weights,
                           caveats=ctx.is_main)
     warn_about_boxes(ctx, train_set, val_set)
     check_step_fits(ctx, train_set)
-    weights = prepared.get("backbone_weights_path")
     model = build_retinanet(num_classes, Path(weights) if weights else None,
                             cfg["model"]["min_size"], cfg["model"]["max_size"],
                             cfg["model"]["trainable_backbone_layers"]).to(ctx.device)

@@ -8,7 +8,8 @@ from typing import List, Sequence
 
 from chipbench.errors import UserError
 from chipbench.measure.flops import checked_mfu
-from chipbench.run.resultrecord import FIX_RESULT, Metrics, RunResult
+from chipbench.run.jsonrecord import FIX_RESULT
+from chipbench.run.resultrecord import Metrics, RunResult
 from chipbench.util import safeio
 from chipbench.util.text import shorten
 

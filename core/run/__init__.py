@@ -10,9 +10,10 @@
   :mod:`~chipbench.run.worker` (one worker process), :mod:`~chipbench.run.sentinel` (its lock, and
   the result of a killed run), :mod:`~chipbench.run.torchrun_log` and
   :mod:`~chipbench.run.childproc` (child processes);
-- records: :mod:`~chipbench.run.runrecords` (``spec.json``) and
-  :mod:`~chipbench.run.resultrecord` (``result.json``, ``progress.json``), each read and
-  validated in one place.
+- records: :mod:`~chipbench.run.runfiles` (the folder's file names, its JSON read and written
+  safely), :mod:`~chipbench.run.specrecord` (``spec.json``) and
+  :mod:`~chipbench.run.resultrecord` (``result.json``, ``progress.json``; their shared base is
+  :mod:`~chipbench.run.jsonrecord`), each read and validated in one place.
 
 A case imports none of this: its API is :mod:`chipbench.case`.
 """

@@ -7,53 +7,45 @@ imports no torch: the helpers that need it import it when called.
 """
 
 import contextlib
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+)
 
 from chipbench.errors import ChipbenchError, HookTimedOut, PluginError, UserError
 from chipbench.host.device import Device
 from chipbench.host.manager import PluginHost
-from chipbench.measure.metrics import RunMeter, finite, reduce_ranks, throughput
-from chipbench.util import safeio
+from chipbench.measure.metrics import RunMeter, reduce_ranks, throughput
+from chipbench.run.runfiles import (
+    CHECKPOINT_FILE,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    read_json_dict,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from chipbench.measure.monitor import DeviceMonitor
 
 DATA_WAIT_PHASE = "data wait"
 """The monitor's phase while training waits for the data loader (:meth:`RunContext.batches`)."""
-RESULT_FILE = "result.json"
-PROGRESS_FILE = "progress.json"
-CHECKPOINT_FILE = Path("checkpoints") / "last.pt"
-"""Where a run folder keeps its checkpoint (:mod:`chipbench.run.checkpoints`' format)."""
-
 DEFAULT_LOADER_WORKERS = 4
 """The seed's loader workers per process, where neither the config nor the vendor chooses."""
-
-
-def read_json_dict(path: Path, strict: bool = False) -> Dict[str, Any]:
-    """The JSON object in run-folder file ``path``; {} where it is missing, unreadable or not an
-    object. A file that is not a regular file (a symbolic link, a FIFO, a folder) or is over
-    :data:`chipbench.util.safeio.RUN_JSON_LIMIT` is never read: {} too, or, where ``strict``, a
-    one-line :class:`chipbench.util.safeio.FileRefused` naming it."""
-    try:
-        data = safeio.read_json(path, safeio.RUN_JSON_LIMIT)
-    except safeio.FileRefused:
-        if strict:
-            raise
-        return {}
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write strict JSON (NaN and infinities as null) through a temporary file created
-    exclusively and a rename (:func:`chipbench.util.safeio.write_atomic`): readers never see half a
-    file, every JSON reader can parse it, and no link in the run folder is written through."""
-    text = json.dumps(finite(data), indent=2, default=str, allow_nan=False)
-    safeio.write_atomic(path, text)
 
 
 class RecordedEpochs(NamedTuple):
@@ -90,12 +82,12 @@ class RunContext:
     run_dir: Path
     host: PluginHost
     facade: Device
-    device: Any
+    device: "torch.device"
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("chipbench"))
-    monitor: Any = None
+    monitor: Optional["DeviceMonitor"] = None
     epochs: List[Dict[str, Any]] = field(default_factory=list)
     data: Dict[str, Any] = field(default_factory=dict)
     """What the case trains and evaluates on (images, annotations, boxes dropped; ``caveats``:
@@ -147,7 +139,7 @@ class RunContext:
         except ChipbenchError:
             return None
 
-    def autocast(self, precision: str) -> Any:
+    def autocast(self, precision: str) -> ContextManager[Any]:
         """A fresh autocast context for ``precision`` on this device (a null one for fp32)."""
         from chipbench.host.contract import PRECISION
 
@@ -179,7 +171,7 @@ class RunContext:
         cores = (os.cpu_count() or 1) // max(1, local_world_size)
         return max(0, min(DEFAULT_LOADER_WORKERS, cores - 1))
 
-    def distributed(self, model: Any) -> Any:
+    def distributed(self, model: "torch.nn.Module") -> "torch.nn.Module":
         """``model`` wrapped for data-parallel training over the ranks (DDP, on this rank's
         device); ``model`` itself in one process."""
         if not self.is_distributed:
@@ -205,15 +197,15 @@ class RunContext:
         start = time.perf_counter()
         iterator = iter(loader)
         while not (max_iters and self.meter.seen_iterations >= max_iters):
-            phase = getattr(monitor, "phase", None)
-            if phase is not None:
+            phase = monitor.phase if monitor is not None else ""
+            if monitor is not None:
                 monitor.phase = DATA_WAIT_PHASE
             try:
                 batch = next(iterator)
             except StopIteration:
                 return
             finally:
-                if phase is not None:
+                if monitor is not None:
                     monitor.phase = phase
             self.meter.add_data_wait(time.perf_counter() - start)
             yield batch

@@ -9,9 +9,9 @@ from typing import Any, Dict, Optional
 
 from chipbench.errors import UserError, user_os_error
 from chipbench.measure.metrics import is_count
-from chipbench.run.context import PROGRESS_FILE, RESULT_FILE, read_json_dict
-from chipbench.run.runrecords import RunProgress, RunResult, RunSpec
-from chipbench.run.worker import RETURNED_DIR, SPEC_FILE
+from chipbench.run.resultrecord import RunProgress, RunResult
+from chipbench.run.runfiles import PROGRESS_FILE, RESULT_FILE, RETURNED_DIR, SPEC_FILE, read_json_dict
+from chipbench.run.specrecord import RunSpec
 from chipbench.util import safeio
 
 

@@ -31,13 +31,21 @@ from chipbench.measure.environment import versions
 from chipbench.records import HardwareId
 from chipbench.run.caseload import case_package, load_case, plugin_config_dirs
 from chipbench.run.config import Config
-from chipbench.run.context import CHECKPOINT_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.run.launcher import Topology, launch_workers
 from chipbench.run.layers import (  # noqa: F401 - resolve_run_config: chipbench.run.runner's name too
     checked_spec_config,
     fix_hp,
     precheck_config,
     resolve_run_config,
+)
+from chipbench.run.resultrecord import Metrics, RunResult
+from chipbench.run.runfiles import (
+    CHECKPOINT_FILE,
+    RESULT_FILE,
+    RETURNED_DIR,
+    SPEC_FILE,
+    read_json_dict,
+    write_json_atomic,
 )
 from chipbench.run.runfolder import (  # noqa: F401 - check_run_folder: chipbench.run.runner's name too
     check_output,
@@ -48,7 +56,6 @@ from chipbench.run.runfolder import (  # noqa: F401 - check_run_folder: chipbenc
     read_result,
     read_spec,
 )
-from chipbench.run.runrecords import Metrics, RunResult, RunSpec
 from chipbench.run.sentinel import (
     OOM_ADVICE,
     RunLock,
@@ -56,13 +63,14 @@ from chipbench.run.sentinel import (
     start_sentinel,
     torchrun_pid_path,
 )
+from chipbench.run.specrecord import RunSpec
 from chipbench.run.torchrun_log import (  # noqa: F401 - torchrun_root_cause: chipbench.run.runner's too
     SIGKILLED,
     early_return,
     torchrun_root_cause,
     worker_errors,
 )
-from chipbench.run.worker import RETURNED_DIR, SPEC_FILE, TRACE, returned_ranks, run_worker
+from chipbench.run.worker import TRACE, returned_ranks, run_worker
 
 ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}
 

@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not lo
 
 from chipbench.errors import UserError
 from chipbench.run.childproc import child_env, python_module_command
-from chipbench.run.context import CHECKPOINT_FILE, RESULT_FILE, read_json_dict, write_json_atomic
-from chipbench.run.runrecords import RunResult
+from chipbench.run.resultrecord import RunResult
+from chipbench.run.runfiles import CHECKPOINT_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.util import safeio
 
 STOP_GRACE_S = 15.0
@@ -285,6 +285,33 @@ def record_death(run_dir: Path, node_rank: int, pid: int, result: RunResult) -> 
     return str(result.error)
 
 
+REFUSED_RESULT_FILE = "result.refused.json"
+"""Where the sentinel keeps a dead run's result.json that no longer reads as the run wrote it."""
+
+
+def rebuilt_result(run_dir: Path, pid: int, refusal: UserError) -> Optional[RunResult]:
+    """The record of a dead run whose result.json was edited into something no run writes: that
+    file kept as :data:`REFUSED_RESULT_FILE` (nothing is lost), a new record made from spec.json
+    (case, vendor, config, topology) that says why. None where the file cannot be moved."""
+    from chipbench.run.runfolder import read_spec
+
+    folder = Path(run_dir)
+    try:
+        spec = read_spec(folder)
+    except UserError:
+        spec = None
+    try:  # a rename moves a link itself, never what it points to
+        os.replace(str(folder / RESULT_FILE), str(folder / REFUSED_RESULT_FILE))
+    except OSError:
+        return None
+    return RunResult(
+        case=spec.case if spec else "?", vendor=spec.vendor if spec else None,
+        config=spec.config if spec else None, topology=spec.topology if spec else None,
+        hardware=spec.hardware if spec else None, pid=pid, host=platform.node(),
+        note="result.json was not as the run wrote it ({}); kept as {}, this record rebuilt from "
+             "spec.json".format(refusal.problem, REFUSED_RESULT_FILE))
+
+
 def watch(run_dir: Path, node_rank: int, pid: int) -> int:
     """Wait for the run's lock; if the run's process is then gone and the run still says
     ``running``, record its death."""
@@ -308,8 +335,10 @@ def watch(run_dir: Path, node_rank: int, pid: int) -> int:
                 break
             time.sleep(0.5)
         try:
-            record = RunResult.from_json(result, Path(run_dir) / RESULT_FILE)
-        except UserError:  # not as the run wrote it: left as it is; its workers are stopped
+            record: Optional[RunResult] = RunResult.from_json(result, Path(run_dir) / RESULT_FILE)
+        except UserError as exc:  # edited since the run wrote it: kept aside, a new record made
+            record = rebuilt_result(run_dir, pid, exc)
+        if record is None:
             stop_leftover_workers(run_dir, node_rank)
             return 0
         error = record_death(run_dir, node_rank, pid, record)

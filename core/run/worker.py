@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from chipbench.errors import (
     ChipbenchError,
@@ -24,12 +24,19 @@ from chipbench.errors import (
     is_allocation_failure,
     user_os_error,
 )
-from chipbench.run.context import RunContext, write_json_atomic
-from chipbench.run.runrecords import Metrics, RunSpec
+from chipbench.run.context import RunContext
+from chipbench.run.resultrecord import Metrics
+from chipbench.run.runfiles import RETURNED_DIR, SPEC_FILE, write_json_atomic
+from chipbench.run.specrecord import RunSpec
 from chipbench.util import safeio
 from chipbench.util.exiting import exit_now, threads_owned_by
 
-SPEC_FILE = "spec.json"
+if TYPE_CHECKING:
+    from chipbench.case import Case
+    from chipbench.host.device import Device
+    from chipbench.host.manager import PluginHost
+    from chipbench.measure.profiling import StepProfiler
+
 TRACE = logging.getLogger("chipbench.trace")
 """Tracebacks go here: into the rank's log file, never onto the terminal."""
 TRACE.propagate = False
@@ -66,7 +73,8 @@ class RunLogHandler(logging.FileHandler):
         return safeio.open_for_append(self.baseFilename, encoding=self.encoding, what="run file")
 
 
-def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Optional[Metrics]:
+def run_worker(run_dir: Path, host: Optional["PluginHost"] = None,
+               facade: Optional["Device"] = None) -> Optional[Metrics]:
     """Run the case of ``run_dir`` on this process's rank; rank 0 records the case's final
     metrics (progress.json) and returns them, the other ranks return None (their figures are
     rank 0's to record)."""
@@ -75,7 +83,8 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Optional[
 
     run_dir = Path(run_dir)
     spec = RunSpec.from_json(safeio.read_json(run_dir / SPEC_FILE, safeio.RUN_JSON_LIMIT,
-                                              what="run file"), run_dir / SPEC_FILE).to_json()
+                                              what="run file"), run_dir / SPEC_FILE)
+    config = spec.config
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -87,41 +96,41 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Optional[
         from chipbench.host.selection import select_device
 
         host = build_host()
-        facade = select_device(host, spec["vendor"])
+        facade = select_device(host, spec.vendor)
+    host = host or facade.host
     visible = facade.visible_devices_env()
     if visible:
         log.info("%s=%s", visible, os.environ.get(visible, "(unset: all devices)"))
     check_local_device(facade, local_rank)
-    check_devices_restricted(facade, (spec.get("topology") or {}).get("devices"))
+    check_devices_restricted(facade, spec.topology.get("devices"))
     device = facade.init_backend(local_rank)
     if world_size > 1:
         import torch.distributed as dist
 
         dist.init_process_group(
             backend=facade.process_group_backend(),
-            timeout=datetime.timedelta(seconds=float(spec["config"]["run"]["timeout_s"])))
+            timeout=datetime.timedelta(seconds=float(config["run"]["timeout_s"])))
     monitor = DeviceMonitor(facade, device, run_dir / "monitor" / "rank{}.jsonl".format(rank),
-                            interval_s=spec["config"]["run"]["monitor_interval_s"]).start()
-    ctx = RunContext(spec=spec, config=spec["config"], run_dir=run_dir, host=host, facade=facade,
+                            interval_s=config["run"]["monitor_interval_s"]).start()
+    ctx = RunContext(spec=spec.to_json(), config=config, run_dir=run_dir, host=host, facade=facade,
                      device=device, rank=rank, local_rank=local_rank, world_size=world_size,
                      log=log, monitor=monitor)
-    case = load_case(spec["case"])
+    case = load_case(spec.case)
     profiler = None
     try:
-        profiler = start_profiler(spec, run_dir, rank, device, ctx)
+        profiler = start_profiler(run_dir, rank, device, ctx) if spec.profile else None
         try:
             with threads_owned_by("case '{}'".format(case.name)):  # named if one hangs the exit
                 metrics = case.run(ctx)
         except (RuntimeError, MemoryError) as exc:
             if not is_allocation_failure(exc):
                 raise
-            raise allocation_error(case, spec["config"], exc) from None
+            raise allocation_error(case, config, exc) from None
         if world_size > 1:
             record_returned(run_dir, rank)
         if not ctx.is_main:
             return None
-        final = final_metrics(case, checked_metrics(case, metrics,
-                                                    spec_target(case, spec["config"])))
+        final = final_metrics(case, checked_metrics(case, metrics, spec_target(case, config)))
         ctx.save_progress(final=True, metrics=final.to_json())
         return final
     finally:
@@ -135,12 +144,9 @@ def run_worker(run_dir: Path, host: Any = None, facade: Any = None) -> Optional[
                 dist.destroy_process_group()
 
 
-def start_profiler(spec: Dict[str, Any], run_dir: Path, rank: int, device: Any,
-                   ctx: RunContext) -> Any:
+def start_profiler(run_dir: Path, rank: int, device: Any, ctx: RunContext) -> "StepProfiler":
     """``--profile``: a :class:`chipbench.measure.profiling.StepProfiler` stepped by the case's
-    ``ctx.core_step`` (through ``ctx.on_step``); None for a run without it."""
-    if not spec.get("profile"):
-        return None
+    ``ctx.core_step`` (through ``ctx.on_step``)."""
     from chipbench.measure.profiling import StepProfiler
 
     profiler = StepProfiler(run_dir, rank, getattr(device, "type", "cpu"))
@@ -148,7 +154,7 @@ def start_profiler(spec: Dict[str, Any], run_dir: Path, rank: int, device: Any,
     return profiler
 
 
-def finish_profiler(profiler: Any, run_dir: Path, rank: int, log: logging.Logger) -> None:
+def finish_profiler(profiler: "StepProfiler", run_dir: Path, rank: int, log: logging.Logger) -> None:
     """Stop profiling; rank 0 writes what it recorded to ``profile/summary.json`` (the runner
     puts it into result.json). A failure here (a full disk, a link in the run folder) is
     recorded as the profile's error and logged: it never replaces the run's own outcome."""
@@ -167,7 +173,7 @@ def finish_profiler(profiler: Any, run_dir: Path, rank: int, log: logging.Logger
         log.warning("warning: the profile summary could not be written: %s", exc)
 
 
-def check_local_device(facade: Any, local_rank: int) -> None:
+def check_local_device(facade: "Device", local_rank: int) -> None:
     """Refuse, in one line, a local rank beyond the devices this process sees (more processes per
     node than devices, or ``--devices`` naming devices that do not exist). Processes of a vendor
     whose torch device type is ``cpu`` share the host's one CPU device, so any number may run."""
@@ -185,7 +191,7 @@ def check_local_device(facade: Any, local_rank: int) -> None:
         "with --devices".format(max(count, 1)))
 
 
-def check_devices_restricted(facade: Any, devices: Any) -> None:
+def check_devices_restricted(facade: "Device", devices: Optional[str]) -> None:
     """With ``--devices``, refuse in one line a vendor whose visible-devices variable did not
     restrict what this process sees (its ranks would run on devices the user did not list).
     Processes of a ``cpu``-type vendor share the host's one CPU device: nothing to tell there."""
@@ -204,7 +210,7 @@ def check_devices_restricted(facade: Any, devices: Any) -> None:
             "meanwhile")
 
 
-def final_metrics(case: Any, metrics: Dict[str, Any]) -> Metrics:
+def final_metrics(case: "Case", metrics: Dict[str, Any]) -> Metrics:
     """The case's final ``metrics`` (checked by ``checked_metrics``) as the record result.json
     keeps; a figure of chipbench's of another kind (``mem_source`` a number, ``cpu_share`` a
     list) is one line naming the case, as a plugin's fault."""
@@ -215,7 +221,7 @@ def final_metrics(case: Any, metrics: Dict[str, Any]) -> Metrics:
                           "their kinds (see docs/cases.md)") from None
 
 
-def spec_target(case: Any, config: Dict[str, Any]) -> Any:
+def spec_target(case: "Case", config: Dict[str, Any]) -> Any:
     """The case's target for ``config`` (None where the case has none or cannot say)."""
     try:
         return case.target(config)
@@ -223,7 +229,7 @@ def spec_target(case: Any, config: Dict[str, Any]) -> Any:
         return None
 
 
-def allocation_error(case: Any, config: Dict[str, Any], exc: BaseException) -> UserError:
+def allocation_error(case: "Case", config: Dict[str, Any], exc: BaseException) -> UserError:
     """A failed host or device allocation as one line naming the sizes and what to lower."""
     hint = getattr(case, "memory_hint", None)
     what, settings = hint(config) if hint is not None else ("the run", "the input or batch size")
@@ -239,11 +245,6 @@ def record_error(run_dir: Path, rank: int, message: str) -> None:
         safeio.write_atomic(errors / "rank{}.txt".format(rank), message + "\n", what="run file")
     except (OSError, UserError):
         pass
-
-
-RETURNED_DIR = "ranks"
-"""``ranks/rank<N>.returned``: rank N's ``case.run()`` returned (the launcher's evidence when the
-other ranks then fail in a collective that rank N never joined)."""
 
 
 def record_returned(run_dir: Path, rank: int) -> None:

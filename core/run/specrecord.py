@@ -1,18 +1,12 @@
-"""Typed records of a run's files, each read in one place (``from_json``: validating, one line
-naming the file for whatever it refuses) and written in one (``to_json``): ``spec.json`` here,
-``result.json`` and ``progress.json`` in :mod:`chipbench.run.resultrecord`."""
+"""The typed record of ``spec.json``, read in one place (``from_json``: validating, one line
+naming the file for whatever it refuses) and written in one (``to_json``); ``result.json`` and
+``progress.json`` have theirs in :mod:`chipbench.run.resultrecord`."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
 from chipbench.errors import UserError
-from chipbench.run.resultrecord import (  # noqa: F401 - the records of every run file, from here too
-    EpochRecord,
-    Metrics,
-    RunProgress,
-    RunResult,
-)
 
 SPEC_FIX = "restore the spec.json that core run wrote, or start a new run"
 
