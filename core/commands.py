@@ -171,15 +171,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = Run(plan, announce=print_err)
     print_err("run folder: {}".format(run.run_dir))
     result = run.execute()
-    if result.get("note"):
-        print(terminal(result["note"]))
+    if result.note:
+        print(terminal(result.note))
     else:
         print(text_table([perf_row(result)], perf_columns(result)))
-        metrics = result["metrics"]
-        metric = result.get("target_metric", "mAP")
-        value, target = metrics.get(metric), result.get("target")
+        metric = result.metric_name
+        value, target = result.metrics.value(metric), result.target
         print("converged: {}  ({}, reached {})".format(
-            str(bool(metrics.get("converged"))).lower(),
+            str(bool(result.metrics.converged)).lower(),
             "target {} {}".format(metric, target) if target is not None else "no target",
             "{:.4f}".format(value) if is_number(value) else "no " + metric))
         print("result: {}/result.json  report: {}/report.md".format(run.run_dir, run.run_dir))

@@ -408,3 +408,11 @@ def unescaped_pipes(line):
             count += 1
         backslashes = backslashes + 1 if ch == "\\" else 0
     return count
+
+
+def report_of(data: Dict[str, Any]) -> str:
+    """report.md of the result.json object ``data``, read into its record as ``core run`` reads it."""
+    from chipbench.outputs.report import render
+    from chipbench.run.resultrecord import RunResult
+
+    return render(RunResult.from_json(data, "result.json"))

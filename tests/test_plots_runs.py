@@ -8,6 +8,7 @@ import pytest
 
 from chipbench.cli import main
 from chipbench.outputs.plots import LEFT, RIGHT, WIDTH, epochs_chart, memory_chart, timeline_chart
+from chipbench.run.resultrecord import epochs_from_json
 from tests.conftest import compare_result, result_folder
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -92,8 +93,9 @@ def test_compare_timeline_gives_each_run_its_own_phases(tmp_path, capsys):
 
 
 def epochs(data=True):
-    return [dict({"epoch": e, "loss": 1.0 / (e + 1), "mAP": 0.1 * e, "train_seconds": 10.0 * (e + 1)},
+    rows = [dict({"epoch": e, "loss": 1.0 / (e + 1), "mAP": 0.1 * e, "train_seconds": 10.0 * (e + 1)},
                  **({"data_seconds": 2.0 * (e + 1)} if data else {})) for e in range(3)]
+    return epochs_from_json(rows, "result.json")
 
 
 def test_epochs_chart_shows_each_epochs_data_wait():

@@ -109,7 +109,16 @@ def test_core_run_profile_writes_a_trace_a_top_ops_table_and_warns(tmp_path, cap
 
 def test_an_unprofiled_run_has_no_profile():
     from chipbench.measure.profiling import profile_lines, profile_warning
+    from chipbench.run.resultrecord import RunResult
 
-    assert profile_warning({"metrics": {}}) is None and profile_lines({}) == []
-    lines = profile_lines({"profile": {"error": "the run trained 2 iteration(s)\n# forged"}})
+    def record(**extra):
+        return RunResult.from_json(dict({"case": "spirals", "status": "finished", "metrics": {}},
+                                        **extra), "result.json")
+
+    assert profile_warning(record()) is None and profile_lines(record()) == []
+    assert profile_warning(record(profile="forged")) is None and profile_lines(record(profile=3)) == []
+    failed = record(profile={"error": "the run trained 2 iteration(s)\n# forged"})
+    assert "profile" in failed.other  # not a typed field: kept as read, reached through value()
+    lines = profile_lines(failed)
     assert "not recorded" in lines[-1] and "\n" not in "".join(lines)
+    assert "iterations ?-?" in profile_warning(failed)

@@ -8,8 +8,8 @@ import pytest
 
 from chipbench.errors import PluginError
 from chipbench.measure.environment import CORE_PACKAGES, versions
-from chipbench.outputs.report import CAVEATS_SHOWN, DATA_WAIT_SHARE, render
-from tests.conftest import unescaped_pipes
+from chipbench.outputs.report import CAVEATS_SHOWN, DATA_WAIT_SHARE
+from tests.conftest import report_of, unescaped_pipes
 
 
 def spirals_result(**extra):
@@ -42,7 +42,7 @@ def section(report, heading):
 def test_outside_case_shows_its_own_facts_and_no_coco_leftovers():
     data = {"train_points": 2000, "val_points": 500, "classes": 3, "num_classes": 3,
             "noise": None, "turns": ""}
-    report = render(spirals_result(data=data))
+    report = report_of(spirals_result(data=data))
     rows = [line for line in section(report, "Data") if line.startswith("| ")]
     assert rows[2:] == ["| classes | 3 |", "| train_points | 2000 |", "| val_points | 500 |"]
     assert not any(line.endswith("| / |") for line in rows)  # no rows of absent facts
@@ -52,20 +52,20 @@ def test_outside_case_shows_its_own_facts_and_no_coco_leftovers():
 
 
 def test_a_case_fact_that_differs_from_a_known_one_keeps_both_rows():
-    report = render(spirals_result(data={"num_classes": 3, "classes": ["a", "b"]}))
+    report = report_of(spirals_result(data={"num_classes": 3, "classes": ["a", "b"]}))
     rows = section(report, "Data")
     assert '| classes | 3 |' in rows and '| classes | ["a", "b"] |' in rows
 
 
 def test_a_run_with_a_backend_still_names_it():
-    report = render(spirals_result(metrics={"eval_backend": "pycocotools", "eval_seconds": 1.0}))
+    report = report_of(spirals_result(metrics={"eval_backend": "pycocotools", "eval_seconds": 1.0}))
     assert "- evaluation backend: pycocotools; evaluation time: 1.0 s over 3 evaluation(s)" \
         in report
 
 
 def test_no_facts_at_all_is_said_once():
     for data in (None, {}, {"noise": None}, {"caveats": ["small"]}):
-        report = render(spirals_result(data=data))
+        report = report_of(spirals_result(data=data))
         assert section(report, "Data") == [
             "Data facts were not recorded by this run (older chipbench, or the case does not "
             "report them)."]
@@ -77,7 +77,7 @@ def test_no_facts_at_all_is_said_once():
 def test_caveats_are_shown_verbatim_near_the_top():
     caveats = ["train and val share 3 of 64 files (5 %): val figures partly score training data",
                "random initial weights (model.backbone_weights=none)"]
-    report = render(spirals_result(data={"train_points": 2000, "caveats": caveats}))
+    report = report_of(spirals_result(data={"train_points": 2000, "caveats": caveats}))
     lines = report.splitlines()
     heading = lines.index("## What these figures rest on")
     assert heading < lines.index("## General indicators") < lines.index("## Performance indicators")
@@ -88,7 +88,7 @@ def test_caveats_are_shown_verbatim_near_the_top():
 
 def test_caveats_are_escaped_and_bounded():
     forged = "crowd regions\n# forged heading | x <img src=y>\x1b[2J\u202e"
-    report = render(spirals_result(data={"caveats": [forged, None, ""] + ["c"] * 80}))
+    report = report_of(spirals_result(data={"caveats": [forged, None, ""] + ["c"] * 80}))
     lines = report.splitlines()
     assert not any(line.startswith("# forged") for line in lines)
     caveat = [line for line in lines if line.startswith("- crowd regions")][0]
@@ -100,7 +100,7 @@ def test_caveats_are_escaped_and_bounded():
 
 
 def test_a_single_caveat_text_is_one_caveat():
-    report = render(spirals_result(data={"caveats": "only 2000 points"}))
+    report = report_of(spirals_result(data={"caveats": "only 2000 points"}))
     assert section(report, "What these figures rest on")[-1] == "- only 2000 points"
 
 
@@ -110,7 +110,7 @@ def test_one_data_note_only_the_cases():
             "caveats": ["COCO layout, not the full COCO2017: 60 train / 32 val images"]}
     result = spirals_result(case="retinanet", data=data, dataset_note="Data: the embedded "
                             "synthetic set (64 train / 32 val images), not COCO2017")
-    report = render(result)
+    report = report_of(result)
     quotes = [line for line in report.splitlines() if line.startswith(">")]
     assert quotes == ["> " + result["dataset_note"]]
     assert report.count("COCO layout") == 1  # the case's caveat, nothing built by the report
@@ -131,7 +131,7 @@ def with_wait(totals, **metrics):
 
 
 def test_per_epoch_data_wait_rows_from_run_totals():
-    report = render(with_wait([(10.0, 0.5), (20.0, 3.5), (30.0, 6.5)]))
+    report = report_of(with_wait([(10.0, 0.5), (20.0, 3.5), (30.0, 6.5)]))
     rows = [line for line in section(report, "Per epoch") if line.startswith("| ")]
     assert rows[0] == ("| epoch (counted from 1) | loss | train (s) | data wait (s) | data wait "
                        "(% of train) |")
@@ -142,7 +142,7 @@ def test_per_epoch_data_wait_rows_from_run_totals():
 
 
 def test_a_loader_that_held_the_device_back_is_warned_about():
-    report = render(with_wait([(10.0, 0.5), (30.0, 6.5)], p_train=500.0, p_core=1000.0))
+    report = report_of(with_wait([(10.0, 0.5), (30.0, 6.5)], p_train=500.0, p_core=1000.0))
     warning = [line for line in report.splitlines() if line.startswith("> **WARNING")]
     assert warning == ["> **WARNING: the data loader held the device back: p_train is 50% of "
                        "p_core; training waited 6.5 s (22% of its 30.0 s) for data, over the 10% "
@@ -152,19 +152,19 @@ def test_a_loader_that_held_the_device_back_is_warned_about():
 
 
 def test_no_warning_at_or_below_the_threshold():
-    report = render(with_wait([(20.0, 20.0 * DATA_WAIT_SHARE)]))
+    report = report_of(with_wait([(20.0, 20.0 * DATA_WAIT_SHARE)]))
     assert "WARNING" not in report and "- data wait: training waited 2.0 s" in report
 
 
 def test_an_old_run_without_data_wait_shows_none():
-    report = render(spirals_result())
+    report = report_of(spirals_result())
     assert "data wait" not in report and "## Per epoch" not in report and "WARNING" not in report
 
 
 def test_a_forged_data_wait_breaks_nothing():
     result = with_wait([(10.0, 1.0), (5.0, 0.5)])  # totals that go backwards
     result["epochs"].append({"epoch": "x", "train_seconds": "y", "data_seconds": -1})
-    report = render(result)
+    report = report_of(result)
     rows = [line for line in section(report, "Per epoch") if line.startswith("| ")]
     assert rows[2:] == ["| 1 | 0.5000 | 10.00 | 1.00 | 10.0 |"]  # epoch 2 cannot be split
 

@@ -12,9 +12,8 @@ import torch  # imported before the load starts: the test times the measurement
 from chipbench.cli import main
 from chipbench.measure import flops
 from chipbench.measure.flops import MFU_UNRELIABLE, checked_mfu, figures
-from chipbench.outputs.report import render
 from chipbench.plugins import cpu
-from tests.conftest import compare_result, result_folder
+from tests.conftest import compare_result, report_of, result_folder
 
 HOG = "import time\nwhile True:\n    pass\n"
 
@@ -138,13 +137,13 @@ def test_an_mfu_above_100_percent_is_flagged_in_every_output(tmp_path, capsys):
 
     result = compare_result("CPU 1 node x 1 card (1x1)")
     result["metrics"].update(metrics)
-    report = render(result)
+    report = report_of(result)
     assert MFU_UNRELIABLE in report and "- MFU: " not in report
 
     old = compare_result("CPU 1 node x 1 card (1x1)")  # written before the rule, or by hand
     old["metrics"].update({"mfu": 13.11, "achieved_tflops": 0.00459, "peak_tflops": 0.00035,
                            "flops_per_image": 92.7e9})
-    assert MFU_UNRELIABLE in render(old) and "1311.11%" not in render(old)
+    assert MFU_UNRELIABLE in report_of(old) and "1311.11%" not in report_of(old)
     bare = compare_result("CPU 1 node x 1 card (1x1) bare")
     bare["metrics"]["mfu"] = 13.11  # no rates to check it against: still not a figure
     folders = [result_folder(tmp_path, "old", old), result_folder(tmp_path, "bare", bare)]

@@ -13,8 +13,7 @@ import pytest
 
 from chipbench.cli import main
 from chipbench.measure.monitor import SHARE_RATIO, STARVED_SHARE, CpuShare, reduce_cpu_share, starved_warning
-from chipbench.outputs.report import render
-from tests.conftest import TINY_DATA, compare_result, result_folder
+from tests.conftest import TINY_DATA, compare_result, report_of, result_folder
 
 REPO = Path(__file__).resolve().parents[1]
 QUOTA_CPUS = 1.0
@@ -150,10 +149,10 @@ def test_compare_warns_on_runs_with_very_different_cpu_shares(tmp_path, capsys):
 
 
 def test_report_shows_the_share_and_warns_only_when_starved():
-    fed = render(_with_share("CPU fed", 0.9))
+    fed = report_of(_with_share("CPU fed", 0.9))
     assert "its compute got 90% of the 2.0 core(s)" in fed and "starved" not in fed
-    starved = render(_with_share("CPU starved", 0.3))
+    starved = report_of(_with_share("CPU starved", 0.3))
     assert "WARNING: this run was starved of CPU: its compute got 30%" in starved
     forged = _with_share("CPU forged", 0.3)
     forged["metrics"]["cpu_share"]["compute_share"] = "lots"  # a hand-edited file
-    assert "starved" not in render(forged)
+    assert "starved" not in report_of(forged)

@@ -15,10 +15,9 @@ import chipbench.plugins.cpu as cpu_plugin
 from chipbench.cli import main
 from chipbench.errors import UserError, user_os_error
 from chipbench.hookspecs import DEVICE_HOOKS, hookimpl
-from chipbench.outputs.report import render
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
 from chipbench.util.text import markdown_cell, number_text, shorten, shown, terminal, xml_text
-from tests.conftest import compare_result, result_folder, unescaped_pipes
+from tests.conftest import compare_result, report_of, result_folder, unescaped_pipes
 
 UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 FORGED_LINE = "No fairness warnings: every run finished and converged."
@@ -225,7 +224,7 @@ def test_a_real_run_folder_forged_renders_safely(tiny_run, tmp_path, capsys):
             sample["phase"] = "eval\x1b[2J\n|x"
         monitor.write_text("".join(json.dumps(s) + "\n" for s in samples))
 
-    report = render(data)
+    report = report_of(data)
     assert unsafe(report) == []
     lines = report.splitlines()
     assert not any(line.startswith(("# forged", "- forged", FORGED_LINE)) for line in lines)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from chipbench.run.resultrecord import RunResult
 from chipbench.util import safeio
 
 PROFILE_DIR = "profile"
@@ -152,10 +153,17 @@ PROFILED_NOTE = ("profiled run: p_whole, p_train and p_core include the profiler
                  "iterations {}-{}; compare throughput only with unprofiled runs")
 
 
-def profile_warning(result: Dict[str, Any]) -> Optional[str]:
+def recorded_profile(result: RunResult) -> Optional[Dict[str, Any]]:
+    """``result.json``'s ``profile`` (a field the record keeps in ``other``), None where the run
+    has none."""
+    profile = result.value("profile")
+    return profile if isinstance(profile, dict) else None
+
+
+def profile_warning(result: RunResult) -> Optional[str]:
     """The report's and ``core compare``'s warning for a profiled run, None for another."""
-    profile = result.get("profile")
-    if not isinstance(profile, dict):
+    profile = recorded_profile(result)
+    if profile is None:
         return None
     span = profile.get("iterations")
     if isinstance(span, list) and len(span) == 2:
@@ -163,13 +171,13 @@ def profile_warning(result: Dict[str, Any]) -> Optional[str]:
     return PROFILED_NOTE.format("?", "?")
 
 
-def profile_lines(result: Dict[str, Any]) -> List[str]:
+def profile_lines(result: RunResult) -> List[str]:
     """report.md's profile section: where the trace is and the top operators (every text of the
     result escaped as one Markdown cell)."""
     from chipbench.util.text import markdown_cell as cell
 
-    profile = result.get("profile")
-    if not isinstance(profile, dict):
+    profile = recorded_profile(result)
+    if profile is None:
         return []
     lines = ["", "## Profile (`core run --profile`)", ""]
     if profile.get("error"):

@@ -103,7 +103,7 @@ def fairness_warnings(runs: Sequence[RunFolder], baseline: RunFolder) -> List[st
             warnings.append(plugin)
     warnings += cpu_share_warnings(runs, baseline)
     for run in runs:
-        profiled = profile_warning(run.result.to_json())
+        profiled = profile_warning(run.result)
         if profiled:
             warnings.append("{}: {}".format(run.label, profiled))
     for run in runs:

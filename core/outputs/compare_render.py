@@ -40,7 +40,7 @@ def compare_rows(runs: Sequence[RunFolder], baseline: RunFolder) -> List[Dict[st
     rows = []
     base = baseline.metrics
     for run in runs:
-        row = perf_row(run.result.to_json())
+        row = perf_row(run.result)
         row["config"] = run.label + (" (baseline)" if run is baseline else "")
         for key, column in RATIO_COLUMNS:
             row[column] = _ratio(run.metrics.value(key), base.value(key))
@@ -106,7 +106,7 @@ def write_charts(runs: Sequence[RunFolder], folder: Any) -> List[Path]:
                                                   first.sample_unit or "images")),
                         what="chart")
     safeio.write_atomic(written[1], epochs_chart(
-        [(r.chart_label, [e.to_json() for e in r.result.epochs or []]) for r in runs],
+        [(r.chart_label, r.result.epochs or []) for r in runs],
         first.target, first.target_metric or "mAP"), what="chart")
     timelines = []
     for run in runs:

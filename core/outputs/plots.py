@@ -26,24 +26,25 @@ from chipbench.outputs.svgchart import (  # noqa: F401 (the drawing primitives, 
     short,
     tick_text,
 )
+from chipbench.run.resultrecord import EpochRecord
 from chipbench.util import safeio
 
 # -- the charts of a run ----------------------------------------------------------------------------
 
 
-def _per_epoch(epochs: List[Dict[str, Any]], key: str) -> List[Tuple[float, float]]:
+def _per_epoch(epochs: Sequence[EpochRecord], key: str) -> List[Tuple[float, float]]:
     """``(epoch counted from 1, value of key)`` of the epochs that hold numbers for both."""
-    return [(e["epoch"] + 1, e[key]) for e in epochs
-            if isinstance(e, dict) and is_number(e.get("epoch")) and is_number(e.get(key))]
+    return [(e.epoch + 1, e.value(key)) for e in epochs
+            if e.epoch is not None and is_number(e.epoch) and is_number(e.value(key))]
 
 
-def epoch_seconds(epochs: List[Dict[str, Any]], key: str) -> Dict[int, float]:
+def epoch_seconds(epochs: Sequence[EpochRecord], key: str) -> Dict[int, float]:
     """Seconds of ``key`` (``train_seconds``, ``data_seconds``) spent in each epoch alone, by epoch
     number (from 0). An epoch's record holds the run's totals so far, so an epoch's own time is its
     total less the previous epoch's; an epoch whose previous record lacks the figure is left out."""
-    totals = {int(e["epoch"]): float(e[key]) for e in epochs if isinstance(e, dict)
-              and is_count(e.get("epoch")) and e["epoch"] == int(e["epoch"])
-              and is_count(e.get(key))}
+    totals = {int(e.epoch): float(e.value(key)) for e in epochs
+              if e.epoch is not None and is_count(e.epoch) and e.epoch == int(e.epoch)
+              and is_count(e.value(key))}
     found = {}
     for epoch in sorted(totals):
         before = 0.0 if epoch == 0 else totals.get(epoch - 1)
@@ -52,7 +53,7 @@ def epoch_seconds(epochs: List[Dict[str, Any]], key: str) -> Dict[int, float]:
     return found
 
 
-def epochs_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], target: Optional[float],
+def epochs_chart(runs: Sequence[Tuple[str, Sequence[EpochRecord]]], target: Optional[float],
                  metric: str = "mAP") -> str:
     """Loss (top) and the case's quality ``metric`` (0..1, target line) per epoch of one run or
     several; below them, where a run recorded its data wait, each epoch's training time and the
@@ -160,7 +161,7 @@ def monitor_files(run_dir: Path) -> List[Tuple[str, List[Dict[str, Any]]]]:
     return [(p.stem, read_samples(p)) for p in paths]
 
 
-def write_plots(run_dir: Path, epochs: List[dict], target: Optional[float] = None,
+def write_plots(run_dir: Path, epochs: Sequence[EpochRecord], target: Optional[float] = None,
                 metric: str = "mAP",
                 monitor: Optional[List[Tuple[str, List[Dict[str, Any]]]]] = None) -> List[Path]:
     """Write ``plots/epochs.svg``, ``plots/memory.svg`` and ``plots/timeline.svg`` (those that

@@ -210,7 +210,7 @@ class Run:
         self.resuming = plan.resuming
         self.result = RunResult()
 
-    def execute(self) -> Dict[str, Any]:
+    def execute(self) -> RunResult:
         """Prepare, run the workers and write the result; errors are recorded, then re-raised.
         Returns the final ``result.json``."""
         english, chinese = row_labels(self.hardware, self.topology)
@@ -239,7 +239,7 @@ class Run:
         finally:
             lock.release()  # after the final result.json: the sentinel reads it and leaves
 
-    def _execute(self, lock: RunLock) -> Dict[str, Any]:
+    def _execute(self, lock: RunLock) -> RunResult:
         try:
             try:  # an earlier attempt's, which the sentinel must not take for this one's
                 torchrun_pid_path(self.run_dir, self.topology.node_rank).unlink()
@@ -284,7 +284,7 @@ class Run:
             raise
         finally:
             self._finish()
-        return self.result.to_json()
+        return self.result
 
     def _record(self, status: str, error: str) -> None:
         self.result = replace(self.result, status=status, error=error)
