@@ -31,9 +31,10 @@ from chipbench.errors import UserError, user_os_error
 from chipbench.hookspecs import PRECISIONS
 from chipbench.measure.flops import flops_per_trained_image
 from chipbench.measure.metrics import RunMeter, is_number
-from chipbench.run.config import Config, load_yaml, shown
+from chipbench.run.config import Config, load_yaml
 from chipbench.run.context import RunContext
 from chipbench.util import safeio
+from chipbench.util.text import shown
 
 CASE_API_VERSION = "1.0"
 """This API's version, ``"major.minor"`` (see the module's docstring)."""

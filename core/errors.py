@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import threading
@@ -9,12 +10,16 @@ from typing import Any, Iterator, List, Optional, Tuple, Type, Union
 
 from chipbench.util.text import LINE_LIMIT, shorten, terminal
 
+TRACE = logging.getLogger("chipbench.trace")
+"""Tracebacks go here: into the rank's log file, never onto the terminal."""
+TRACE.propagate = False
+
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)."""
 EXIT_PIPE_CLOSED = 141
 """The output's reader went away (``core compare ... | head``): 128 + SIGPIPE, as shell tools."""
-"""Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)."""
 
 
 class ChipbenchError(Exception):
@@ -264,6 +269,12 @@ def attributed(who: str, where: str, fix: str,
         raise error from exc
 
 
+def failure_line(who: str, where: str, exc: BaseException) -> str:
+    """The one line that attributes ``exc`` to the plugin or case code that raised it:
+    ``<who> failed in <where>: <Type>: <message>``."""
+    return "{} failed in {}: {}".format(who, where, describe_exception(exc))
+
+
 def attribution(exc: BaseException, who: str, where: str, fix: str,
                 passing: Tuple[Type[BaseException], ...] = ()) -> BaseException:
     """What :func:`attributed` raises for ``exc``: ``exc`` itself where it passes, else its one
@@ -272,7 +283,7 @@ def attribution(exc: BaseException, who: str, where: str, fix: str,
     ``attribution`` returned something else than ``exc``."""
     if isinstance(exc, (ChipbenchError,) + passing) or not plugin_fault(exc):
         return exc
-    return PluginError("{} failed in {}: {}".format(who, where, describe_exception(exc)), fix)
+    return PluginError(failure_line(who, where, exc), fix)
 
 
 def exception_text(exc: BaseException) -> str:

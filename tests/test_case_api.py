@@ -478,3 +478,7 @@ def test_epoch_figures_of_the_wrong_kind_are_the_case_s_fault(tmp_path):
     assert "progress.json" not in line
     with pytest.raises(PluginError, match="flops_per_image is 'abc'"):
         ctx.epoch_end(0, {"loss": 0.1, "flops_per_image": "abc"})
+    for epoch in (1.0, -1, True, "2"):  # an epoch no chart, table or resume could place
+        with pytest.raises(PluginError, match="epoch is .*, not a whole number >= 0"):
+            ctx.epoch_end(epoch, {"loss": 0.1})
+    assert not ctx.epochs

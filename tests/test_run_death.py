@@ -250,7 +250,8 @@ def test_a_dead_run_whose_result_was_edited_is_recorded_and_the_edit_kept(tmp_pa
     dead.wait()
     spec = {"case": "retinanet", "vendor": "cpu", "config": {"train": {"epochs": 1}},
             "topology": {"nnodes": 1, "nproc_per_node": 1}}
-    edited = {"case": "retinanet", "status": "running", "pid": dead.pid,
+    edited = {"case": "retinanet", "status": "running", "pid": dead.pid, "precision": "amp",
+              "target_metric": "mAP", "target": 0.35, "row_label": 7,
               "host": platform.node(), "metrics": {"p_train": "fast"}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     (tmp_path / "result.json").write_text(json.dumps(edited))
@@ -262,5 +263,14 @@ def test_a_dead_run_whose_result_was_edited_is_recorded_and_the_edit_kept(tmp_pa
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "failed" and result["vendor"] == "cpu"
     assert result["config"] == spec["config"] and "killed" in result["error"]
-    assert "p_train" in result["note"] and "result.refused.json" in result["note"]
+    assert "row_label is 7" in result["note"] and "result.refused.json" in result["note"]
+    assert result["precision"] == "amp" and result["target"] == 0.35  # kept where of their kind
+    assert result["row_label"] is None
     assert "killed" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "result.refused.json" in (tmp_path / "report.md").read_text()  # the note, shown
+    (tmp_path / "result.json").write_text(json.dumps(edited))  # a second edit, another death
+    subprocess.run([sys.executable, "-m", "chipbench.run.sentinel", str(tmp_path), "0",
+                    str(dead.pid)], capture_output=True, text=True, timeout=60)
+    assert json.loads((tmp_path / "result.refused.json").read_text()) == edited  # both kept
+    assert json.loads((tmp_path / "result.refused-1.json").read_text()) == edited
+    assert "result.refused-1.json" in json.loads((tmp_path / "result.json").read_text())["note"]

@@ -13,7 +13,7 @@ from chipbench.conformance.subject import (
     needs_device,
 )
 from chipbench.host.contract import LOSS_SCALED_PRECISIONS, OPTIONAL_DEVICE_HOOKS, RULE
-from chipbench.run.config import shown
+from chipbench.util.text import shown
 
 
 def returns(hook: str) -> Callable[[Subject], str]:

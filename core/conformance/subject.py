@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Set, TypeVar
 
 from chipbench.host.contract import RULE
 from chipbench.records import VendorInfo
-from chipbench.run.config import shown
+from chipbench.util.text import shown
 
 NOT_RUN_STATIC = "not run: static mode (needs the device)"
 """What a check that needs the device says in static mode."""

@@ -123,7 +123,7 @@ def sample_problem(sample: Any) -> str:
 
 
 def _vendor_info(info: Any, _: Any = None) -> str:
-    from chipbench.run.config import shown
+    from chipbench.util.text import shown
 
     if type(info) is not VendorInfo:
         return "a VendorInfo"

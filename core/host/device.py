@@ -12,7 +12,7 @@ from chipbench.errors import PluginError, UserError, attribution
 from chipbench.host.contract import CHECK, LOSS_SCALED_PRECISIONS, PRECISIONS, TIME_BOUNDED_HOOKS
 from chipbench.host.manager import PluginHost
 from chipbench.records import HardwareId, MemoryInfo, VendorInfo
-from chipbench.run.config import shown
+from chipbench.util.text import shown
 
 if TYPE_CHECKING:
     import torch

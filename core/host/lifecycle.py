@@ -7,7 +7,7 @@ from typing import Any, Callable, List
 import pluggy
 
 from chipbench import hookspecs
-from chipbench.errors import describe_exception, plugin_fault
+from chipbench.errors import failure_line, plugin_fault
 
 
 def guard_lifecycle(pm: pluggy.PluginManager, plugin: Any, failures: List[str]) -> None:
@@ -31,8 +31,7 @@ def _guarded(function: Callable[..., Any], plugin_name: str, hook_name: str,
         except BaseException as exc:  # noqa: B902 - sys.exit() and the like in a plugin too
             if not plugin_fault(exc):
                 raise
-            failures.append("plugin '{}' failed in {}: {}".format(
-                plugin_name, hook_name, describe_exception(exc)))
+            failures.append(failure_line("plugin '{}'".format(plugin_name), hook_name, exc))
             return None
 
     return guarded
@@ -51,7 +50,7 @@ def notify(pm: pluggy.PluginManager, failures: List[str], hook_name: str,
     except BaseException as exc:  # noqa: B902 - a hook wrapper's own failure
         if not plugin_fault(exc):
             raise
-        failures.append("a wrapper failed in {}: {}".format(hook_name, describe_exception(exc)))
+        failures.append(failure_line("a wrapper", hook_name, exc))
     found = list(failures)
     del failures[:]
     return found

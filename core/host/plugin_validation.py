@@ -8,7 +8,7 @@ import pluggy
 from chipbench import hookspecs
 from chipbench.host import contract
 from chipbench.records import VendorInfo
-from chipbench.run.config import shown
+from chipbench.util.text import shown
 
 OBSERVER_HOOKS = contract.OBSERVER_HOOKS
 """What a plugin without ``vendor_detect`` (an observer, or a config shipper) may implement."""

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from chipbench.errors import HookTimedOut
+from chipbench.errors import TRACE, HookTimedOut
 from chipbench.host.deadlines import CallTimedOut, call_with_timeout, env_seconds
 from chipbench.host.device import Device
 from chipbench.measure.cpu_share import (  # noqa: F401 - chipbench.measure.monitor's names too
@@ -40,7 +40,6 @@ from chipbench.measure.cpu_share import (  # noqa: F401 - chipbench.measure.moni
 )
 from chipbench.measure.monitor_samples import SUMMARY_FIELDS, read_samples, summarize  # noqa: F401
 from chipbench.measure.samplers import HostSampler
-from chipbench.run.worker import TRACE
 from chipbench.util import safeio
 
 FIGURES_OF_HOOK = {"device_memory_query": "device memory (the mem column)",

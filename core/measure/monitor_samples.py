@@ -30,6 +30,13 @@ def read_samples(path: Path) -> List[Dict[str, Any]]:
     return samples
 
 
+def monitor_files(run_dir: Path) -> List[Tuple[str, List[Dict[str, Any]]]]:
+    """Every rank's monitor samples of a run folder, rank order."""
+    paths = sorted((Path(run_dir) / "monitor").glob("rank*.jsonl"),
+                   key=lambda p: int(p.stem[4:] or 0) if p.stem[4:].isdigit() else 0)
+    return [(p.stem, read_samples(p)) for p in paths]
+
+
 def memory_source(files: Sequence[Tuple[str, List[Dict[str, Any]]]]) -> str:
     """Where the sampled memory figures came from, as the samples record it (the vendor's
     ``MemoryInfo.source``: "cudaMemGetInfo", "psutil (process RSS / machine total)"); several

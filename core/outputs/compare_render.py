@@ -94,7 +94,8 @@ def as_text(rows: List[Dict[str, str]], warnings: List[str], markdown: bool = Fa
 def write_charts(runs: Sequence[RunFolder], folder: Any) -> List[Path]:
     """``compare-p_core.svg`` (bars), ``compare-curves.svg`` (loss and mAP of every run overlaid)
     and ``compare-timeline.svg`` (rank 0's monitor samples overlaid, where the folders have them)."""
-    from chipbench.outputs.plots import bar_chart, epochs_chart, monitor_files, timeline_chart
+    from chipbench.measure.monitor_samples import monitor_files
+    from chipbench.outputs.plots import bar_chart, epochs_chart, timeline_chart
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

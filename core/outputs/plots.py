@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from chipbench.measure.metrics import is_count, is_number
-from chipbench.measure.monitor_samples import memory_names, memory_source, read_samples  # noqa: F401
+from chipbench.measure.monitor_samples import memory_names, memory_source, monitor_files, read_samples  # noqa: F401
 from chipbench.outputs.svgchart import (  # noqa: F401 (the drawing primitives, importable from here too)
     COLOURS,
     LEFT,
@@ -152,13 +152,6 @@ def timeline_chart(runs: Sequence[Tuple[str, List[Dict[str, Any]]]], title: str)
     if not panels:
         panels.append(Panel("no samples", []))
     return chart(title, "time since start (s)", panels)
-
-
-def monitor_files(run_dir: Path) -> List[Tuple[str, List[Dict[str, Any]]]]:
-    """Every rank's monitor samples of a run folder, rank order."""
-    paths = sorted((Path(run_dir) / "monitor").glob("rank*.jsonl"),
-                   key=lambda p: int(p.stem[4:] or 0) if p.stem[4:].isdigit() else 0)
-    return [(p.stem, read_samples(p)) for p in paths]
 
 
 def write_plots(run_dir: Path, epochs: Sequence[EpochRecord], target: Optional[float] = None,

@@ -294,12 +294,15 @@ def run_facts_lines(result: RunResult) -> List[str]:
 
 
 def head_lines(result: RunResult) -> List[str]:
-    """Title, status, the case's one data note (its ``dataset_note``), the warnings and the case's
-    caveats: what a reader must know before any figure."""
+    """Title, status, the run's note (a node without rank 0, a rebuilt record), the case's one
+    data note (its ``dataset_note``), the warnings and the case's caveats: what a reader must know
+    before any figure."""
     lines = ["# {} on {}".format(md(result.case), md("?" if result.row_label is None
                                                       else result.row_label)), ""]
     lines.append("Status: **{}**{}".format(md(result.status), " ({})".format(
         md(result.error, TEXT_LIMIT)) if result.error else ""))
+    if result.note:
+        lines += ["", "> **Note: {}**".format(md(result.note, TEXT_LIMIT))]
     if result.dataset_note:
         lines += ["", "> " + md(result.dataset_note, TEXT_LIMIT)]
     lines += starved_lines(result.metrics)
@@ -374,7 +377,8 @@ def on_run_end(run: Dict[str, Any], result: Dict[str, Any]) -> None:
     """Render ``report.md`` (and its SVG plots) next to ``result.json``; a result that cannot be
     read gets a report saying so and why."""
     from chipbench.measure.monitor import summarize
-    from chipbench.outputs.plots import monitor_files, write_plots
+    from chipbench.measure.monitor_samples import monitor_files
+    from chipbench.outputs.plots import write_plots
 
     run_dir = Path(run["run_dir"])
     try:

@@ -34,8 +34,8 @@ from chipbench.errors import (
 from chipbench.hookspecs import PRECISIONS
 from chipbench.measure.environment import distribution_names
 from chipbench.measure.metrics import is_number, reached
-from chipbench.run.config import shown
 from chipbench.run.resultrecord import RESERVED_FIGURES, bad_figure
+from chipbench.util.text import shown
 
 CASE_ENTRY_POINT_GROUP = "chipbench.cases"
 """Entry-point group through which other distributions add cases."""

@@ -20,11 +20,11 @@ import torch
 
 from chipbench.errors import UserError, full_disk_error
 from chipbench.measure.metrics import RunMeter, finite, is_count
-from chipbench.run.config import shown
 from chipbench.run.context import RecordedEpochs
 from chipbench.run.resultrecord import Metrics
 from chipbench.run.runfiles import CHECKPOINT_FILE
 from chipbench.util import safeio
+from chipbench.util.text import shown
 
 FORMAT = "chipbench-checkpoint-1"
 

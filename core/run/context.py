@@ -36,6 +36,7 @@ from chipbench.run.runfiles import (
     read_json_dict,
     write_json_atomic,
 )
+from chipbench.util.text import shown
 
 if TYPE_CHECKING:
     import torch
@@ -362,9 +363,12 @@ class RunContext:
             return
         from chipbench.run.resultrecord import Metrics
 
+        where = "case '{}' ctx.epoch_end()".format(self.spec["case"])
         try:  # the record's rule, said where the case broke it
-            Metrics.from_json(metrics, "case '{}' ctx.epoch_end()".format(self.spec["case"]),
-                              strict=True)
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise UserError("{}: epoch is {}, not a whole number >= 0".format(
+                    where, shown(epoch)))
+            Metrics.from_json(metrics, where, strict=True)
         except UserError as exc:
             raise PluginError(exc.problem, "fix the case's figures: chipbench's own keep their "
                               "kinds (see docs/cases.md)") from None

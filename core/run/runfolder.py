@@ -131,7 +131,7 @@ def read_progress(run_dir: Path, metric: Optional[str] = None) -> Optional[RunPr
 def memory_peak_sample(run_dir: Path) -> Optional[Dict[str, Any]]:
     """The monitor sample of the run folder (every rank's file) with the most device memory in
     use, samples taken after the last epoch's figures included; None where there is none."""
-    from chipbench.outputs.plots import monitor_files  # where the monitor files are named
+    from chipbench.measure.monitor_samples import monitor_files
 
     best: Optional[Dict[str, Any]] = None
     for _, samples in monitor_files(run_dir):

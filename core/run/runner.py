@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from chipbench.case import Case
 from chipbench.errors import (
+    TRACE,
     ChipbenchError,
     RunFailed,
     UserError,
@@ -70,7 +71,7 @@ from chipbench.run.torchrun_log import (  # noqa: F401 - torchrun_root_cause: ch
     torchrun_root_cause,
     worker_errors,
 )
-from chipbench.run.worker import TRACE, returned_ranks, run_worker
+from chipbench.run.worker import returned_ranks, run_worker
 
 ZH_NODES = {1: "单机", 2: "两机", 4: "四机", 8: "八机"}
 
@@ -212,7 +213,7 @@ class Run:
 
     def execute(self) -> RunResult:
         """Prepare, run the workers and write the result; errors are recorded, then re-raised.
-        Returns the final ``result.json``."""
+        Returns the final record (what ``result.json`` holds)."""
         english, chinese = row_labels(self.hardware, self.topology)
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))
         self.result = RunResult(

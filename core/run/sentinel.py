@@ -286,13 +286,22 @@ def record_death(run_dir: Path, node_rank: int, pid: int, result: RunResult) -> 
 
 
 REFUSED_RESULT_FILE = "result.refused.json"
-"""Where the sentinel keeps a dead run's result.json that no longer reads as the run wrote it."""
+"""Where the sentinel keeps a dead run's result.json that no longer reads as the run wrote it
+(``result.refused-<N>.json`` where that name is taken)."""
+CARRIED_FIELDS = ("row_label", "row_label_zh", "precision", "target", "target_metric",
+                  "sample_unit", "fix_hp", "command", "started_at", "resumed", "resumes",
+                  "dataset_note", "versions", "environment")
+"""What a rebuilt record keeps of the refused file, each only where it holds its kind."""
 
 
 def rebuilt_result(run_dir: Path, pid: int, refusal: UserError) -> Optional[RunResult]:
     """The record of a dead run whose result.json was edited into something no run writes: that
-    file kept as :data:`REFUSED_RESULT_FILE` (nothing is lost), a new record made from spec.json
-    (case, vendor, config, topology) that says why. None where the file cannot be moved."""
+    file kept aside under a free name (nothing is lost), a new record made from spec.json (case,
+    vendor, config, topology) and each field of :data:`CARRIED_FIELDS` the file holds in its
+    kind, with a note that says why. None where the file cannot be moved."""
+    from chipbench.measure.metrics import is_number
+    from chipbench.run.jsonrecord import of_kind
+    from chipbench.run.resultrecord import RESERVED_FIGURES, RESULT_KINDS
     from chipbench.run.runfolder import read_spec
 
     folder = Path(run_dir)
@@ -300,16 +309,28 @@ def rebuilt_result(run_dir: Path, pid: int, refusal: UserError) -> Optional[RunR
         spec = read_spec(folder)
     except UserError:
         spec = None
+    found = read_json_dict(folder / RESULT_FILE)
+    carried = {name: found[name] for name in CARRIED_FIELDS
+               if found.get(name) is not None and of_kind(found[name], RESULT_KINDS[name])}
+    if carried.get("target_metric") in RESERVED_FIGURES:
+        del carried["target_metric"]
+    if "target" in carried and not is_number(carried["target"]):
+        del carried["target"]
+    keep = folder / REFUSED_RESULT_FILE
+    for number in range(1, 1000):
+        if not os.path.lexists(str(keep)):
+            break
+        keep = folder / "result.refused-{}.json".format(number)
     try:  # a rename moves a link itself, never what it points to
-        os.replace(str(folder / RESULT_FILE), str(folder / REFUSED_RESULT_FILE))
+        os.replace(str(folder / RESULT_FILE), str(keep))
     except OSError:
         return None
-    return RunResult(
+    return replace(RunResult(
         case=spec.case if spec else "?", vendor=spec.vendor if spec else None,
         config=spec.config if spec else None, topology=spec.topology if spec else None,
         hardware=spec.hardware if spec else None, pid=pid, host=platform.node(),
         note="result.json was not as the run wrote it ({}); kept as {}, this record rebuilt from "
-             "spec.json".format(refusal.problem, REFUSED_RESULT_FILE))
+             "spec.json".format(refusal.problem, keep.name)), **carried)
 
 
 def watch(run_dir: Path, node_rank: int, pid: int) -> int:

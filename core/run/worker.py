@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from chipbench.errors import (
+    TRACE,
     ChipbenchError,
     PluginError,
     RunFailed,
@@ -26,8 +27,8 @@ from chipbench.errors import (
 )
 from chipbench.run.context import RunContext
 from chipbench.run.resultrecord import Metrics
-from chipbench.run.runfiles import RETURNED_DIR, SPEC_FILE, write_json_atomic
-from chipbench.run.specrecord import RunSpec
+from chipbench.run.runfiles import RETURNED_DIR, write_json_atomic
+from chipbench.run.runfolder import read_spec
 from chipbench.util import safeio
 from chipbench.util.exiting import exit_now, threads_owned_by
 
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
     from chipbench.host.manager import PluginHost
     from chipbench.measure.profiling import StepProfiler
 
-TRACE = logging.getLogger("chipbench.trace")
-"""Tracebacks go here: into the rank's log file, never onto the terminal."""
-TRACE.propagate = False
 TRACE.addHandler(logging.NullHandler())
 
 
@@ -82,8 +80,7 @@ def run_worker(run_dir: Path, host: Optional["PluginHost"] = None,
     from chipbench.run.caseload import checked_metrics, load_case
 
     run_dir = Path(run_dir)
-    spec = RunSpec.from_json(safeio.read_json(run_dir / SPEC_FILE, safeio.RUN_JSON_LIMIT,
-                                              what="run file"), run_dir / SPEC_FILE)
+    spec = read_spec(run_dir)
     config = spec.config
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
