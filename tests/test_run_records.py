@@ -401,7 +401,7 @@ def test_a_resumed_run_keeps_the_earlier_attempt_s_profile(tmp_path):
     run.plan = SimpleNamespace(profile=False)
     run.topology = SimpleNamespace(node_rank=0)
     run.previous, run.run_dir = previous, tmp_path
-    assert run._profile() == profile
+    assert run._profile().to_json() == profile
     run.previous = RunResult.from_json(full_result(), "result.json")
     assert run._profile() is None
     run.topology = SimpleNamespace(node_rank=1)

@@ -153,22 +153,9 @@ PROFILED_NOTE = ("profiled run: p_whole, p_train and p_core include the profiler
                  "iterations {}-{}; compare throughput only with unprofiled runs")
 
 
-def recorded_profile(result: RunResult) -> Optional[Dict[str, Any]]:
-    """``result.json``'s ``profile`` (a field the record keeps in ``other``), None where the run
-    has none."""
-    profile = result.value("profile")
-    return profile if isinstance(profile, dict) else None
-
-
 def profile_warning(result: RunResult) -> Optional[str]:
     """The report's and ``core compare``'s warning for a profiled run, None for another."""
-    profile = recorded_profile(result)
-    if profile is None:
-        return None
-    span = profile.get("iterations")
-    if isinstance(span, list) and len(span) == 2:
-        return PROFILED_NOTE.format(*span)
-    return PROFILED_NOTE.format("?", "?")
+    return None if result.profile is None else PROFILED_NOTE.format(*result.profile.span)
 
 
 def profile_lines(result: RunResult) -> List[str]:
@@ -176,23 +163,23 @@ def profile_lines(result: RunResult) -> List[str]:
     result escaped as one Markdown cell)."""
     from chipbench.util.text import markdown_cell as cell
 
-    profile = recorded_profile(result)
+    profile = result.profile
     if profile is None:
         return []
     lines = ["", "## Profile (`core run --profile`)", ""]
-    if profile.get("error"):
-        return lines + ["- not recorded: " + cell(profile["error"], 400)]
-    span = profile.get("iterations") or ["?", "?"]
+    if profile.error:
+        return lines + ["- not recorded: " + cell(profile.error, 400)]
+    span = profile.span
     lines += ["- iterations {}-{} recorded by torch.profiler; device activity: {}".format(
-                  cell(span[0]), cell(span[-1]), cell(profile.get("device_activity") or
-                                                        "none (host only)")),
+                  cell(span[0]), cell(span[1]), cell(profile.device_activity or
+                                                     "none (host only)")),
               "- trace: `{}` (open it in https://ui.perfetto.dev or chrome://tracing)".format(
-                  cell(profile.get("trace"), 200)),
-              "- top operators by {}:".format(cell(profile.get("sorted_by"))), "",
+                  cell(profile.trace, 200)),
+              "- top operators by {}:".format(cell(profile.sorted_by)), "",
               "| operator | calls | own device ms | own host ms | host ms |",
               "| --- | --- | --- | --- | --- |"]
-    on_host = not profile.get("device_activity")
-    for row in profile.get("top_ops") or []:
+    on_host = not profile.device_activity
+    for row in profile.top_ops or []:
         if not isinstance(row, dict):
             continue
         if on_host:  # no device activity was recorded: no device time, rather than 0

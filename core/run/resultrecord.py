@@ -159,6 +159,39 @@ class EpochRecord(Metrics):
         return cls._typed_from(data)
 
 
+@dataclass(frozen=True)
+class ProfileSummary(JsonRecord):
+    """``profile`` of result.json (``core run --profile``): the iterations recorded, the trace's
+    file and the top operators; or ``error``, why nothing was recorded. Rendered, never computed
+    with: a field of another kind stays as read, in ``other``."""
+
+    iterations: Optional[List[Any]] = None
+    trace: Optional[str] = None
+    sorted_by: Optional[str] = None
+    device_activity: Optional[str] = None
+    top_ops: Optional[List[Any]] = None
+    error: Optional[str] = None
+    other: Dict[str, Any] = field(default_factory=dict)
+    key_order: Tuple[str, ...] = field(default=(), compare=False)
+
+    KINDS: ClassVar[Dict[str, Kinds]] = {
+        "iterations": (list,), "trace": (str,), "sorted_by": (str,), "device_activity": (str,),
+        "top_ops": (list,), "error": (str,)}
+
+    @classmethod
+    def from_json(cls, data: Any, source: Source) -> "ProfileSummary":
+        """The profile ``data`` read from ``source``; refused in one line where it is no dict."""
+        if not isinstance(data, dict):
+            raise refused(source, "profile", data, "a dict")
+        return cls._typed_from(data)
+
+    @property
+    def span(self) -> Tuple[Any, Any]:
+        """The first and the last iteration recorded; ``("?", "?")`` where not known."""
+        found = self.iterations
+        return (found[0], found[1]) if found is not None and len(found) == 2 else ("?", "?")
+
+
 def epochs_from_json(data: Any, source: Source) -> List[EpochRecord]:
     """The ``epochs`` list read from ``source``; one line where it is not a list of dicts."""
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
@@ -173,7 +206,8 @@ RESULT_KINDS: Dict[str, Kinds] = {
     "epochs": (list,), "target": NUMBER, "status": (str,), "case": (str,), "vendor": (str,),
     "row_label_zh": (str,), "config_sources": (list,), "command": (str,), "started_at": (str,),
     "run_dir": (str,), "pid": (int,), "host": (str,), "resumed": (int,), "resumes": (list,),
-    "environment": (dict,), "dataset_note": (str,), "note": (str,), "finished_at": (str,)}
+    "environment": (dict,), "dataset_note": (str,), "note": (str,), "finished_at": (str,),
+    "profile": (dict,)}
 """The kinds of the fields of result.json besides metrics (each may also be absent or null)."""
 CHECKED_FIELDS = ("row_label", "precision", "fix_hp", "target_metric", "sample_unit", "error",
                   "general", "versions", "topology", "hardware", "config", "data", "epochs",
@@ -225,6 +259,8 @@ class RunResult(JsonRecord):
     data: Optional[Dict[str, Any]] = None
     note: Optional[str] = None
     finished_at: Optional[str] = None
+    profile: Optional[ProfileSummary] = None
+    """``core run --profile``'s summary (this attempt's, else an earlier one's)."""
     other: Dict[str, Any] = field(default_factory=dict)
     key_order: Tuple[str, ...] = field(default=RESULT_KEYS, compare=False)
 
@@ -268,6 +304,8 @@ class RunResult(JsonRecord):
         converted: Dict[str, Any] = {"metrics": metrics}
         if data.get("epochs") is not None:
             converted["epochs"] = epochs_from_json(data["epochs"], source)
+        if isinstance(data.get("profile"), dict):  # another kind stays as read, in other
+            converted["profile"] = ProfileSummary.from_json(data["profile"], source)
         return cls._typed_from(data, **converted)
 
     def continuing(self, previous: "RunResult", command: str, started_at: str) -> "RunResult":

@@ -39,7 +39,7 @@ from chipbench.run.layers import (  # noqa: F401 - resolve_run_config: chipbench
     precheck_config,
     resolve_run_config,
 )
-from chipbench.run.resultrecord import Metrics, RunResult
+from chipbench.run.resultrecord import Metrics, ProfileSummary, RunResult
 from chipbench.run.runfiles import (
     CHECKPOINT_FILE,
     RESULT_FILE,
@@ -343,9 +343,7 @@ class Run:
                               data=(progress.data if progress is not None else None)
                               or previous.data or self.result.data,
                               finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        summary = self._profile()
-        if summary is not None:
-            self.result = replace(self.result, other=dict(self.result.other, profile=summary))
+        self.result = replace(self.result, profile=self._profile())
         if self.topology.nnodes > 1 and progress is None and self.previous is None \
                 and self.result.status == "finished":
             self.result = replace(self.result, note=(
@@ -356,7 +354,7 @@ class Run:
                                         result=self.result.to_json()):
             self.announce("warning: " + failure)
 
-    def _profile(self) -> Optional[Dict[str, Any]]:
+    def _profile(self) -> Optional[ProfileSummary]:
         """result.json's ``profile``: this attempt's (``--profile``), else an earlier attempt's
         (a resumed run's throughput still counts the profiled iterations); None where no attempt
         profiled, or on a node without rank 0 (that node's folder holds no figures)."""
@@ -365,10 +363,10 @@ class Run:
         if self.topology.node_rank != 0:
             return None
         if self.plan.profile:
-            return read_json_dict(self.run_dir / SUMMARY_FILE) or {
-                "error": "no profile was recorded: the workers ended before they wrote one"}
-        earlier = self.previous.other.get("profile") if self.previous is not None else None
-        return earlier if isinstance(earlier, dict) else None
+            return ProfileSummary.from_json(read_json_dict(self.run_dir / SUMMARY_FILE) or {
+                "error": "no profile was recorded: the workers ended before they wrote one"},
+                self.run_dir / SUMMARY_FILE)
+        return self.previous.profile if self.previous is not None else None
 
     def _write(self) -> None:
         write_json_atomic(self.run_dir / RESULT_FILE, self.result.to_json())
