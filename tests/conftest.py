@@ -416,3 +416,19 @@ def report_of(data: Dict[str, Any]) -> str:
     from chipbench.run.resultrecord import RunResult
 
     return render(RunResult.from_json(data, "result.json"))
+
+
+def toy_detector() -> Any:
+    """A one-parameter model that takes (images, targets) and returns a loss dict, as
+    torchvision's detectors do (torch imported only by the tests that train one)."""
+    import torch
+
+    class ToyDetector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, images: Any, targets: Any) -> Dict[str, Any]:
+            return {"loss": (self.scale * torch.stack(images)).square().mean()}
+
+    return ToyDetector()

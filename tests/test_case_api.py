@@ -22,6 +22,7 @@ import chipbench.case as case_api
 from chipbench.case import Case, RunContext, RunMeter, UserError, read_checkpoint
 from chipbench.measure.metrics import FIGURES, MAXED, reduce_ranks
 from chipbench.run.runfiles import write_json_atomic
+from tests.conftest import toy_detector
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_PACKAGES = {  # folder: the case's own package (its import name)
@@ -319,23 +320,12 @@ def test_epoch_counters_carry_the_data_wait(tmp_path):
     assert ctx.meter.data_seconds >= 0.04
 
 
-class ToyDetector(torch.nn.Module):
-    """Takes (images, targets) and returns a loss dict, as torchvision's detectors do."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(1))
-
-    def forward(self, images, targets):
-        return {"loss": (self.scale * torch.stack(images)).square().mean()}
-
-
 @pytest.mark.parametrize("core_every", [1, 4])
 def test_retinanet_epoch_times_1_in_n_steps_and_measures_the_data_wait(tmp_path, core_every):
     from chipbench.cases.retinanet.engine import TrainStep, timed_iteration, train_one_epoch
 
     timed = sum(timed_iteration(i, core_every) for i in range(10))
-    model = ToyDetector()
+    model = toy_detector()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     batches = [([torch.rand(3, 4, 4) for _ in range(2)], [{"labels": torch.zeros(1)}] * 2)
                for _ in range(10)]

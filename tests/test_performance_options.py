@@ -11,6 +11,7 @@ import torch
 from chipbench.cases.retinanet.engine import LossWindow
 from chipbench.errors import UserError
 from chipbench.plugins import cpu
+from tests.conftest import toy_detector
 
 
 @pytest.mark.parametrize("cores, ranks, workers, threads", [
@@ -192,17 +193,6 @@ def test_evaluation_schedule():
         6, 9]
 
 
-class _ToyDetector(torch.nn.Module):
-    """Takes (images, targets) and returns a loss dict, as torchvision's detectors do."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(1))
-
-    def forward(self, images, targets):
-        return {"loss": (self.scale * torch.stack(images)).square().mean()}
-
-
 def test_timed_iterations_are_one_in_n_and_not_in_step_with_epochs():
     from chipbench.cases.retinanet.engine import timed_iteration
 
@@ -224,7 +214,7 @@ def test_core_time_sampling_waits_for_the_device_only_on_timed_iterations(core_e
     from chipbench.cases.retinanet.engine import TrainStep, timed_iteration, train_one_epoch
 
     timed = sum(timed_iteration(i, core_every) for i in range(10))
-    model = _ToyDetector()
+    model = toy_detector()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = [([torch.rand(3, 4, 4) for _ in range(2)], [{"labels": torch.zeros(1)}] * 2)
               for _ in range(10)]

@@ -34,8 +34,10 @@ except ImportError:  # pragma: no cover - not on Linux or macOS: runs are not lo
     fcntl = None  # type: ignore[assignment]
 
 from chipbench.errors import UserError
+from chipbench.measure.metrics import is_number
 from chipbench.run.childproc import child_env, python_module_command
-from chipbench.run.resultrecord import RunResult
+from chipbench.run.jsonrecord import of_kind
+from chipbench.run.resultrecord import RESERVED_FIGURES, RESULT_KINDS, RunResult
 from chipbench.run.runfiles import CHECKPOINT_FILE, RESULT_FILE, read_json_dict, write_json_atomic
 from chipbench.util import safeio
 
@@ -294,14 +296,12 @@ CARRIED_FIELDS = ("row_label", "row_label_zh", "precision", "target", "target_me
 """What a rebuilt record keeps of the refused file, each only where it holds its kind."""
 
 
-def rebuilt_result(run_dir: Path, pid: int, refusal: UserError) -> Optional[RunResult]:
-    """The record of a dead run whose result.json was edited into something no run writes: that
-    file kept aside under a free name (nothing is lost), a new record made from spec.json (case,
+def rebuilt_result(run_dir: Path, pid: int, found: Dict[str, Any], refusal: UserError
+                   ) -> Optional[RunResult]:
+    """The record of a dead run whose result.json (``found``) was edited into something no run
+    writes: that file kept aside under a free name (nothing is lost), a new record made from spec.json (case,
     vendor, config, topology) and each field of :data:`CARRIED_FIELDS` the file holds in its
     kind, with a note that says why. None where the file cannot be moved."""
-    from chipbench.measure.metrics import is_number
-    from chipbench.run.jsonrecord import of_kind
-    from chipbench.run.resultrecord import RESERVED_FIGURES, RESULT_KINDS
     from chipbench.run.runfolder import read_spec
 
     folder = Path(run_dir)
@@ -309,7 +309,6 @@ def rebuilt_result(run_dir: Path, pid: int, refusal: UserError) -> Optional[RunR
         spec = read_spec(folder)
     except UserError:
         spec = None
-    found = read_json_dict(folder / RESULT_FILE)
     carried = {name: found[name] for name in CARRIED_FIELDS
                if found.get(name) is not None and of_kind(found[name], RESULT_KINDS[name])}
     if carried.get("target_metric") in RESERVED_FIGURES:
@@ -358,7 +357,7 @@ def watch(run_dir: Path, node_rank: int, pid: int) -> int:
         try:
             record: Optional[RunResult] = RunResult.from_json(result, Path(run_dir) / RESULT_FILE)
         except UserError as exc:  # edited since the run wrote it: kept aside, a new record made
-            record = rebuilt_result(run_dir, pid, exc)
+            record = rebuilt_result(run_dir, pid, result, exc)
         if record is None:
             stop_leftover_workers(run_dir, node_rank)
             return 0
